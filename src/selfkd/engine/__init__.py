@@ -1,0 +1,3 @@
+from .trainer import Trainer, evaluate, train
+
+__all__ = ["Trainer", "evaluate", "train"]

@@ -1,0 +1,28 @@
+"""User-facing errors: the CLI prints them as one paragraph and exits non-zero, without a traceback."""
+
+
+class SelfKDError(Exception):
+    """A mistake the user can fix (bad config, missing dataset, foreign checkpoint...).
+
+    The message must say what is wrong and what to do about it.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(SelfKDError):
+    pass
+
+
+class DatasetError(SelfKDError):
+    pass
+
+
+class CheckpointError(SelfKDError):
+    pass
+
+
+class TrainingError(SelfKDError):
+    """Training stopped on purpose (non-finite loss, full disk); the last good checkpoint is intact."""
+
+    exit_code = 3

@@ -1,0 +1,69 @@
+"""Evaluate a finished run or an exported weights file (``selfkd eval``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import build_config, read_yaml
+from .data import build_test_loader, load_dataset
+from .engine.checkpoint import check_compatible, load_checkpoint, load_weights
+from .engine.distributed import resolve_device
+from .engine.step import amp_dtype
+from .errors import CheckpointError
+from .methods import create_method
+from .metrics import EvalStats
+from .models import create_model
+
+
+@torch.no_grad()
+def _evaluate(module, loader, device) -> dict:
+    module.eval()
+    stats = EvalStats(device)
+    dtype = amp_dtype("auto", device)
+    for batch in loader:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = module(batch.images)
+        stats.update(out[0] if isinstance(out, tuple) else out, batch.targets)
+    return stats.result()
+
+
+def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, batch_size: int | None = None) -> dict:
+    """Rebuild the run's method from its config, load ``last.pt`` and evaluate it as trained."""
+    run_dir = Path(run_dir)
+    cfg = build_config(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    dev = resolve_device(device)
+    data = cfg.data.model_copy(update={k: v for k, v in {"data_dir": data_dir, "eval_batch_size": batch_size}.items() if v})
+    splits = load_dataset(data.dataset, data.data_dir, **data.options)
+    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                         **cfg.model.options())
+    method = create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options())
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    check_compatible(ckpt, cfg.method.name, cfg.model.name, splits.num_classes, run_dir / "last.pt")
+    method.load_state_dict(ckpt["method_state"])
+    method.to(dev)
+    result = _evaluate(method, build_test_loader(splits, data, dev, cfg.seed), dev)
+    return {"run": str(run_dir), "dataset": data.dataset, "epoch": ckpt["epoch"], **result}
+
+
+def evaluate_weights(weights, dataset: str, model: str | None = None, device: str = "auto",
+                     data_dir: str | None = None, batch_size: int | None = None) -> dict:
+    """Evaluate an exported ``model.safetensors`` (the deployable backbone) on a dataset's test split."""
+    from .config import DataConfig
+
+    state, meta = load_weights(weights)
+    name = model or meta.get("model")
+    if not name:
+        raise CheckpointError(f"{weights} does not say which model it holds; pass --model NAME.")
+    dev = resolve_device(device)
+    data = DataConfig(dataset=dataset, data_dir=data_dir, eval_batch_size=batch_size or 500)
+    splits = load_dataset(dataset, data_dir)
+    net = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                       **meta.get("model_options", {}))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit model '{name}' with {splits.num_classes} classes "
+                              f"({str(err).splitlines()[0][:300]}).") from None
+    net.to(dev)
+    return {"weights": str(weights), "model": name, "dataset": dataset, **_evaluate(net, build_test_loader(splits, data, dev), dev)}

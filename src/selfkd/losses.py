@@ -1,0 +1,49 @@
+"""Loss maths shared by all methods (float32 even under autocast; see baselines.md §0).
+
+Conventions: ``KD_T(t, s) = T² · (1/B) Σ_b KL(σ(sg(t_b)/T) ‖ σ(s_b/T))`` — teacher first, student
+second, Hinton direction, "batchmean" (sum over classes, mean over the batch).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_prob_loss(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``KDp_T(q, s) = T² · (1/B) Σ_b Σ_k q_bk (log q_bk − log σ(s_b/T)_k)`` for a given (detached) ``q``."""
+    q = target_probs.detach().float()
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    # xlogy makes 0·log 0 = 0, so one-hot or sparse targets are fine.
+    kl = torch.special.xlogy(q, q) - q * log_p
+    return kl.sum() / student_logits.shape[0] * temperature**2
+
+
+def kd_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``KD_T(teacher, student)``; the teacher is detached here."""
+    q = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return kd_prob_loss(q, student_logits, temperature)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """``SCE(z, q) = −(1/B) Σ_b Σ_k q_bk log σ(z_b)_k`` with a constant target ``q``."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(target_probs.detach().float() * log_p).sum() / logits.shape[0]
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets)
+
+
+def smoothed_targets(targets: torch.Tensor, num_classes: int, epsilon: float, style: str = "others") -> torch.Tensor:
+    """Label-smoothing target. ``others``: 1−ε on the true class, ε/(K−1) on each other class
+    (Self-KD-Lib/TF-KD form); ``uniform``: (1−ε)·1_y + ε/K (Szegedy et al.; PyTorch's label_smoothing)."""
+    one_hot = F.one_hot(targets, num_classes).float()
+    if style == "uniform":
+        return (1 - epsilon) * one_hot + epsilon / num_classes
+    return (1 - epsilon) * one_hot + epsilon / (num_classes - 1) * (1 - one_hot)
+
+
+def attention_map(feature: torch.Tensor) -> torch.Tensor:
+    """Attention transfer map (Zagoruyko & Komodakis): L2-normalised channel mean of ``f²``, flattened per sample."""
+    a = feature.float().pow(2).mean(dim=1).flatten(1)
+    return F.normalize(a, dim=1)

@@ -1,0 +1,35 @@
+"""Plain cross-entropy and label smoothing (baselines.md §1–2)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..losses import cross_entropy, smoothed_targets, soft_cross_entropy
+from .base import Method, MethodOutput
+from .registry import register_method
+
+
+@register_method("ce")
+class CrossEntropy(Method):
+    """CE(z, y): the baseline every method is compared with."""
+
+    def compute_loss(self, images, targets, index=None):
+        logits, _ = self.backbone(images)
+        ce = cross_entropy(logits, targets)
+        return MethodOutput(logits, ce, {"ce": ce})
+
+
+@register_method("ls")
+class LabelSmoothing(Method):
+    """Label smoothing (Szegedy et al., CVPR 2016): SCE(z, q) with q = (1−ε)·1_y + ε/(K−1)·(1−1_y).
+
+    ``ls_style="uniform"`` gives the paper's/PyTorch's (1−ε)·1_y + ε/K instead.
+    """
+
+    def __init__(self, model, num_classes, epsilon: float = 0.1, ls_style: Literal["others", "uniform"] = "others"):
+        super().__init__(model, num_classes)
+        self.epsilon, self.ls_style = epsilon, ls_style
+
+    def compute_loss(self, images, targets, index=None):
+        logits, _ = self.backbone(images)
+        loss = soft_cross_entropy(logits, smoothed_targets(targets, self.num_classes, self.epsilon, self.ls_style))
+        return MethodOutput(logits, loss, {"ls": loss})

@@ -1,0 +1,100 @@
+"""Name -> factory registries for models, methods and datasets, with helpful errors."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+from .errors import ConfigError
+
+F = TypeVar("F", bound=Callable)
+
+
+def closest(name: str, choices, n: int = 1) -> str:
+    """A ' Did you mean ...?' hint for a misspelt name, or '' when nothing is close."""
+    match = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class Registry(Generic[F]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, F] = {}
+
+    def register(self, name: str | None = None) -> Callable[[F], F]:
+        def add(fn: F) -> F:
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} '{key}' registered twice")
+            self._entries[key] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> F:
+        if name not in self._entries:
+            raise ConfigError(
+                f"Unknown {self.kind} '{name}'.{closest(name, self._entries)} "
+                f"Run `selfkd list {self.kind}s` to see the {len(self._entries)} available names."
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+def _annotations(fn: Callable) -> dict:
+    """Resolved type hints of a function or class constructor; unresolvable ones become Any."""
+    import sys
+    import typing
+
+    target = fn.__init__ if isinstance(fn, type) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # a forward reference that cannot be resolved: resolve one by one
+        module = vars(sys.modules.get(target.__module__)) if target.__module__ in sys.modules else {}
+        hints = {}
+        for key, ann in getattr(target, "__annotations__", {}).items():
+            try:
+                hints[key] = eval(ann, module) if isinstance(ann, str) else ann  # noqa: S307 (own source)
+            except Exception:
+                hints[key] = typing.Any
+        return hints
+
+
+def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple = ()):
+    """Call ``fn(*fixed, **kwargs)`` after checking every keyword against its signature and types.
+
+    Unknown keywords name the closest valid one; wrong types say what was expected. Values are
+    converted the way a YAML/CLI user expects ("1e-4" -> 0.0001, "false" -> False).
+    """
+    import inspect
+    from typing import Any
+
+    import pydantic
+
+    target = fn.__init__ if isinstance(fn, type) else fn
+    params = inspect.signature(target).parameters
+    names = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self"]
+    valid = names[len(fixed):]
+    if not any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        for key in kwargs:
+            if key not in valid:
+                raise ConfigError(
+                    f"Unknown option '{key}' for {kind} '{name}'.{closest(key, valid)} "
+                    f"Valid options: {', '.join(valid) or '(none)'}."
+                )
+    hints = _annotations(fn)
+    fields = {key: (hints.get(key, Any), ...) for key in kwargs}
+    options = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True),
+                                    **fields)
+    try:
+        checked = options(**kwargs)
+    except pydantic.ValidationError as err:
+        problems = "; ".join(
+            f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']} (got {e.get('input')!r})" for e in err.errors()
+        )
+        raise ConfigError(f"Bad option for {kind} '{name}': {problems}.") from None
+    return fn(*fixed, **{key: getattr(checked, key) for key in kwargs})

@@ -1,0 +1,59 @@
+"""Shared test helpers: tiny models, tiny runs, and a CLI runner that captures output."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_resnet():
+    """A CIFAR ResNet-18 with base width 8 (same structure, ~0.18 M parameters)."""
+    from selfkd import create_model
+
+    def make(num_classes: int = 10, name: str = "cifar_resnet18", **kwargs):
+        torch.manual_seed(0)
+        return create_model(name, num_classes=num_classes, width=kwargs.pop("width", 8), **kwargs)
+
+    return make
+
+
+def tiny_config(tmp_path, method: str = "ce", epochs: int = 2, **sections) -> dict:
+    """A config dict for a seconds-long CPU run on the synthetic dataset (override any section)."""
+    cfg = {
+        "name": f"test_{method}",
+        "run_dir": str(tmp_path / f"run_{method}"),
+        "seed": 0,
+        "method": {"name": method},
+        "model": {"name": "cifar_resnet18", "width": 8},
+        "data": {"dataset": "synthetic", "options": {"num_classes": 10, "train_size": 512, "test_size": 128,
+                                                      "image_size": 32},
+                 "batch_size": 64, "eval_batch_size": 128},
+        "optim": {"lr": 0.1, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": epochs, "device": "cpu", "progress": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``selfkd`` in-process: returns (exit code, stdout, stderr)."""
+    from selfkd.cli import main
+
+    def run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    return run
