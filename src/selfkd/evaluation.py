@@ -7,7 +7,8 @@ import torch
 
 from .config import build_config, read_yaml
 from .data import build_test_loader, load_dataset
-from .engine.checkpoint import check_compatible, load_checkpoint, load_weights
+from .engine.checkpoint import check_compatible, load_checkpoint
+from .weights import load_weights
 from .engine.distributed import resolve_device
 from .engine.step import amp_dtype
 from .errors import CheckpointError

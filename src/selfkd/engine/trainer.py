@@ -26,7 +26,8 @@ from ..methods import create_method
 from ..metrics import EvalStats
 from ..models import create_model
 from . import distributed as dist_utils
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from ..weights import save_weights
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
 from .step import TrainStep, build_optimizer
@@ -71,6 +72,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def per_sample_args(method: str, num_train: int) -> dict:
+    """Methods that keep per-sample state (e.g. PS-KD's table) take ``num_samples``; give it to them."""
+    import inspect
+
+    from ..methods import METHODS
+
+    params = inspect.signature(METHODS.get(method).__init__).parameters
+    return {"num_samples": num_train} if "num_samples" in params else {}
+
+
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, main: bool) -> Path:
     path = cfg.run_path
     occupied = (path / CONFIG).exists() or (path / CHECKPOINT).exists()
@@ -97,8 +108,9 @@ class Trainer:
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
         model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
                              in_channels=self.splits.in_channels, **cfg.model.options())
+        num_train = min(len(self.splits.train), cfg.data.train_subset or len(self.splits.train))
         self.method = create_method(cfg.method.name, model, num_classes=self.splits.num_classes,
-                                    **cfg.method.options())
+                                    **cfg.method.options(), **per_sample_args(cfg.method.name, num_train))
         if t.sync_bn and self.dist.enabled:
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device)
