@@ -32,8 +32,8 @@ def tiny_config(tmp_path, method: str = "ce", epochs: int = 2, **sections) -> di
         "model": {"name": "cifar_resnet18", "width": 8},
         "data": {"dataset": "synthetic", "options": {"num_classes": 10, "train_size": 512, "test_size": 128,
                                                       "image_size": 32},
-                 "batch_size": 64, "eval_batch_size": 128},
-        "optim": {"lr": 0.1, "weight_decay": 5e-4},
+                 "batch_size": 32, "eval_batch_size": 128},
+        "optim": {"lr": 0.05, "weight_decay": 5e-4},
         "schedule": {"name": "cosine"},
         "train": {"epochs": epochs, "device": "cpu", "progress": False},
     }

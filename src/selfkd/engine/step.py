@@ -104,6 +104,18 @@ class TrainStep:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]), self._counter, self.first_bad)
         self._counter += 1
 
+    def window_state(self) -> dict:
+        """The running statistics of the current window, so a mid-epoch checkpoint resumes them."""
+        return {"names": self.names, "sums": self.sums, "correct": self.correct, "seen": self.seen,
+                "steps": self.steps, "skipped": self.skipped}
+
+    def load_window_state(self, state: dict) -> None:
+        self.names = state["names"]
+        self.sums = None if state["sums"] is None else state["sums"].to(self.device)
+        self.correct = state["correct"].to(self.device)
+        self.skipped = state["skipped"].to(self.device)
+        self.seen, self.steps = state["seen"], state["steps"]
+
     def summary(self) -> dict[str, float]:
         """Mean of each loss term and training accuracy over the window (one host sync)."""
         if self.sums is None or self.steps == 0:

@@ -155,6 +155,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "best": self.best, "train_time": self.train_time, "images_seen": self.images_seen,
+            "window": self.step.window_state() if self.step_in_epoch else None,
         }
 
     def save(self) -> None:
@@ -183,6 +184,7 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self.best, self.train_time = ckpt.get("best"), ckpt.get("train_time", 0.0)
         self.images_seen = ckpt.get("images_seen", 0)
+        self.resumed_window = ckpt.get("window")
         self.logger.print(f"Resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}.")
 
     # ------------------------------------------------------------------ loop
@@ -216,6 +218,9 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         steps = len(self.train_loader)
         self.step.reset()
+        if getattr(self, "resumed_window", None):  # resuming mid-epoch: keep the epoch's statistics so far
+            self.step.load_window_state(self.resumed_window)
+            self.resumed_window = None
         window_start = self.global_step
         bar = None
         if use_progress_bar(t.progress) and self.dist.main:

@@ -1,0 +1,88 @@
+"""Batched, per-sample image augmentation on whatever device holds the images.
+
+Inputs are uint8 ``(B, C, H, W)``; every sample gets its own random parameters drawn from the
+given generator. Outputs are float, normalised, in channels_last layout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(size, padding, fill 0) + RandomHorizontalFlip, as one gather (uint8 in, uint8 out)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if padding:
+        x = F.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b, 1), generator=gen, device=dev)
+    ox = torch.randint(0, 2 * padding + 1, (b, 1), generator=gen, device=dev)
+    rows = oy + torch.arange(h, device=dev)
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if flip:
+        mirrored = torch.rand(b, 1, generator=gen, device=dev) < 0.5
+        cols = torch.where(mirrored, w - 1 - cols, cols)
+    cols = ox + cols
+    nhwc = x.permute(0, 2, 3, 1)
+    out = nhwc[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, scale: tuple[float, float], flip: bool,
+                             gen: torch.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                             tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop (torchvision's sampling: 10 tries, then a centre crop) + flip, bilinear.
+
+    Returns float in [0, 255].
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    area = h * w
+    target = area * torch.empty(b, tries, device=dev).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(b, tries, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    aspect = torch.exp(log_r)
+    cw = torch.sqrt(target * aspect).round()
+    ch = torch.sqrt(target / aspect).round()
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=dev))
+    pick = first.clamp(min=0)[:, None]
+    cw, ch = cw.gather(1, pick)[:, 0], ch.gather(1, pick)[:, 0]
+    # Fallback (no valid try): centre crop with the ratio clamped into range.
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        fw, fh = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(h * ratio[1]), h
+    else:
+        fw, fh = w, h
+    failed = first < 0
+    cw = torch.where(failed, torch.full_like(cw, fw), cw)
+    ch = torch.where(failed, torch.full_like(ch, fh), ch)
+    u = torch.rand(b, 2, device=dev, generator=gen)
+    x0 = torch.where(failed, torch.full_like(cw, (w - fw) // 2), torch.floor(u[:, 0] * (w - cw + 1)))
+    y0 = torch.where(failed, torch.full_like(ch, (h - fh) // 2), torch.floor(u[:, 1] * (h - ch + 1)))
+    sx = cw / w
+    if flip:
+        sx = torch.where(torch.rand(b, device=dev, generator=gen) < 0.5, -sx, sx)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (2 * x0 + cw) / w - 1
+    theta[:, 1, 1] = ch / h
+    theta[:, 1, 2] = (2 * y0 + ch) / h - 1
+    grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to ``size`` x ``size`` (bilinear, antialiased); identity when already that size."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 255] float -> (x/255 − mean)/std, channels_last."""
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    return (x * (1 / 255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

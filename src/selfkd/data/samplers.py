@@ -1,0 +1,118 @@
+"""Batch samplers: each yields one LongTensor of dataset indices per training step.
+
+All of them are deterministic functions of ``(seed, epoch)``, so resuming at any step needs no
+saved state, and all of them shard by rank: the global batch (``batch_size`` images in total,
+as papers state it) is drawn identically on every rank and rank ``r`` keeps ``batch[r::world]``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + salt) % (2**63))
+
+
+class Batches:
+    """Shuffled pass over ``n`` samples in global batches of ``batch_size`` (last one smaller unless ``drop_last``)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 shuffle: bool = True, drop_last: bool = False):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        if self.shuffle:
+            return torch.randperm(self.n, generator=_generator(self.seed, self.epoch))
+        return torch.arange(self.n)
+
+    def _global_batches(self):
+        order = self._order()
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def iter_from(self, step: int = 0):
+        for i, batch in enumerate(self._global_batches()):
+            if i >= step:
+                yield self._shard(batch)
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+    def _shard(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return batch
+        if len(batch) % self.world:  # pad the last batch by wrapping, as DistributedSampler does
+            batch = torch.cat([batch, batch[: self.world - len(batch) % self.world]])
+        return batch[self.rank::self.world]
+
+
+class ClassPartnerBatches(Batches):
+    """Anchors in a shuffled pass, each followed (block-wise) by ``partners`` same-class samples.
+
+    Layout of one batch: ``[anchors; partners_1; ...; partners_m]``. CS-KD: one partner drawn
+    uniformly from the anchor's class (possibly itself). BAKE: ``m`` partners drawn without
+    replacement from the class minus the anchor (with replacement only when the class is too small).
+    Sharding keeps every anchor's group on one rank.
+    """
+
+    def __init__(self, labels: torch.Tensor, anchors_per_batch: int, partners: int, seed: int = 0,
+                 rank: int = 0, world: int = 1, exclude_self: bool = False, replace: bool = True):
+        super().__init__(len(labels), anchors_per_batch, seed, rank, world)
+        self.partners, self.exclude_self, self.replace = partners, exclude_self, replace
+        labels = labels.cpu().long()
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels)
+        self.class_start = torch.cumsum(counts, 0) - counts
+        self.class_count = counts
+        self.sorted_index = order
+        self.labels = labels
+        self.rank_in_class = torch.empty_like(labels)
+        self.rank_in_class[order] = torch.arange(len(labels)) - self.class_start[labels[order]]
+
+    def _partners_for(self, anchors: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(m, len(anchors)) partner indices."""
+        y = self.labels[anchors]
+        count, start = self.class_count[y], self.class_start[y]
+        m = self.partners
+        if self.replace and not self.exclude_self:
+            offsets = (torch.rand(m, len(anchors), generator=gen) * count).long()
+            return self.sorted_index[start + offsets]
+        # Without the anchor: rank of the anchor inside its class, then draw among the other count-1.
+        anchor_pos = self.rank_in_class[anchors]
+        others = (count - 1).clamp(min=1)
+        if self.replace:
+            offsets = (torch.rand(m, len(anchors), generator=gen) * others).long()
+        else:
+            # m distinct draws per anchor: argsort of random keys over the class, first m (wrap if too few).
+            keys = torch.rand(len(anchors), int(others.max()), generator=gen)
+            keys[torch.arange(int(others.max()))[None, :] >= others[:, None]] = 2.0
+            picks = keys.argsort(dim=1)[:, :m]
+            offsets = torch.remainder(picks, others[:, None]).T
+        offsets = offsets + (offsets >= anchor_pos).long() * (count > 1).long()
+        return self.sorted_index[start + offsets]
+
+    def iter_from(self, step: int = 0):
+        gen = _generator(self.seed, self.epoch, salt=1)
+        for i, anchors in enumerate(self._global_batches()):
+            partners = self._partners_for(anchors, gen)  # always drawn, so skipping keeps the stream
+            if i < step:
+                continue
+            if self.world > 1:
+                keep = torch.arange(len(anchors))
+                if len(keep) % self.world:
+                    keep = torch.cat([keep, keep[: self.world - len(keep) % self.world]])
+                keep = keep[self.rank::self.world]
+                anchors, partners = anchors[keep], partners[:, keep]
+            yield torch.cat([anchors, partners.reshape(-1)])

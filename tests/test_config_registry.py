@@ -1,0 +1,59 @@
+"""Config validation, overrides and the name registries: clear errors for user mistakes."""
+import pytest
+
+from selfkd import create_method, create_model
+from selfkd.config import build_config, load_config
+from selfkd.errors import ConfigError
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(ConfigError) as err:
+        build_config({"optim": {"lrr": 0.1}})
+    assert "optim.lrr" in str(err.value) and "Did you mean 'lr'" in str(err.value)
+
+
+def test_wrong_type_says_what_was_expected():
+    with pytest.raises(ConfigError) as err:
+        build_config({"train": {"epochs": "many"}})
+    assert "train.epochs" in str(err.value) and "integer" in str(err.value)
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    cfg = load_config(None, ["train.deterministic=False", "optim.lr=1e-4", "optim.nesterov=true",
+                             "schedule.milestones=[3, 4]", "method.name=ls", "method.epsilon=0.2"])
+    assert cfg.train.deterministic is False
+    assert cfg.optim.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; pydantic converts it
+    assert cfg.optim.nesterov is True
+    assert cfg.schedule.milestones == [3, 4]
+    assert cfg.method.options() == {"epsilon": 0.2}
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_unknown_names_suggest_closest(tiny_resnet):
+    with pytest.raises(ConfigError, match="Did you mean 'ls'"):
+        create_method("lss", tiny_resnet())
+    with pytest.raises(ConfigError, match="Did you mean 'cifar_resnet18'"):
+        create_model("cifar_resnet81", num_classes=10)
+
+
+def test_method_options_are_checked(tiny_resnet):
+    with pytest.raises(ConfigError, match="Did you mean 'epsilon'"):
+        create_method("ls", tiny_resnet(), epsilon_=0.1)
+    with pytest.raises(ConfigError, match="ls_style"):
+        create_method("ls", tiny_resnet(), ls_style="weird")
+    method = create_method("ls", tiny_resnet(), epsilon="0.2")  # from a YAML/CLI string
+    assert method.epsilon == pytest.approx(0.2)
+
+
+def test_num_classes_must_match_model(tiny_resnet):
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_method("ce", tiny_resnet(10), num_classes=100)

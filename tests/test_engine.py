@@ -1,0 +1,169 @@
+"""End-to-end runs through the engine and the CLI: learning, resume exactness, run folders, errors."""
+import json
+import signal
+
+import pytest
+import torch
+import yaml
+
+from selfkd.engine import train
+from selfkd.engine.trainer import Interrupted
+from selfkd.errors import ConfigError, TrainingError
+from selfkd.methods import Method, MethodOutput, register_method, METHODS
+from selfkd.losses import cross_entropy
+from conftest import tiny_config
+
+
+def _weights(run_dir):
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    return ckpt["method_state"], ckpt["optimizer"]
+
+
+def test_cli_run_learns_and_writes_run_folder(tmp_path, run_cli):
+    cfg = tiny_config(tmp_path, epochs=2)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli("train", "-c", path)
+    assert code == 0, err
+    run = tmp_path / "run_ce"
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "model.safetensors", "summary.json",
+                 "reliability.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train/loss"] < rows[0]["train/loss"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["top1"] == rows[-1]["test/top1"] > 30  # chance is 10 %
+    assert "selected on the test set" in summary["best_on_test"]["note"]
+    assert "final test top-1" in out
+
+
+if "test_sigterm" not in METHODS:
+    @register_method("test_sigterm")
+    class SigtermAtStep(Method):
+        """CE that sends SIGTERM to its own process during training step ``at_step`` (1-based; 0 = never)."""
+
+        def __init__(self, model, num_classes, at_step: int = 0):
+            super().__init__(model, num_classes)
+            self.at_step, self.calls = at_step, 0
+
+        def compute_loss(self, images, targets, index=None):
+            self.calls += 1
+            if self.calls == self.at_step:
+                signal.raise_signal(signal.SIGTERM)
+            logits, _ = self.backbone(images)
+            ce = cross_entropy(logits, targets)
+            return MethodOutput(logits, ce, {"ce": ce})
+
+
+@pytest.mark.parametrize("stop_at", [16, 21])  # the end of epoch 1 (16 steps/epoch), and mid-epoch 2
+def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, stop_at):
+    straight = tiny_config(tmp_path, method="test_sigterm", epochs=2)
+    straight["run_dir"] = str(tmp_path / "straight")
+    train(straight)
+    split = tiny_config(tmp_path, method="test_sigterm", epochs=2)
+    split["run_dir"] = str(tmp_path / "split")
+    split["method"]["at_step"] = stop_at
+    with pytest.raises(Interrupted, match=f"step {(stop_at - 1) % 16 + 1}.*--resume"):
+        train(split)
+    split["method"]["at_step"] = 0
+    train(split, resume=True)
+    a, opt_a = _weights(tmp_path / "straight")
+    b, opt_b = _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key, state in opt_a["state"].items():
+        assert torch.equal(state["momentum_buffer"], opt_b["state"][key]["momentum_buffer"])
+    rows_a = [json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(r) for r in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in rows_a] == pytest.approx([r["train/loss"] for r in rows_b])
+    assert [r["test/top1"] for r in rows_a] == [r["test/top1"] for r in rows_b]
+
+
+def test_run_folder_is_never_silently_reused(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64})
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    train(cfg, overwrite=True)
+
+
+def test_resume_refuses_a_different_method(tmp_path, run_cli):
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64})
+    train(cfg)
+    code, _, err = run_cli("train", "--resume", cfg["run_dir"], "--method", "ls")
+    assert code == 2
+    assert "different run" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
+def test_corrupt_or_foreign_checkpoint(tmp_path, run_cli, content):
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64})
+    train(cfg)
+    ckpt = tmp_path / "run_ce" / "last.pt"
+    if content is None:
+        torch.save({"state_dict": {}}, ckpt)  # someone else's checkpoint
+    else:
+        ckpt.write_bytes(content)
+    code, _, err = run_cli("train", "--resume", cfg["run_dir"])
+    assert code == 2
+    assert ("not a readable selfkd checkpoint" in err or "not a selfkd checkpoint" in err) and "Traceback" not in err
+
+
+def test_truncated_checkpoint(tmp_path, run_cli):
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64})
+    train(cfg)
+    ckpt = tmp_path / "run_ce" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    code, _, err = run_cli("train", "--resume", cfg["run_dir"])
+    assert code == 2 and "corrupt, truncated" in err
+
+
+if "test_nan_at_step_3" not in METHODS:
+    @register_method("test_nan_at_step_3")
+    class NanAtStep3(Method):
+        """CE whose loss turns NaN from the third training step on (a fault injection for tests)."""
+
+        def __init__(self, model, num_classes):
+            super().__init__(model, num_classes)
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def compute_loss(self, images, targets, index=None):
+            logits, _ = self.backbone(images)
+            self.calls += 1
+            ce = cross_entropy(logits, targets)
+            poison = torch.where(self.calls >= 3, torch.tensor(float("nan")), torch.tensor(0.0))
+            return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, method="ce", epochs=1, data={"train_subset": 128})
+    train(cfg)  # a good checkpoint from a CE run ...
+    good = (tmp_path / "run_ce" / "last.pt").read_bytes()
+    bad = tiny_config(tmp_path, method="test_nan_at_step_3", epochs=2, data={"train_subset": 256})
+    bad["run_dir"] = cfg["run_dir"]
+    with pytest.raises(TrainingError, match=r"Non-finite loss \(poison\) at training step 3"):
+        train(bad, overwrite=True)
+    assert not (tmp_path / "run_ce" / "last.pt").exists() or (tmp_path / "run_ce" / "last.pt").read_bytes() != good
+
+
+def test_nonfinite_skip_option_counts_skipped_steps(tmp_path):
+    cfg = tiny_config(tmp_path, method="test_nan_at_step_3", epochs=1, data={"train_subset": 256},
+                      train={"epochs": 1, "device": "cpu", "progress": False, "nonfinite": "skip"})
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run_test_nan_at_step_3" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train/skipped_steps"] == 6  # steps 3..8 of 8
+
+
+def test_eval_commands(tmp_path, run_cli):
+    cfg = tiny_config(tmp_path, epochs=1)
+    summary = train(cfg)
+    code, out, err = run_cli("eval", "--run", cfg["run_dir"], "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(summary["final"]["top1"])
+    weights = tmp_path / "run_ce" / "model.safetensors"
+    code, out, err = run_cli("eval", "--weights", weights, "--dataset", "synthetic", "--device", "cpu")
+    assert code == 0, err  # synthetic defaults differ from the run's options: only checks the file loads and runs
+    assert json.loads(out)["model"] == "cifar_resnet18"
