@@ -1,6 +1,5 @@
 """End-to-end runs through the engine and the CLI: learning, resume exactness, run folders, errors."""
 import json
-import signal
 
 import pytest
 import torch
@@ -9,9 +8,8 @@ import yaml
 from selfkd.engine import train
 from selfkd.engine.trainer import Interrupted
 from selfkd.errors import ConfigError, TrainingError
-from selfkd.methods import Method, MethodOutput, register_method, METHODS
-from selfkd.losses import cross_entropy
 from conftest import tiny_config
+import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
 
 
 def _weights(run_dir):
@@ -37,24 +35,6 @@ def test_cli_run_learns_and_writes_run_folder(tmp_path, run_cli):
     assert summary["final"]["top1"] == rows[-1]["test/top1"] > 30  # chance is 10 %
     assert "selected on the test set" in summary["best_on_test"]["note"]
     assert "final test top-1" in out
-
-
-if "test_sigterm" not in METHODS:
-    @register_method("test_sigterm")
-    class SigtermAtStep(Method):
-        """CE that sends SIGTERM to its own process during training step ``at_step`` (1-based; 0 = never)."""
-
-        def __init__(self, model, num_classes, at_step: int = 0):
-            super().__init__(model, num_classes)
-            self.at_step, self.calls = at_step, 0
-
-        def compute_loss(self, images, targets, index=None):
-            self.calls += 1
-            if self.calls == self.at_step:
-                signal.raise_signal(signal.SIGTERM)
-            logits, _ = self.backbone(images)
-            ce = cross_entropy(logits, targets)
-            return MethodOutput(logits, ce, {"ce": ce})
 
 
 @pytest.mark.parametrize("stop_at", [16, 21])  # the end of epoch 1 (16 steps/epoch), and mid-epoch 2
@@ -119,23 +99,6 @@ def test_truncated_checkpoint(tmp_path, run_cli):
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     code, _, err = run_cli("train", "--resume", cfg["run_dir"])
     assert code == 2 and "corrupt, truncated" in err
-
-
-if "test_nan_at_step_3" not in METHODS:
-    @register_method("test_nan_at_step_3")
-    class NanAtStep3(Method):
-        """CE whose loss turns NaN from the third training step on (a fault injection for tests)."""
-
-        def __init__(self, model, num_classes):
-            super().__init__(model, num_classes)
-            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-        def compute_loss(self, images, targets, index=None):
-            logits, _ = self.backbone(images)
-            self.calls += 1
-            ce = cross_entropy(logits, targets)
-            poison = torch.where(self.calls >= 3, torch.tensor(float("nan")), torch.tensor(0.0))
-            return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, SelfKDError
 
-EXTRA: list[str] = []  # modules with register(subparsers), e.g. "selfkd.bench"
+EXTRA: list[str] = ["selfkd.bench", "selfkd.report.compare", "selfkd.sweep", "selfkd.export", "selfkd.demo"]  # modules with register(subparsers)
 
 TRAIN_FLAGS = {  # flag -> dotted config key
     "method": "method.name", "model": "model.name", "dataset": "data.dataset", "data_dir": "data.data_dir",
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except SelfKDError as err:
-        print(f"selfkd: error: {err}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one message rather than one per process
+            print(f"selfkd: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("selfkd: interrupted; nothing after the last saved checkpoint was kept.", file=sys.stderr)

@@ -61,8 +61,12 @@ class ResidentLoader:
         return self.iter_from(0)
 
     def iter_from(self, step: int = 0):
-        for i, index in enumerate(self.sampler.iter_from(step), start=step):
-            index = index.to(self.device, non_blocking=True)
+        batches = list(self.sampler.iter_from(step))
+        if not batches:
+            return
+        # One host-to-device copy per epoch instead of one per step.
+        on_device = torch.cat(batches).to(self.device).split([len(b) for b in batches])
+        for i, index in enumerate(on_device, start=step):
             if self.views > 1:
                 index = index.repeat(self.views)
             yield Batch(self._transform(self.images[index], i), self.labels[index], index)

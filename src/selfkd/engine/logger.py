@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import TrainingError
+
 
 class RunLogger:
     """Only the main process writes; the others hold a logger that does nothing."""
@@ -29,9 +31,13 @@ class RunLogger:
         if not self.enabled:
             return
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        self._write_csv()
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            self._write_csv()
+        except OSError as err:
+            raise TrainingError(f"Could not write the metrics in {self.run_dir} ({err.strerror or err}); the last "
+                                "checkpoint is intact. Free some space, then resume the run.") from None
         if self.tb is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):

@@ -10,6 +10,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..comm import all_reduce_sum
 from ..methods.base import Method
 
 
@@ -78,7 +79,7 @@ class TrainStep:
         if self.names is None:
             self.names = ["loss", *out.losses]
         terms = torch.stack([loss.detach().float(), *(v.detach().float() for v in out.losses.values())])
-        if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # host sync only in this opt-in mode
+        if self.skip_nonfinite and self._any_rank_nonfinite(loss):  # host sync only in this opt-in mode
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             return
@@ -104,6 +105,12 @@ class TrainStep:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]), self._counter, self.first_bad)
         self._counter += 1
 
+    @staticmethod
+    def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
+        """All ranks must skip together, or DDP's gradient all-reduce would hang."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        return bool(all_reduce_sum(bad).item())
+
     def window_state(self) -> dict:
         """The running statistics of the current window, so a mid-epoch checkpoint resumes them."""
         return {"names": self.names, "sums": self.sums, "correct": self.correct, "seen": self.seen,
@@ -120,10 +127,16 @@ class TrainStep:
         """Mean of each loss term and training accuracy over the window (one host sync)."""
         if self.sums is None or self.steps == 0:
             return {}
-        values = (self.sums / self.steps).tolist()
-        out = {f"train/{name}" if name == "loss" else f"train/loss_{name}": v for name, v in zip(self.names, values)}
-        out["train/top1"] = 100.0 * int(self.correct) / max(1, self.seen)
-        skipped = int(self.skipped)
+        # One reduction over ranks: [term sums..., correct, seen, steps, skipped].
+        packed = torch.cat([self.sums.double(), torch.stack([self.correct, self.skipped]).double(),
+                            torch.tensor([self.seen, self.steps], dtype=torch.float64, device=self.device)])
+        packed = all_reduce_sum(packed).tolist()
+        k = len(self.names)
+        sums, (correct, skipped, seen, steps) = packed[:k], packed[k:]
+        out = {f"train/{name}" if name == "loss" else f"train/loss_{name}": v / steps
+               for name, v in zip(self.names, sums)}
+        out["train/top1"] = 100.0 * correct / max(1.0, seen)
+        skipped = int(skipped)
         if skipped:
             out["train/skipped_steps"] = skipped
         return out

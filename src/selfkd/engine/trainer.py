@@ -22,10 +22,11 @@ from ..config import Config, build_config
 from ..data.datasets import load_dataset
 from ..data.pipeline import build_test_loader, build_train_loader
 from ..errors import ConfigError, SelfKDError, TrainingError
-from ..methods import create_method
+from ..methods import create_method, per_sample_args
 from ..metrics import EvalStats
 from ..models import create_model
 from . import distributed as dist_utils
+from ..atomic import atomic_write
 from ..weights import save_weights
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .logger import RunLogger, use_progress_bar
@@ -72,16 +73,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def per_sample_args(method: str, num_train: int) -> dict:
-    """Methods that keep per-sample state (e.g. PS-KD's table) take ``num_samples``; give it to them."""
-    import inspect
-
-    from ..methods import METHODS
-
-    params = inspect.signature(METHODS.get(method).__init__).parameters
-    return {"num_samples": num_train} if "num_samples" in params else {}
-
-
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, main: bool) -> Path:
     path = cfg.run_path
     occupied = (path / CONFIG).exists() or (path / CHECKPOINT).exists()
@@ -112,6 +103,9 @@ class Trainer:
         self.method = create_method(cfg.method.name, model, num_classes=self.splits.num_classes,
                                     **cfg.method.options(), **per_sample_args(cfg.method.name, num_train))
         if t.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
+                                  "turn it off for CPU runs.")
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device)
         channels_last = self.device.type == "cuda" if t.channels_last == "auto" else t.channels_last
@@ -130,7 +124,11 @@ class Trainer:
         compile_mode = ("reduce-overhead" if self.device.type == "cuda" else "off") if t.compile == "auto" else t.compile
         self.step = TrainStep(self.method, self.optimizer, self.device, t.amp, compile_mode, t.grad_clip,
                               t.nonfinite == "skip", ddp=self.dist.enabled)
-        self.logger = RunLogger(self.run_dir, self.dist.main)
+        try:
+            self.logger = RunLogger(self.run_dir, self.dist.main)
+        except OSError as err:
+            raise ConfigError(f"Cannot create the run folder {self.run_dir} ({err.strerror or err}). "
+                              "Choose a writable --run-dir.") from None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: dict | None = None
         self.train_time = 0.0
@@ -138,8 +136,7 @@ class Trainer:
         if resume:
             self._restore()
         elif self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG).write_text(_yaml(cfg.to_dict()))
+            atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())))
 
     # ------------------------------------------------------------------ state
 
@@ -312,9 +309,9 @@ class Trainer:
                     "in_channels": self.splits.in_channels, "model_options": self.cfg.model.options(),
                     "method": self.cfg.method.name, "selfkd_version": __version__}
             save_weights(self.run_dir / WEIGHTS, self.method.deployable(), meta)
-            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
             if getattr(self, "reliability", None):
-                (self.run_dir / "reliability.json").write_text(json.dumps(self.reliability))
+                atomic_write(self.run_dir / "reliability.json", lambda tmp: tmp.write_text(json.dumps(self.reliability)))
+            atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         self.logger.close()
         return summary
 
@@ -355,8 +352,13 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
     """Train one run and return its summary (the Python API behind ``selfkd train``)."""
     if isinstance(cfg, dict):
         cfg = build_config(cfg)
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and (cfg.run_path / CHECKPOINT).exists():
+        resume, overwrite = True, False  # torchrun restarted the workers: continue from the last checkpoint
     try:
-        return trainer.fit()
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.logger.close()
     finally:
-        trainer.logger.close()
+        dist_utils.shutdown()

@@ -2,11 +2,11 @@ import importlib
 import pkgutil
 
 from .base import DataNeeds, Method, MethodOutput
-from .registry import METHODS, create_method, list_methods, register_method
+from .registry import METHODS, create_method, list_methods, per_sample_args, register_method
 
 # Every module of this package registers its methods on import.
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("base", "registry"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["DataNeeds", "Method", "MethodOutput", "METHODS", "create_method", "list_methods", "register_method"]
+__all__ = ["DataNeeds", "Method", "MethodOutput", "METHODS", "create_method", "list_methods", "per_sample_args", "register_method"]

@@ -30,5 +30,13 @@ def create_method(name: str, model, num_classes: int | None = None, **hparams):
     return checked_call(cls, "method", name, hparams, fixed=(model, num_classes))
 
 
+def per_sample_args(name: str, num_samples: int) -> dict:
+    """Methods that keep per-sample state (e.g. PS-KD's table) take ``num_samples``: supply it to them."""
+    import inspect
+
+    params = inspect.signature(METHODS.get(name).__init__).parameters
+    return {"num_samples": num_samples} if "num_samples" in params else {}
+
+
 def list_methods() -> list[str]:
     return METHODS.names()

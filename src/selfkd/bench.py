@@ -1,0 +1,249 @@
+"""``selfkd bench``: every method in one process on the same data and model, warm-up first.
+
+Training throughput goes through the engine's own :class:`~selfkd.engine.step.TrainStep` and data
+pipeline (resident uint8 data, batched augmentation), so the numbers are what ``selfkd train`` gets.
+Ratios measured in one run are what count; absolute figures only mean something on a GPU.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import DataConfig, parse_override
+from .data.datasets import DatasetSplits, ImageTensors
+from .data.pipeline import build_test_loader, build_train_loader
+from .engine.distributed import resolve_device
+from .engine.step import TrainStep, build_optimizer
+from .errors import ConfigError
+from .methods import create_method, per_sample_args
+from .models import create_model
+
+
+def synthetic_cifar(num_train: int, num_test: int, num_classes: int, size: int, channels: int = 3) -> DatasetSplits:
+    """Random uint8 images shaped like CIFAR (content does not matter for speed)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return ImageTensors(torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=gen),
+                            torch.randint(0, num_classes, (n,), generator=gen))
+
+    return DatasetSplits("bench", split(num_train), split(num_test), num_classes, channels,
+                         (0.5,) * channels, (0.25,) * channels, size, "crop_flip")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _batches(loader, count: int):
+    """``count`` batches, cycling through epochs as needed."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+            count -= 1
+            if count == 0:
+                return
+        epoch += 1
+
+
+def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                         **args.model_options)
+    method = create_method(method_name, model, num_classes=splits.num_classes, **options,
+                           **per_sample_args(method_name, len(splits.train))).to(device)
+    if args.channels_last:
+        method.to(memory_format=torch.channels_last)
+    method.train()
+    method.on_epoch_start(0, 1)
+    data_cfg = DataConfig(dataset="bench", batch_size=args.batch_size, eval_batch_size=args.batch_size)
+    loader = build_train_loader(splits, data_cfg, method.data_needs, device, seed=0)
+    optimizer = build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device)
+    step = TrainStep(method, optimizer, device, args.amp, args.compile)
+    samples_per_step = loader.sampler.n / len(loader.sampler)
+    _reset_peak(device)
+    started = time.perf_counter()
+    for batch in _batches(loader, args.warmup):
+        step(batch.images, batch.targets, batch.index)
+    _sync(device)
+    warmup_s = time.perf_counter() - started
+    step.reset()
+    started = time.perf_counter()
+    for batch in _batches(loader, args.steps):
+        step(batch.images, batch.targets, batch.index)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    loss = step.summary().get("train/loss", float("nan"))
+    return {
+        "method": method_name,
+        "img_per_s": samples_per_step * args.steps / elapsed,
+        "ms_per_step": 1000 * elapsed / args.steps,
+        "extra_params": method.extra_parameters(),
+        "peak_mem_mb": _peak_mb(device),
+        "warmup_s": warmup_s,
+        "images_per_step": batch.images.shape[0],
+        "mean_loss": loss,
+    }
+
+
+def bench_data(args, splits: DatasetSplits, device: torch.device) -> dict:
+    from .methods.base import DataNeeds
+
+    data_cfg = DataConfig(dataset="bench", batch_size=args.batch_size)
+    loader = build_train_loader(splits, data_cfg, DataNeeds(), device, seed=0)
+    for _ in _batches(loader, args.warmup):
+        pass
+    _sync(device)
+    started = time.perf_counter()
+    for batch in _batches(loader, args.steps):
+        pass
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    return {"what": "data", "img_per_s": args.batch_size * args.steps / elapsed,
+            "ms_per_step": 1000 * elapsed / args.steps}
+
+
+@torch.no_grad()
+def bench_eval(args, splits: DatasetSplits, device: torch.device) -> dict:
+    from .engine.step import amp_dtype
+
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                         **args.model_options).to(device).eval()
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = model if args.compile == "off" else torch.compile(model, mode=None if args.compile == "default" else args.compile)
+    loader = build_test_loader(splits, DataConfig(dataset="bench", eval_batch_size=args.batch_size), device)
+    dtype = amp_dtype(args.amp, device)
+    _reset_peak(device)
+
+    def run(count):
+        for batch in _batches(loader, count):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                forward(batch.images)
+
+    run(args.warmup)
+    _sync(device)
+    started = time.perf_counter()
+    run(args.steps)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    return {"what": "eval", "img_per_s": args.batch_size * args.steps / elapsed,
+            "ms_per_step": 1000 * elapsed / args.steps, "peak_mem_mb": _peak_mb(device)}
+
+
+def environment(device: torch.device) -> dict:
+    env = {"selfkd": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "device": str(device), "platform": platform.platform()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'method':<14}{'img/s':>10}{'ms/step':>10}{'× ce':>8}{'extra params':>14}{'peak MB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        rel = f"{r['relative_to_ce']:.2f}" if r.get("relative_to_ce") is not None else "-"
+        mem = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-"
+        lines.append(f"{r['method']:<14}{r['img_per_s']:>10.0f}{r['ms_per_step']:>10.2f}{rel:>8}"
+                     f"{r['extra_params']:>14,}{mem:>10}")
+    return "\n".join(lines)
+
+
+def method_options(items: list[str]) -> dict[str, dict]:
+    """``--set frskd.alpha=1`` -> {"frskd": {"alpha": 1}}."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, value = parse_override(item)
+        if "." not in key:
+            raise ConfigError(f"bench --set expects METHOD.OPTION=VALUE (e.g. frskd.sla=true), got '{item}'.")
+        method, option = key.split(".", 1)
+        out.setdefault(method, {})[option] = value
+    return out
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    args.channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
+    if args.compile == "auto":
+        args.compile = "reduce-overhead" if device.type == "cuda" else "off"
+    args.model_options = {} if args.width is None else {"width": args.width}
+    num_train = args.train_size or (50_000 if device.type == "cuda" else args.batch_size * (args.steps + args.warmup))
+    splits = synthetic_cifar(num_train, args.batch_size * 4, args.num_classes, args.image_size, args.channels)
+    env = environment(device)
+    print(f"selfkd bench on {env.get('gpu', env['device'])}: {args.model}, batch {args.batch_size}, {args.steps} timed "
+          f"steps after {args.warmup} warm-up, amp {args.amp}, compile {args.compile}, channels_last {args.channels_last}",
+          file=sys.stderr)
+    if args.what == "train":
+        options = method_options(args.overrides)
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if "ce" not in names:
+            names.insert(0, "ce")
+        rows = []
+        for name in names:
+            rows.append(bench_train(name, options.get(name, {}), args, splits, device))
+            print(f"  {name}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)
+        ce = next(r for r in rows if r["method"] == "ce")
+        for r in rows:
+            r["relative_to_ce"] = r["ms_per_step"] / ce["ms_per_step"]
+        print(format_table(rows))
+        result = {"what": "train", "settings": _settings(args), "environment": env, "results": rows}
+    else:
+        row = bench_data(args, splits, device) if args.what == "data" else bench_eval(args, splits, device)
+        print(json.dumps(row, indent=2))
+        result = {"what": args.what, "settings": _settings(args), "environment": env, "results": [row]}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _settings(args) -> dict:
+    keys = ["model", "width", "batch_size", "steps", "warmup", "amp", "compile", "channels_last", "num_classes",
+            "image_size", "overrides"]
+    return {k: getattr(args, k) for k in keys}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure training speed and memory of several methods in one run")
+    p.add_argument("--methods", default="ce,dsr,drg,lightskd,frskd", help="comma-separated (ce is always included)")
+    p.add_argument("--model", default="cifar_resnet18")
+    p.add_argument("--width", type=int, help="base width for CIFAR ResNets (smaller for quick CPU runs)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--train-size", type=int, help="synthetic training images (default 50,000 on GPU)")
+    p.add_argument("--what", default="train", choices=["train", "data", "eval"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.set_defaults(func=run)

@@ -1,0 +1,43 @@
+"""Test-only methods that inject faults (a NaN loss, a SIGTERM) at a chosen training step."""
+import signal
+
+import torch
+
+from selfkd.losses import cross_entropy
+from selfkd.methods import METHODS, Method, MethodOutput, register_method
+
+if "test_nan_at_step_3" not in METHODS:
+    @register_method("test_nan_at_step_3")
+    class NanAtStep3(Method):
+        """CE whose loss turns NaN from the third training step on (a fault injection for tests)."""
+
+        def __init__(self, model, num_classes):
+            super().__init__(model, num_classes)
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def compute_loss(self, images, targets, index=None):
+            logits, _ = self.backbone(images)
+            self.calls += 1
+            ce = cross_entropy(logits, targets)
+            poison = torch.where(self.calls >= 3, torch.tensor(float("nan")), torch.tensor(0.0))
+            return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
+
+
+if "test_sigterm" not in METHODS:
+    @register_method("test_sigterm")
+    class SigtermAtStep(Method):
+        """CE that sends SIGTERM to its own process during training step ``at_step`` (1-based; 0 = never)."""
+
+        def __init__(self, model, num_classes, at_step: int = 0):
+            super().__init__(model, num_classes)
+            self.at_step, self.calls = at_step, 0
+
+        def compute_loss(self, images, targets, index=None):
+            self.calls += 1
+            if self.calls == self.at_step:
+                signal.raise_signal(signal.SIGTERM)
+            logits, _ = self.backbone(images)
+            ce = cross_entropy(logits, targets)
+            return MethodOutput(logits, ce, {"ce": ce})
+
+

@@ -1,0 +1,70 @@
+"""torchrun DDP on CPU (gloo, 2 processes): one run folder, and the same first step as one process."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from conftest import tiny_config
+
+
+def _one_step_config(tmp_path, name):
+    # One optimizer step over one global batch of 64, no augmentation, so both runs see the same images.
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64, "batch_size": 64, "augment": "none"},
+                      optim={"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}, schedule={"name": "constant"})
+    cfg["run_dir"] = str(tmp_path / name)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _torchrun(*args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "selfkd", *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_two_rank_run_matches_one_process_first_step(tmp_path):
+    single = subprocess.run([sys.executable, "-m", "selfkd", "train", "-c", str(_one_step_config(tmp_path, "one"))],
+                            capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr
+    result = _torchrun("train", "-c", str(_one_step_config(tmp_path, "two")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One run folder, written once.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["method_state"]
+    expected = _expected_ddp_step(tmp_path)
+    for name, value in expected.items():
+        assert torch.allclose(two[name], value, atol=1e-4, rtol=1e-3), name  # float32 summation order differs
+    # One metrics row per epoch, written by rank 0 only.
+    rows = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and 0 <= rows[0]["test/top1"] <= 100
+
+
+def _expected_ddp_step(tmp_path):
+    """One process computing what 2-rank DDP must: the same initial weights, rank r's share of the global batch
+    (samples r, r+2, ... with its own BatchNorm statistics), gradients averaged over ranks, one SGD step."""
+    from selfkd import create_method, create_model
+    from selfkd.config import build_config
+    from selfkd.data import build_train_loader, load_dataset
+    from selfkd.methods.base import DataNeeds
+
+    cfg = build_config(yaml.safe_load((tmp_path / "two.yaml").read_text()))
+    splits = load_dataset("synthetic", None, **cfg.data.options)
+    loader = build_train_loader(splits, cfg.data, DataNeeds(), torch.device("cpu"), seed=0)
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    torch.manual_seed(0)
+    method = create_method("ce", create_model("cifar_resnet18", num_classes=10, width=8))
+    params = dict(method.named_parameters())
+    grads = {name: torch.zeros_like(p) for name, p in params.items()}
+    for rank in range(2):
+        method.zero_grad()
+        method(batch.images[rank::2], batch.targets[rank::2]).loss.backward()
+        for name, p in params.items():
+            grads[name] += p.grad / 2
+    return {name: (p - cfg.optim.lr * grads[name]).detach() for name, p in params.items()}
