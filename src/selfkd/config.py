@@ -49,7 +49,7 @@ class DataConfig(Section):
     eval_batch_size: PositiveInt = 500
     augment: Literal["crop_flip", "rrc_flip", "flip", "none"] | None = None  # None: the dataset's usual one
     image_size: PositiveInt | None = None  # training crop / test size; None: the dataset's usual one
-    padding: NonNegativeInt = 4
+    padding: NonNegativeInt | None = None  # crop padding; None: the dataset's usual one (4 for CIFAR)
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     test_resize: PositiveInt | None = None  # file datasets: resize before the centre crop (e.g. 256 for 224)
     mean: tuple[float, ...] | None = None

@@ -127,7 +127,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         except MissingFiles as err:
             if path != itself:
                 raise DatasetError(f"{err} The expected layout of '{name}' is: {entry.layout}.") from None
-            note = f" ({path} itself is not the dataset folder: {err})"
+            note = f" ({path} itself is not the dataset folder: {str(err).rstrip('.')})"
         except DatasetError:
             raise
         except READ_ERRORS as err:
@@ -161,13 +161,16 @@ def require(folder: Path, *names: str) -> None:
 
 
 def decode_rgb(path: str) -> torch.Tensor:
-    """An image file (JPEG, PNG, GIF, WebP; grayscale, CMYK or with alpha) as uint8 RGB ``(3, H, W)``."""
+    """An image file (JPEG, PNG, GIF, WebP; grayscale, CMYK, 16-bit or with alpha) as uint8 RGB ``(3, H, W)``;
+    the first frame of an animated GIF."""
     from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2.functional import to_dtype
 
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        return to_dtype(image[0] if image.ndim == 4 else image, torch.uint8, scale=True)
     except (RuntimeError, OSError, ValueError) as err:
-        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(err).strip())  # drop the C++ source location
+        reason = re.sub(r"^[^,]*, \S+:\d+, ", "", str(err).strip())  # drop the C++ source location
         raise DatasetError(
             f"Could not read the image {path}: {reason}. The file is missing, corrupt or not an image; "
             "re-download or re-extract the dataset."

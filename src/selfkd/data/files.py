@@ -1,0 +1,126 @@
+"""Batches of image files: decoded and augmented in DataLoader worker processes.
+
+The sampler decides the batches (one index tensor per step, as for :class:`ResidentLoader`).
+Workers return uint8 crops; the main process moves them to the device and normalises there.
+Every sample's random transform is seeded from ``(seed, epoch, index, view)``, so a run sees the
+same images whatever the number of workers and whichever worker gets a batch, and a resumed
+epoch continues with the images an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DatasetError
+from . import augment as aug
+from .datasets import ImageFiles, decode_rgb
+from .pipeline import AugmentSpec, Batch
+from .samplers import Batches
+
+
+def build_transform(spec: AugmentSpec, train: bool):
+    """torchvision v2 transforms on uint8 ``(3, H, W)`` tensors, ending at ``spec.size`` x ``spec.size``."""
+    from torchvision.transforms import v2
+
+    size = spec.size
+    if not train or spec.kind == "none":
+        return v2.Compose([v2.Resize(spec.test_resize or round(size * 256 / 224), antialias=True),
+                           v2.CenterCrop(size)])
+    if spec.kind == "rrc_flip":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=spec.scale, antialias=True), v2.RandomHorizontalFlip()])
+    crop = v2.RandomCrop(size, padding=spec.padding) if spec.kind == "crop_flip" else v2.CenterCrop(size)
+    return v2.Compose([v2.Resize(size, antialias=True), crop, v2.RandomHorizontalFlip()])
+
+
+def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:
+    """A well-mixed 63-bit seed for one augmented copy of one sample."""
+    words = np.random.SeedSequence([seed % 2**63, epoch, index, view]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class _Steps:
+    """The batch sampler given to DataLoader: the sampler's steps from ``start``, as ``(epoch, index)`` keys."""
+
+    def __init__(self, sampler: Batches):
+        self.sampler, self.start = sampler, 0
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.start, 0)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        for index in self.sampler.iter_from(self.start):
+            yield [(epoch, i) for i in index.tolist()]
+
+
+class _Images(Dataset):
+    """``dataset[(epoch, i)]`` = (i, uint8 ``(views, 3, size, size)``), or an error message for a bad file."""
+
+    def __init__(self, paths: list[str], transform, views: int, seed: int, train: bool):
+        self.paths, self.transform, self.views, self.seed, self.train = paths, transform, views, seed, train
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        try:
+            image = decode_rgb(self.paths[i])
+        except DatasetError as err:  # reported by the main process, without a worker traceback
+            return i, str(err)
+        if not self.train:
+            return i, self.transform(image)[None]
+        copies = []
+        for view in range(self.views):
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i, view))  # CPU only
+                copies.append(self.transform(image))
+        return i, torch.stack(copies)
+
+
+def _collate(samples):
+    """(index, images) with images view-major: ``[x¹ of every sample; x² of every sample; ...]``."""
+    for _, images in samples:
+        if isinstance(images, str):
+            return None, images
+    index = torch.tensor([i for i, _ in samples], dtype=torch.int64)
+    images = torch.stack([images for _, images in samples])  # (B, V, C, H, W)
+    return index, images.transpose(0, 1).reshape(-1, *images.shape[2:])
+
+
+class FileLoader:
+    """Same interface as :class:`~selfkd.data.pipeline.ResidentLoader`, for :class:`ImageFiles`."""
+
+    def __init__(self, data: ImageFiles, sampler: Batches, device: torch.device, mean, std, spec: AugmentSpec,
+                 views: int = 1, workers: int = 8, train: bool = True, seed: int = 0):
+        self.sampler, self.device, self.views = sampler, device, views if train else 1
+        self.labels = data.labels.to(device)
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32)
+        self.steps = _Steps(sampler)
+        images = _Images(data.paths, build_transform(spec, train), self.views, seed, train)
+        self.loader = DataLoader(images, batch_sampler=self.steps, num_workers=workers, collate_fn=_collate,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, step: int = 0):
+        self.steps.start = step
+        for index, images in self.loader:
+            if index is None:
+                raise DatasetError(images)
+            index = index.to(self.device, non_blocking=True).repeat(self.views)
+            images = images.to(self.device, non_blocking=True)
+            yield Batch(aug.normalize(images, self.mean, self.std), self.labels[index], index)
