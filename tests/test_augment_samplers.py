@@ -88,3 +88,15 @@ def test_class_partners_without_replacement_exclude_anchor():
         assert anchors[j].item() not in group
         assert len(set(group)) == 3
         assert all(labels[g] == labels[anchors[j]] for g in group)
+
+
+def test_distinct_partner_draws_are_uniform():
+    gen = torch.Generator().manual_seed(0)
+    others = torch.full((20000,), 5)
+    draws = ClassPartnerBatches._distinct(others, 3, gen)
+    assert bool((draws[0] != draws[1]).all() & (draws[1] != draws[2]).all() & (draws[0] != draws[2]).all())
+    freq = torch.bincount(draws.flatten(), minlength=5).float() / 20000
+    assert torch.allclose(freq, torch.full((5,), 3 / 5), atol=0.02)  # each value is in 3 of 5 draws
+    # A class with fewer samples than partners repeats some instead of failing.
+    small = ClassPartnerBatches._distinct(torch.tensor([2]), 3, gen)
+    assert set(small.flatten().tolist()) <= {0, 1}

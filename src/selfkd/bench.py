@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,8 @@ from .config import DataConfig, parse_override
 from .data.datasets import DatasetSplits, ImageTensors
 from .data.pipeline import build_test_loader, build_train_loader
 from .engine.distributed import resolve_device
-from .engine.step import TrainStep, build_optimizer
-from .errors import ConfigError
+from .engine.step import TrainStep, build_optimizer, configure_backends
+from .errors import ConfigError, SelfKDError
 from .methods import create_method, per_sample_args
 from .models import create_model
 
@@ -81,27 +82,36 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
     step = TrainStep(method, optimizer, device, args.amp, args.compile)
     samples_per_step = loader.sampler.n / len(loader.sampler)
     _reset_peak(device)
+    batches = _batches(loader, args.warmup + args.steps)
     started = time.perf_counter()
-    for batch in _batches(loader, args.warmup):
+    for _ in range(args.warmup):
+        batch = next(batches)
         step(batch.images, batch.targets, batch.index)
     _sync(device)
     warmup_s = time.perf_counter() - started
     step.reset()
-    started = time.perf_counter()
-    for batch in _batches(loader, args.steps):
-        step(batch.images, batch.targets, batch.index)
-    _sync(device)
-    elapsed = time.perf_counter() - started
-    loss = step.summary().get("train/loss", float("nan"))
+    # Timed in rounds; the median round is reported, so a stray hiccup does not move the result.
+    rounds = max(1, min(args.rounds, args.steps))
+    sizes = [args.steps // rounds + (i < args.steps % rounds) for i in range(rounds)]
+    times = []
+    for size in sizes:
+        started = time.perf_counter()
+        for _ in range(size):
+            batch = next(batches)
+            step(batch.images, batch.targets, batch.index)
+        _sync(device)
+        times.append((time.perf_counter() - started) / size)
+    ms = 1000 * statistics.median(times)
     return {
         "method": method_name,
-        "img_per_s": samples_per_step * args.steps / elapsed,
-        "ms_per_step": 1000 * elapsed / args.steps,
+        "img_per_s": samples_per_step * 1000 / ms,
+        "ms_per_step": ms,
+        "ms_per_step_spread": [1000 * min(times), 1000 * max(times)],
         "extra_params": method.extra_parameters(),
         "peak_mem_mb": _peak_mb(device),
         "warmup_s": warmup_s,
         "images_per_step": batch.images.shape[0],
-        "mean_loss": loss,
+        "mean_loss": step.summary().get("train/loss", float("nan")),
     }
 
 
@@ -187,6 +197,7 @@ def method_options(items: list[str]) -> dict[str, dict]:
 
 def run(args) -> int:
     device = resolve_device(args.device)
+    configure_backends(deterministic=False)  # the same kernel choices as `selfkd train`
     args.channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
     if args.compile == "auto":
         args.compile = "reduce-overhead" if device.type == "cuda" else "off"
@@ -202,15 +213,23 @@ def run(args) -> int:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
         if "ce" not in names:
             names.insert(0, "ce")
-        rows = []
+        rows, failed = [], []
+        bench_train("ce", {}, args, splits, device)  # untimed: clocks, cuDNN autotuning, compile caches
         for name in names:
-            rows.append(bench_train(name, options.get(name, {}), args, splits, device))
+            try:
+                rows.append(bench_train(name, options.get(name, {}), args, splits, device))
+            except SelfKDError:
+                raise
+            except Exception as err:  # one broken method must not hide the others' numbers
+                print(f"  {name}: FAILED ({type(err).__name__}: {str(err).splitlines()[0][:300]})", file=sys.stderr)
+                failed.append({"method": name, "error": f"{type(err).__name__}: {err}"})
+                continue
             print(f"  {name}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)
         ce = next(r for r in rows if r["method"] == "ce")
         for r in rows:
             r["relative_to_ce"] = r["ms_per_step"] / ce["ms_per_step"]
         print(format_table(rows))
-        result = {"what": "train", "settings": _settings(args), "environment": env, "results": rows}
+        result = {"what": "train", "settings": _settings(args), "environment": env, "results": rows, "failed": failed}
     else:
         row = bench_data(args, splits, device) if args.what == "data" else bench_eval(args, splits, device)
         print(json.dumps(row, indent=2))
@@ -222,7 +241,7 @@ def run(args) -> int:
 
 
 def _settings(args) -> dict:
-    keys = ["model", "width", "batch_size", "steps", "warmup", "amp", "compile", "channels_last", "num_classes",
+    keys = ["model", "width", "batch_size", "steps", "warmup", "rounds", "amp", "compile", "channels_last", "num_classes",
             "image_size", "overrides"]
     return {k: getattr(args, k) for k in keys}
 
@@ -235,6 +254,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    p.add_argument("--rounds", type=int, default=5, help="timed steps are split into rounds; the median round counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])

@@ -95,13 +95,24 @@ class ClassPartnerBatches(Batches):
         if self.replace:
             offsets = (torch.rand(m, len(anchors), generator=gen) * others).long()
         else:
-            # m distinct draws per anchor: argsort of random keys over the class, first m (wrap if too few).
-            keys = torch.rand(len(anchors), int(others.max()), generator=gen)
-            keys[torch.arange(int(others.max()))[None, :] >= others[:, None]] = 2.0
-            picks = keys.argsort(dim=1)[:, :m]
-            offsets = torch.remainder(picks, others[:, None]).T
+            offsets = self._distinct(others, m, gen)
         offsets = offsets + (offsets >= anchor_pos).long() * (count > 1).long()
         return self.sorted_index[start + offsets]
+
+    @staticmethod
+    def _distinct(others: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
+        """(m, n) offsets, distinct per column, uniform over ``0..others−1`` (with repeats only when
+        ``others < m``). The k-th draw picks among the values not yet taken by shifting past them."""
+        n = len(others)
+        taken = torch.empty(0, n, dtype=torch.long)
+        for k in range(m):
+            r = (torch.rand(n, generator=gen) * (others - k).clamp(min=1)).long()
+            for v in taken.sort(dim=0).values:  # ascending: each taken value at or below r pushes r up
+                r = r + (r >= v).long()
+            too_small = others - k <= 0  # fewer same-class samples than partners: repeat some
+            r = torch.where(too_small, (torch.rand(n, generator=gen) * others).long(), r)
+            taken = torch.cat([taken, r[None]])
+        return taken
 
     def iter_from(self, step: int = 0):
         gen = _generator(self.seed, self.epoch, salt=1)

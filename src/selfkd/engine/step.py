@@ -14,6 +14,21 @@ from ..comm import all_reduce_sum
 from ..methods.base import Method
 
 
+def configure_backends(deterministic: bool = False) -> None:
+    """Global kernel choices shared by training and ``selfkd bench``: cuDNN autotuning (unless
+    deterministic), TF32 for float32 matmuls/convs on GPUs that have it."""
+    import os
+
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None

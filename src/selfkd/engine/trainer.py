@@ -31,7 +31,7 @@ from ..weights import save_weights
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
-from .step import TrainStep, build_optimizer
+from .step import TrainStep, build_optimizer, configure_backends
 
 CHECKPOINT, WEIGHTS, SUMMARY, CONFIG = "last.pt", "model.safetensors", "summary.json", "config.yaml"
 
@@ -65,12 +65,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    configure_backends(deterministic)
 
 
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, main: bool) -> Path:
