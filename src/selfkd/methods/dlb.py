@@ -1,0 +1,75 @@
+"""DLB: self-distillation from the last mini-batch (baselines.md §9).
+
+Shen, Xu, Yang, Li, Guo, "Self-Distillation from the Last Mini-Batch for Consistency Regularization", CVPR 2022.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import cross_entropy, kd_loss
+from .base import DataNeeds, Method, MethodOutput
+from .registry import register_method
+
+
+@register_method("dlb")
+class DLB(Method):
+    """Each batch brings two views ``[v⁰; v¹]``; ``v¹`` is trained one step later, distilled from the
+    prediction on ``v⁰`` made one update earlier::
+
+        z = f(v⁰_t);  z' = f(x_prev)
+        L = CE([z'; z], [y_prev; y_t]) + α·KD_T(z_prev, z')            T = 3, α = 1
+        cache (x_prev, y_prev, z_prev) ← (v¹_t, y_t, sg z)
+
+    The CE averages over all rows of both halves. The cache lives in buffers (so checkpoints carry it)
+    and is carried across epoch boundaries: only the very first training step, when the cache is still
+    empty, is plain ``CE(z, y_t)`` (its ``kd`` term is 0). Whether the cache exists is read from the
+    buffers' shape (empty before the first step), never from a tensor value, so the step needs no host
+    sync; it runs one forward on the first step and two afterwards. The cache is copied into storage the
+    method owns and the logits are detached (the official code keeps the previous graph alive).
+    Two separate B-image forwards (separate BN batches, as official); ``joint_forward=True`` runs one
+    2B forward instead.
+    """
+
+    data_needs = DataNeeds(views=2)
+    resizable_buffers = ("prev_images", "prev_targets", "prev_logits")
+
+    def __init__(self, model, num_classes, *, temperature: float = 3.0, kd_weight: float = 1.0,
+                 joint_forward: bool = False):
+        super().__init__(model, num_classes)
+        if temperature <= 0 or kd_weight < 0:
+            raise ConfigError(f"dlb needs temperature > 0 and kd_weight >= 0, got temperature={temperature}, "
+                              f"kd_weight={kd_weight}. The paper uses temperature=3, kd_weight=1.")
+        self.temperature, self.kd_weight, self.joint_forward = temperature, kd_weight, joint_forward
+        self.register_buffer("prev_images", torch.zeros(0))
+        self.register_buffer("prev_targets", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("prev_logits", torch.zeros(0, num_classes))
+
+    def compute_loss(self, images, targets, index=None):
+        b = images.shape[0] // 2
+        x, y = images[:b], targets[:b]
+        if self.prev_targets.shape[0] == 0:  # the very first step: nothing cached yet
+            logits, _ = self.backbone(x)
+            losses = {"ce": cross_entropy(logits, y), "kd": logits.new_zeros((), dtype=torch.float32)}
+        else:
+            # Clones: the buffers are overwritten below, before backward needs the inputs.
+            prev_x, prev_y, prev_z = self.prev_images.clone(), self.prev_targets.clone(), self.prev_logits.clone()
+            if self.joint_forward:
+                both, _ = self.backbone(torch.cat([prev_x, x]))
+                prev_out, logits = both[: len(prev_y)], both[len(prev_y):]
+            else:
+                logits, _ = self.backbone(x)
+                prev_out, _ = self.backbone(prev_x)
+            losses = {
+                "ce": cross_entropy(torch.cat([prev_out, logits]), torch.cat([prev_y, y])),
+                "kd": self.kd_weight * kd_loss(prev_z, prev_out, self.temperature),
+            }
+        self._cache(images[b:], y, logits.detach().float())
+        return MethodOutput(logits, losses["ce"] + losses["kd"], losses)
+
+    def _cache(self, images, targets, logits) -> None:
+        """Copy into buffers the method owns (a reference to a graph output breaks under CUDA graphs)."""
+        for name, value in (("prev_images", images), ("prev_targets", targets), ("prev_logits", logits)):
+            if getattr(self, name).shape != value.shape:
+                setattr(self, name, torch.empty_like(value))
+            getattr(self, name).copy_(value)

@@ -1,0 +1,74 @@
+"""SLA-SD: self-supervised label augmentation with self-distillation (baselines.md §10).
+
+Lee, Hwang, Shin, "Self-supervised Label Augmentation via Input Transformations", ICML 2020 (mode ``sla+sd``).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import cross_entropy, kd_loss
+from .base import Method, MethodOutput
+from .registry import register_method
+
+ROTATIONS = 4
+
+
+def rotations(images: torch.Tensor) -> torch.Tensor:
+    """The 4 rotations (0°, 90°, 180°, 270° in the H–W plane) of every image, interleaved per sample:
+    ``[x_1^0, x_1^1, x_1^2, x_1^3, x_2^0, …]``."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ConfigError(f"sla_sd rotates images by 90°, which needs square images; got {tuple(images.shape[-2:])}.")
+    return torch.stack([torch.rot90(images, j, dims=(2, 3)) for j in range(ROTATIONS)], dim=1).flatten(0, 1)
+
+
+@register_method("sla_sd")
+class SLASD(Method):
+    """A joint head classifies (class, rotation) pairs; the backbone's own fc (the single head) learns
+    the class from the unrotated image and is distilled from the joint head's aggregated prediction::
+
+        g = joint(h) on all 4B rotated images,  s = fc(h) on the rotation-0 rows,
+        a_{b,k} = (1/M) Σ_j g_{(b,j), k·M+j}
+        L = CE(g, y·M + j) + CE(s, y) + KD_T(a, s)            T = 1, M = 4
+
+    One forward on the 4B batch (BN over mixed rotations); the single head reads only the rotation-0 rows
+    (computing it on all 4B rows would be wasted work). ``large_loss=True`` multiplies the joint CE
+    by M (the authors' advice for ImageNet-scale data). Inference: the single head on the unrotated
+    image ("SLA+SD single"); ``eval="aggregate"`` returns ``a`` (4 rotations per test image).
+    """
+
+    def __init__(self, model, num_classes, *, temperature: float = 1.0, large_loss: bool = False,
+                 eval: Literal["single", "aggregate"] = "single"):
+        super().__init__(model, num_classes)
+        if temperature <= 0:
+            raise ConfigError(f"sla_sd needs temperature > 0, got {temperature}. The paper's code uses 1.")
+        self.temperature, self.large_loss, self.eval_mode = temperature, large_loss, eval
+        self.joint = nn.Linear(model.embed_dim, num_classes * ROTATIONS)
+
+    def _joint_forward(self, images):
+        """(single-head logits of the unrotated images, joint logits g, aggregated logits a)."""
+        h = self.backbone.embed(self.backbone.features(rotations(images))[-1])
+        g = self.joint(h)
+        b = images.shape[0]
+        # g viewed as (b, j, k, j'): the aggregate keeps the entries whose class slot j' matches rotation j.
+        a = torch.diagonal(g.view(b, ROTATIONS, self.num_classes, ROTATIONS), dim1=1, dim2=3).mean(-1)
+        return self.backbone.fc(h[::ROTATIONS]), g, a
+
+    def compute_loss(self, images, targets, index=None):
+        logits, g, a = self._joint_forward(images)
+        joint_targets = (targets[:, None] * ROTATIONS + torch.arange(ROTATIONS, device=targets.device)).flatten()
+        joint_ce = cross_entropy(g, joint_targets)
+        losses = {
+            "joint_ce": joint_ce * ROTATIONS if self.large_loss else joint_ce,
+            "ce": cross_entropy(logits, targets),
+            "kd": kd_loss(a, logits, self.temperature),
+        }
+        return MethodOutput(logits, sum(losses.values()), losses)
+
+    def predict(self, images):
+        if self.eval_mode == "single":
+            return super().predict(images)
+        return self._joint_forward(images)[2]
