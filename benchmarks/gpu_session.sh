@@ -7,7 +7,7 @@ if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tm
 export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/env.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/env.txt"
-ALL=$(python3 -m selfkd list methods | grep -v '^tfkd_self$' | paste -sd, -)
+ALL=$(python3 -m selfkd list methods | paste -sd, -)
 python3 -m selfkd bench --methods "$ALL" --compile off --steps 30 --warmup 5 \
   --json "$OUT/bench_eager.json" 2>&1 | tee "$OUT/bench_eager.txt"
 python3 -m selfkd bench --methods ${CORE:-ce,dsr,lightskd,frskd,drg} --steps 60 --warmup 12 \

@@ -70,6 +70,8 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **args.model_options)
+    if method_name == "tfkd_self" and "teacher_weights" not in options:
+        options = dict(options, teacher_weights=_stand_in_teacher(model, args))
     method = create_method(method_name, model, num_classes=splits.num_classes, **options,
                            **per_sample_args(method_name, len(splits.train))).to(device)
     if args.channels_last:
@@ -113,6 +115,18 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
         "images_per_step": batch.images.shape[0],
         "mean_loss": step.summary().get("train/loss", float("nan")),
     }
+
+
+def _stand_in_teacher(model, args) -> str:
+    """tfkd_self needs a trained teacher file; for timing, the untrained student's weights do."""
+    import tempfile
+
+    from .weights import save_weights
+
+    path = Path(tempfile.mkdtemp(prefix="selfkd-bench-")) / "teacher.safetensors"
+    save_weights(path, model, {"model": args.model, "num_classes": model.num_classes,
+                               "model_options": args.model_options})
+    return str(path)
 
 
 def bench_data(args, splits: DatasetSplits, device: torch.device) -> dict:

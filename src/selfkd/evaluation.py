@@ -12,7 +12,7 @@ from .weights import load_weights
 from .engine.distributed import resolve_device
 from .engine.step import amp_dtype
 from .errors import CheckpointError
-from .methods import create_method
+from .methods import create_method, per_sample_args
 from .metrics import EvalStats
 from .models import create_model
 
@@ -38,7 +38,9 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     splits = load_dataset(data.dataset, data.data_dir, **data.options)
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **cfg.model.options())
-    method = create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options())
+    num_train = min(len(splits.train), data.train_subset or len(splits.train))
+    method = create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
+                           **per_sample_args(cfg.method.name, num_train))
     ckpt = load_checkpoint(run_dir / "last.pt")
     check_compatible(ckpt, cfg.method.name, cfg.model.name, splits.num_classes, run_dir / "last.pt")
     method.load_state_dict(ckpt["method_state"])

@@ -86,6 +86,11 @@ def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple 
                     f"Unknown option '{key}' for {kind} '{name}'.{closest(key, valid)} "
                     f"Valid options: {', '.join(valid) or '(none)'}."
                 )
+    missing = [p for p in valid if params[p].default is params[p].empty and p not in kwargs
+               and params[p].kind is not params[p].VAR_KEYWORD]
+    if missing:
+        raise ConfigError(f"{kind.capitalize()} '{name}' needs the option(s) {', '.join(missing)}: give them in "
+                          f"the {kind}'s section of the config (or as keyword arguments in Python).")
     hints = _annotations(fn)
     fields = {key: (hints.get(key, Any), ...) for key in kwargs}
     options = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True),
