@@ -57,3 +57,11 @@ def test_method_options_are_checked(tiny_resnet):
 def test_num_classes_must_match_model(tiny_resnet):
     with pytest.raises(ConfigError, match="num_classes"):
         create_method("ce", tiny_resnet(10), num_classes=100)
+
+
+def test_run_name_placeholders():
+    cfg = build_config({"name": "ce_lightskd_recipe_s{seed}", "seed": 3})
+    assert cfg.run_name == "ce_lightskd_recipe_s3" and str(cfg.run_path) == "runs/ce_lightskd_recipe_s3"
+    assert build_config({"method": {"name": "ls"}, "seed": 1}).run_name == "cifar100_cifar_resnet18_ls_s1"
+    with pytest.raises(ConfigError, match="placeholder"):
+        build_config({"name": "run_{sed}"}).run_name

@@ -106,7 +106,15 @@ class Config(Section):
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.data.dataset}_{self.model.name}_{self.method.name}_s{self.seed}".replace(":", "-")
+        """``name`` with ``{seed}``, ``{method}``, ``{model}``, ``{dataset}`` filled in, or the default
+        ``<dataset>_<model>_<method>_s<seed>``."""
+        fields = {"seed": self.seed, "method": self.method.name, "model": self.model.name, "dataset": self.data.dataset}
+        template = self.name or "{dataset}_{model}_{method}_s{seed}"
+        try:
+            return template.format(**fields).replace(":", "-")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"name '{self.name}' has an unknown placeholder ({err}); use {{seed}}, {{method}}, "
+                              "{model} or {dataset}.") from None
 
     @property
     def run_path(self) -> Path:

@@ -206,7 +206,8 @@ class Trainer:
     def _train_epoch(self, signal_flag) -> None:
         t = self.cfg.train
         self.method.train()
-        self.method.on_epoch_start(self.epoch, t.epochs)
+        if self.step_in_epoch == 0:  # resuming mid-epoch: the method's state comes from the checkpoint
+            self.method.on_epoch_start(self.epoch, t.epochs)
         self.train_loader.set_epoch(self.epoch)
         steps = len(self.train_loader)
         self.step.reset()

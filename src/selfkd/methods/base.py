@@ -68,7 +68,8 @@ class Method(nn.Module):
         return self.backbone(images)[0]
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        """Called by the engine before each training epoch (0-based). Keep per-epoch values in
+        """Called by the engine before each training epoch (0-based); not called again when a run resumes
+        in the middle of an epoch (the method's buffers come from the checkpoint). Keep per-epoch values in
         tensors (buffers) so compiled graphs do not recompile when they change."""
 
     def deployable(self) -> nn.Module:
