@@ -1,0 +1,209 @@
+"""``selfkd export RUN_DIR --format safetensors|torchscript|onnx``: the deployable backbone, checked.
+
+The backbone is rebuilt from ``model.safetensors`` (its metadata names the model, class count, input
+channels and model options), wrapped so it returns the logits only, and written in the chosen format
+to a temporary file. That file is loaded back and run on a batch next to the original; only when the
+largest absolute difference of the logits is within tolerance is it moved to its final name, so a
+file that does not reproduce the model is never left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, SelfKDError
+from .weights import load_weights, save_weights
+
+FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
+TOLERANCE = 1e-4  # of the largest logit magnitude (at least 1)
+
+
+class ExportMismatch(SelfKDError):
+    """The exported file does not reproduce the model's outputs."""
+
+    exit_code = 3
+
+
+class LogitsOnly(nn.Module):
+    """A backbone that returns its logits alone (backbones return ``(logits, features)``)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)[0]
+
+
+def weights_file(source: Path) -> Path:
+    path = source / "model.safetensors" if source.is_dir() else source
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: `selfkd export` needs a finished run folder (it holds "
+                              "model.safetensors, written at the end of training) or a model.safetensors file.")
+    return path
+
+
+def rebuild(weights: Path) -> tuple[nn.Module, dict]:
+    """``(LogitsOnly(backbone) in eval mode on the CPU, metadata)`` from a weights file written by selfkd."""
+    from .models import create_model
+
+    state, meta = load_weights(weights)
+    missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{weights} lacks the metadata {', '.join(missing)} that selfkd writes; "
+                              "export a model.safetensors from a selfkd run.")
+    backbone = create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                            **meta.get("model_options", {}))
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit model '{meta['model']}' "
+                              f"({str(err).splitlines()[0][:300]}).") from None
+    return LogitsOnly(backbone).eval(), meta
+
+
+def input_size(source: Path, given: int | None) -> int:
+    """The check's image size: --image-size, else the run's data.image_size, else 32."""
+    if given:
+        return given
+    config = source / "config.yaml" if source.is_dir() else source.parent / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        size = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("image_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    return 32
+
+
+def require_onnx() -> None:
+    missing = [pip for module, pip in ONNX_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(
+            f"ONNX export needs the optional packages {', '.join(missing)}, which are not installed. Install them "
+            f"with `pip install {' '.join(ONNX_PACKAGES.values())}` (onnx and onnxscript write the file, onnxruntime "
+            "checks it), or export with --format torchscript or safetensors."
+        )
+
+
+# Each format: write(model, meta, example, path) and load(path, meta) -> a function images -> logits.
+
+def _write_safetensors(model, meta, example, path):
+    save_weights(path, model.backbone, meta)
+
+
+def _load_safetensors(path, meta):
+    reloaded, _ = rebuild(path)
+    return reloaded
+
+
+def _write_torchscript(model, meta, example, path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is deprecated", category=FutureWarning)
+        # trace's own check re-traces and compares graphs (slow); the numerical check below replaces it
+        torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
+
+
+def _load_torchscript(path, meta):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is deprecated", category=FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def _write_onnx(model, meta, example, path):
+    torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), external_data=False, dynamo=True)
+
+
+def _load_onnx(path, meta):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+WRITERS = {"safetensors": (_write_safetensors, _load_safetensors),
+           "torchscript": (_write_torchscript, _load_torchscript),
+           "onnx": (_write_onnx, _load_onnx)}
+
+
+def max_abs_diff(reference: nn.Module, exported, images: torch.Tensor) -> tuple[float, float]:
+    """``(max |exported − reference|, tolerance)`` of the logits on ``images``."""
+    with torch.no_grad():
+        want = reference(images)
+        got = exported(images)
+    if tuple(got.shape) != tuple(want.shape):
+        raise ExportMismatch(f"The exported model returns shape {tuple(got.shape)}, the original {tuple(want.shape)}.")
+    return float((got.float() - want.float()).abs().max()), TOLERANCE * max(1.0, float(want.abs().max()))
+
+
+def export(source: str | Path, fmt: str, out: str | Path | None = None, image_size: int | None = None) -> dict:
+    """Export and check; returns ``{"path", "format", "max_abs_diff", "tolerance", "input_shape", ...}``."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    if fmt == "onnx":
+        require_onnx()
+    source = Path(source)
+    weights = weights_file(source)
+    model, meta = rebuild(weights)
+    out = Path(out) if out else weights.parent / "export" / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
+    if out.resolve() == weights.resolve():
+        raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
+    size = input_size(source, image_size)
+    gen = torch.Generator().manual_seed(0)
+    # Trace with one batch size and check with another, so a batch size baked into the file shows up.
+    example = torch.randn(2, meta["in_channels"], size, size, generator=gen)
+    check = torch.randn(5, meta["in_channels"], size, size, generator=gen)
+    try:
+        with torch.no_grad():
+            model(check)
+    except RuntimeError as err:
+        raise ConfigError(f"Model '{meta['model']}' cannot run on {meta['in_channels']}×{size}×{size} inputs "
+                          f"({str(err).splitlines()[0][:200]}); pass --image-size with the size it was trained on.") from None
+
+    write, load = WRITERS[fmt]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with torch.no_grad():
+            write(model, meta, example, tmp)
+        diff, tolerance = max_abs_diff(model, load(tmp, meta), check)
+        if not diff <= tolerance:
+            raise ExportMismatch(
+                f"The {fmt} export of {weights} does not reproduce the model: max abs difference of the logits "
+                f"{diff:.3g} > tolerance {tolerance:.3g} on a batch of {tuple(check.shape)}. Nothing was written to "
+                f"{out}. Report this with the model name ('{meta['model']}') and the selfkd/torch versions."
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
+            "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": diff, "tolerance": tolerance}
+
+
+def cmd_export(args) -> int:
+    result = export(args.run, args.format, args.out, args.image_size)
+    _, channels, size, _ = result["input_shape"]
+    print(f"Exported {result['model']} ({result['num_classes']} classes, N×{channels}×H×W images in, logits out) "
+          f"as {result['format']}: {result['path']}")
+    print(f"Checked against the original on 5×{channels}×{size}×{size} inputs: max abs diff {result['max_abs_diff']:.3g} "
+          f"(tolerance {result['tolerance']:.3g}).")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a run's deployable backbone (logits only) and check it",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN_DIR", help="finished run folder (or its model.safetensors)")
+    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--out", help="output file (default RUN_DIR/export/model<ext>)")
+    p.add_argument("--image-size", type=int, help="input size used for tracing and the check "
+                                                  "(default: the run's data.image_size, else 32)")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,176 @@
+"""Run folders as the report sees them: files written by the engine, read back without importing it.
+
+A run folder holds ``config.yaml`` (written when the run starts), ``metrics.jsonl`` (one row per epoch),
+``summary.json`` and ``reliability.json`` (once the run finished). A folder without ``summary.json``
+is an unfinished run: it is listed as such, never dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+
+# Keys that may differ between runs of one group without making them different experiments.
+INCIDENTAL_KEYS = ("seed", "name", "run_dir", "data.data_dir", "train.device", "train.progress")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict | None
+    rows: list[dict] = field(default_factory=list)  # metrics.jsonl, one row per epoch, in epoch order
+    reliability: dict | None = None
+    problem: str = ""  # why a folder that looks finished is treated as unfinished
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    def _get(self, summary_key: str, *config_path: str):
+        if self.summary and self.summary.get(summary_key) is not None:
+            return self.summary[summary_key]
+        node = self.config
+        for part in config_path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    @property
+    def dataset(self) -> str:
+        return str(self._get("dataset", "data", "dataset") or "?")
+
+    @property
+    def model(self) -> str:
+        return str(self._get("model", "model", "name") or "?")
+
+    @property
+    def method(self) -> str:
+        return str(self._get("method", "method", "name") or "?")
+
+    @property
+    def seed(self):
+        return self._get("seed", "seed")
+
+    @property
+    def epochs(self):
+        return self._get("epochs", "train", "epochs")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.dataset, self.model, self.method
+
+    def final(self, metric: str) -> float:
+        """Last-epoch test metric from ``summary.json`` ("final"), NaN when absent."""
+        value = (self.summary or {}).get("final", {}).get(metric)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    def curve(self, key: str) -> dict[int, float]:
+        """``{epoch: value}`` of one metrics.jsonl column (epochs without it are left out)."""
+        return {int(r["epoch"]): float(r[key]) for r in self.rows
+                if isinstance(r.get(key), (int, float)) and isinstance(r.get("epoch"), int)}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "summary.json").is_file()
+
+
+def runs_below(folder: Path):
+    """Run folders inside ``folder`` at any depth (not descending into a run folder)."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if is_run_dir(sub):
+            yield sub
+        else:
+            yield from runs_below(sub)
+
+
+def find_run_dirs(paths) -> tuple[list[Path], list[Path]]:
+    """Run folders named by ``paths`` (a folder holding run folders, e.g. a sweep, stands for all of
+    them), and the paths that hold no run at all."""
+    found, empty = [], []
+    for given in map(Path, paths):
+        if not given.exists():
+            raise ConfigError(f"{given} does not exist. Pass run folders (each holds config.yaml), "
+                              "or folders that hold run folders, e.g. `selfkd compare runs/*`.")
+        inside = [given] if is_run_dir(given) else list(runs_below(given)) if given.is_dir() else []
+        found.extend(inside)
+        if not inside:
+            empty.append(given)
+    unique, seen = [], set()
+    for path in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique, empty
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text()), ""
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"{path.name} is unreadable ({type(err).__name__})"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl rows in epoch order; an epoch logged twice (after a resume) keeps its last row."""
+    rows: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                rows[row["epoch"]] = row
+    return [rows[e] for e in sorted(rows)]
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    config: dict = {}
+    if (path / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            config = {}
+    summary, problem = (None, "")
+    if (path / "summary.json").is_file():
+        summary, problem = _read_json(path / "summary.json")
+        if summary is not None and not isinstance(summary, dict):
+            summary, problem = None, "summary.json does not hold a mapping"
+    reliability = None
+    if (path / "reliability.json").is_file():
+        reliability, _ = _read_json(path / "reliability.json")
+    return Run(path, config if isinstance(config, dict) else {}, summary, read_metrics(path / "metrics.jsonl"),
+               reliability if isinstance(reliability, dict) else None, problem)
+
+
+def load_runs(paths) -> tuple[list[Run], list[Path]]:
+    """(runs, paths holding no run). Raises :class:`ConfigError` when no run folder was found."""
+    dirs, empty = find_run_dirs(paths)
+    if not dirs:
+        raise ConfigError(f"No run folder found in {', '.join(map(str, paths)) or '(nothing given)'}: a run "
+                          "folder holds config.yaml (and summary.json once finished). Pass run folders or a sweep folder.")
+    return [load_run(d) for d in dirs], empty
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_settings(configs: list[dict], ignore=INCIDENTAL_KEYS) -> list[str]:
+    """Dotted config keys whose values differ between ``configs`` (seeds, names, folders ignored)."""
+    flat = [flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if k not in ignore and len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]

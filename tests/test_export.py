@@ -1,0 +1,99 @@
+"""`selfkd export`: round trips on the CPU (the exported file gives the original logits), the check that
+refuses a file that does not, and the error when the optional ONNX packages are missing."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from selfkd.export import ExportMismatch, export
+from selfkd.weights import load_weights, save_weights
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_resnet):
+    """A finished run folder as far as export reads it: model.safetensors (+ metadata) and config.yaml."""
+    model = tiny_resnet(num_classes=7, in_channels=1)
+    with torch.no_grad():  # non-trivial BN statistics, so eval mode differs from train mode
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "run"
+    path.mkdir()
+    meta = {"model": "cifar_resnet18", "num_classes": 7, "in_channels": 1, "model_options": {"width": 8},
+            "method": "lightskd", "selfkd_version": "0.1.0"}
+    save_weights(path / "model.safetensors", model, meta)
+    (path / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "fashion_mnist", "image_size": 24}}))
+    return path, model.eval(), meta
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # PyTorch marks TorchScript deprecated
+def test_torchscript_round_trip_returns_the_same_logits(run_dir, run_cli):
+    path, model, _ = run_dir
+    code, out, err = run_cli("export", path, "--format", "torchscript")
+    assert code == 0, err
+    exported = path / "export" / "model.torchscript.pt"
+    assert str(exported) in out and "max abs diff" in out and "5×1×24×24" in out  # checked at the run's image size
+    loaded = torch.jit.load(str(exported))
+    for shape in [(3, 1, 24, 24), (1, 1, 28, 28)]:  # another batch size and image size than when traced
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want, _ = model(x)
+            got = loaded(x)
+        assert isinstance(got, torch.Tensor) and got.shape == (shape[0], 7)  # logits only, no features
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert not list((path / "export").glob(".*tmp"))
+
+
+def test_safetensors_round_trip_keeps_weights_and_metadata(run_dir, tiny_resnet, tmp_path):
+    path, model, meta = run_dir
+    result = export(path / "model.safetensors", "safetensors", tmp_path / "deploy" / "net.safetensors")
+    assert result["max_abs_diff"] == 0.0 and result["input_shape"] == [None, 1, 24, 24]
+    state, got_meta = load_weights(tmp_path / "deploy" / "net.safetensors")
+    assert got_meta == meta
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    fresh = tiny_resnet(num_classes=7, in_channels=1)
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x)[0], model(x)[0])
+
+
+def test_an_export_that_changes_the_outputs_is_refused(run_dir, monkeypatch):
+    import selfkd.export as ex
+
+    path, _, _ = run_dir
+    write, load = ex.WRITERS["torchscript"]
+
+    def load_perturbed(file, meta):
+        module = load(file, meta)
+        return lambda images: module(images) + 1e-2
+
+    monkeypatch.setitem(ex.WRITERS, "torchscript", (write, load_perturbed))
+    with pytest.raises(ExportMismatch, match="does not reproduce the model"):
+        export(path, "torchscript")
+    assert not (path / "export" / "model.torchscript.pt").exists()
+    assert not list((path / "export").iterdir())  # no temporary file left either
+
+
+def test_onnx_without_its_packages_says_how_to_install_them(run_dir, run_cli, monkeypatch):
+    import importlib.util
+
+    import selfkd.export as ex
+
+    path, _, _ = run_dir
+    real = importlib.util.find_spec
+    monkeypatch.setattr(ex.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ex.ONNX_PACKAGES else real(name, *a))
+    code, _, err = run_cli("export", path, "--format", "onnx")
+    assert code == 2
+    assert "pip install onnx onnxscript onnxruntime" in err and "--format torchscript" in err
+    assert not (path / "export").exists()
+
+
+def test_export_needs_a_finished_run(tmp_path, run_cli):
+    (tmp_path / "unfinished").mkdir()
+    code, _, err = run_cli("export", tmp_path / "unfinished", "--format", "torchscript")
+    assert code == 2 and "model.safetensors does not exist" in err and "finished run folder" in err

@@ -1,0 +1,185 @@
+"""`selfkd compare`: table numbers from fixture run folders, the HTML page and its plots, and what a real
+run leaves behind (metrics and TensorBoard events) read back."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import pytest
+import yaml
+
+from conftest import tiny_config
+
+BINS = 15
+
+
+def write_run(root, name, *, method, seed, top1, dataset="cifar100", model="cifar_resnet18", finished=True,
+              epochs=3, train_time=100.0, img_per_s=1000.0, extra_params=0, optim=None, checkpoint=False):
+    """A run folder as the trainer leaves it. The second-to-last epoch has the best test top-1 (top1 + 5),
+    so a report that picked the best epoch instead of the last would show it."""
+    path = root / name
+    path.mkdir(parents=True)
+    config = {"name": name, "seed": seed, "run_dir": str(path), "method": {"name": method}, "model": {"name": model},
+              "data": {"dataset": dataset}, "optim": optim or {"lr": 0.1}, "train": {"epochs": epochs}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    tops = [top1 - 10.0] * (epochs - 2) + [top1 + 5.0, top1] if finished else [top1 - 10.0]
+    rows = [{"epoch": e + 1, "train/loss": 2.0 / (e + 1), "train/loss_ce": 2.0 / (e + 1), "lr": 0.1,
+             "test/top1": t, "test/top5": 99.0, "test/nll": 0.5, "test/ece": 3.0, "test/aurc": 40.0}
+            for e, t in enumerate(tops)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if checkpoint:
+        (path / "last.pt").write_bytes(b"checkpoint")
+    if finished:
+        final = {"top1": top1, "top5": top1 + 20.0, "nll": 1.0 + seed, "ece": 2.0 * (seed + 1), "aurc": 50.0}
+        summary = {"name": name, "method": method, "model": model, "dataset": dataset, "seed": seed, "epochs": epochs,
+                   "final": final, "best_on_test": {"epoch": epochs - 1, "top1": top1 + 5.0, "note": "selected on test"},
+                   "train_time_s": train_time, "img_per_s": img_per_s, "params": 1000, "extra_params": extra_params,
+                   "device": "cpu", "world_size": 1}
+        (path / "summary.json").write_text(json.dumps(summary))
+        count = [0.0] * (BINS - 3) + [10.0, 30.0, 60.0]
+        (path / "reliability.json").write_text(json.dumps(
+            {"count": count, "confidence": [0.0] * (BINS - 3) + [0.85, 0.91, 0.98],
+             "accuracy": [0.0] * (BINS - 3) + [0.8, 0.9, 0.95]}))
+    return path
+
+
+@pytest.fixture
+def fixture_runs(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, top1 in enumerate([70.0, 71.0, 72.5]):
+        write_run(runs, f"ce_s{seed}", method="ce", seed=seed, top1=top1, train_time=100.0 + 10 * seed)
+    write_run(runs, "lightskd_s0", method="lightskd", seed=0, top1=73.0, extra_params=342116)
+    write_run(runs, "lightskd_s1", method="lightskd", seed=1, top1=74.0, extra_params=342116, optim={"lr": 0.05})
+    write_run(runs, "frskd_s0", method="frskd", seed=0, top1=75.0, extra_params=6375794)
+    write_run(runs, "c10_lightskd_s0", method="lightskd", seed=0, top1=90.0, dataset="cifar10")
+    write_run(runs, "frskd_s1", method="frskd", seed=1, top1=60.0, finished=False, checkpoint=True)
+    return runs
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return {(r["dataset"], r["method"]): r for r in csv.DictReader(fh)}
+
+
+def test_table_means_stds_and_gain_over_ce_from_last_epoch(fixture_runs, tmp_path, run_cli):
+    out = tmp_path / "report"
+    code, stdout, _ = run_cli("compare", fixture_runs, "--out", out)
+    assert code == 0
+    rows = read_csv(out / "results.csv")
+    assert set(rows) == {("cifar100", "ce"), ("cifar100", "lightskd"), ("cifar100", "frskd"), ("cifar10", "lightskd")}
+
+    ce = rows[("cifar100", "ce")]
+    assert ce["n"] == "3" and ce["seeds"] == "0 1 2"
+    assert float(ce["top1_mean"]) == pytest.approx(213.5 / 3, abs=1e-9)
+    assert float(ce["top1_std"]) == pytest.approx(math.sqrt(19 / 12), abs=1e-9)  # sample std of 70, 71, 72.5
+    assert float(ce["top5_mean"]) == pytest.approx(213.5 / 3 + 20, abs=1e-9)
+    assert float(ce["nll_mean"]) == pytest.approx(2.0) and float(ce["ece_mean"]) == pytest.approx(4.0)
+    assert float(ce["ece_std"]) == pytest.approx(2.0)  # 2, 4, 6
+    assert float(ce["train_time_s"]) == pytest.approx(110.0)
+    assert float(ce["gain_top1_vs_ce"]) == 0.0
+
+    light = rows[("cifar100", "lightskd")]
+    assert float(light["top1_mean"]) == pytest.approx(73.5) and float(light["top1_std"]) == pytest.approx(math.sqrt(0.5))
+    assert float(light["gain_top1_vs_ce"]) == pytest.approx(73.5 - 213.5 / 3, abs=1e-9)
+    assert light["extra_params"] == "342116"
+
+    fr = rows[("cifar100", "frskd")]  # the last epoch (75), not the best test epoch (80); the unfinished seed is left out
+    assert fr["n"] == "1" and float(fr["top1_mean"]) == 75.0 and fr["top1_std"] == ""
+    assert float(fr["gain_top1_vs_ce"]) == pytest.approx(75.0 - 213.5 / 3, abs=1e-9)
+    assert rows[("cifar10", "lightskd")]["gain_top1_vs_ce"] == ""  # no ce run on cifar10
+
+    md = (out / "results.md").read_text()
+    lines = {line.split("|")[3].strip() + "/" + line.split("|")[1].strip(): line for line in md.splitlines()
+             if line.startswith("| cifar")}
+    assert "71.17 ± 1.26" in lines["ce/cifar100"] and "+0.00" in lines["ce/cifar100"]
+    assert "73.50 ± 0.71" in lines["lightskd/cifar100"] and "+2.33" in lines["lightskd/cifar100"]
+    assert "342.1 K" in lines["lightskd/cifar100"] and "110.0 s" in lines["ce/cifar100"]
+    assert "| 75.00 " in lines["frskd/cifar100"] and "+3.83" in lines["frskd/cifar100"] and "80.00" not in md
+    assert md.index("| cifar100 | cifar_resnet18 | ce") < md.index("| cifar100 | cifar_resnet18 | frskd")
+    # Mixed settings are flagged, and the unfinished run is listed with how to resume it.
+    assert "lightskd mixes runs with different settings (optim.lr)" in md
+    assert re.search(r"frskd_s1: frskd on cifar100/cifar_resnet18, seed 1, 1/3 epochs logged, resumable", md)
+    assert all(line in stdout for line in md.splitlines())  # the terminal shows the same text
+
+
+def test_index_html_shows_the_table_and_valid_pngs(fixture_runs, tmp_path):
+    from PIL import Image
+
+    from selfkd.report import compare
+
+    out = tmp_path / "report"
+    report = compare([fixture_runs], out, note="Demo setting 'cpu': test note.")
+    page = (out / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    # Four plots per (dataset, model): accuracy, loss, reliability, cost; two pairs here.
+    assert sorted(images) == sorted(name for _, name in report.plots) and len(images) == 8
+    for name in images:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(out / name) as im:
+            im.verify()
+    assert "71.17 ± 1.26" in page and "Demo setting &#x27;cpu&#x27;: test note." in page
+    assert "frskd_s1" in page  # unfinished runs are on the page too
+    assert not re.search(r'(src|href)="(https?:|//|/)', page) and "<script" not in page and "<link" not in page
+
+
+def test_compare_without_runs_is_a_clear_error(tmp_path, run_cli):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("compare", tmp_path / "empty", "--out", tmp_path / "r")
+    assert code == 2 and "No run folder found" in err
+    code, _, err = run_cli("compare", tmp_path / "missing")
+    assert code == 2 and "does not exist" in err
+
+
+def test_only_unfinished_runs_still_make_a_report(tmp_path):
+    from selfkd.report import compare
+
+    write_run(tmp_path / "runs", "ce_s0", method="ce", seed=0, top1=50.0, finished=False)
+    report = compare([tmp_path / "runs"], tmp_path / "r")
+    assert report.groups == [] and "No finished run yet." in report.text
+    assert "ce_s0: ce on cifar100/cifar_resnet18, seed 0, 1/3 epochs logged, no checkpoint yet" in report.text
+
+
+def test_real_run_metrics_and_tensorboard_events(tmp_path, monkeypatch):
+    """Every named loss term, the learning rate and each test metric reach metrics.jsonl and the TensorBoard
+    events with the same values; compare reads the run's summary back unchanged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from selfkd.engine import train
+    from selfkd.losses import cross_entropy
+    from selfkd.methods import METHODS
+    from selfkd.methods.base import Method, MethodOutput
+    from selfkd.report import compare
+
+    class TwoTerms(Method):
+        def compute_loss(self, images, targets, index=None):
+            logits, _ = self.backbone(images)
+            ce = cross_entropy(logits, targets)
+            l2 = 0.01 * logits.pow(2).mean()
+            return MethodOutput(logits, ce + l2, {"ce": ce, "logit_l2": l2})
+
+    monkeypatch.setitem(METHODS._entries, "two_terms", TwoTerms)
+    cfg = tiny_config(tmp_path, method="two_terms", epochs=2,
+                      data={"options": {"num_classes": 10, "train_size": 256, "test_size": 64, "image_size": 16},
+                            "batch_size": 64})
+    summary = train(cfg)
+    run = tmp_path / "run_two_terms"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = {"train/loss", "train/loss_ce", "train/loss_logit_l2", "train/top1", "lr", "time/epoch_s",
+                "time/img_per_s", "test/top1", "test/top5", "test/nll", "test/ece", "test/aurc"}
+    assert [r["epoch"] for r in rows] == [1, 2] and all(expected <= set(r) for r in rows)
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert expected <= set(events.Tags()["scalars"])
+    for key in expected:
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [4, 8]  # 256 images / batch 64 = 4 steps per epoch
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-6)
+
+    report = compare([run], tmp_path / "report")
+    (group,) = report.groups
+    assert group.method == "two_terms" and group.mean["top1"] == summary["final"]["top1"] == rows[-1]["test/top1"]
+    assert (tmp_path / "report" / "reliability_synthetic_cifar_resnet18.png").is_file()
