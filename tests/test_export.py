@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from selfkd.export import ExportMismatch, export
 from selfkd.weights import load_weights, save_weights
@@ -12,7 +11,7 @@ from selfkd.weights import load_weights, save_weights
 
 @pytest.fixture
 def run_dir(tmp_path, tiny_resnet):
-    """A finished run folder as far as export reads it: model.safetensors (+ metadata) and config.yaml."""
+    """A finished run folder as far as export reads it: model.safetensors with its metadata."""
     model = tiny_resnet(num_classes=7, in_channels=1)
     with torch.no_grad():  # non-trivial BN statistics, so eval mode differs from train mode
         for m in model.modules():
@@ -22,9 +21,8 @@ def run_dir(tmp_path, tiny_resnet):
     path = tmp_path / "run"
     path.mkdir()
     meta = {"model": "cifar_resnet18", "num_classes": 7, "in_channels": 1, "model_options": {"width": 8},
-            "method": "lightskd", "selfkd_version": "0.1.0"}
+            "method": "lightskd", "selfkd_version": "0.1.0", "image_size": 24}
     save_weights(path / "model.safetensors", model, meta)
-    (path / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "fashion_mnist", "image_size": 24}}))
     return path, model.eval(), meta
 
 
@@ -34,7 +32,7 @@ def test_torchscript_round_trip_returns_the_same_logits(run_dir, run_cli):
     code, out, err = run_cli("export", path, "--format", "torchscript")
     assert code == 0, err
     exported = path / "export" / "model.torchscript.pt"
-    assert str(exported) in out and "max abs diff" in out and "5×1×24×24" in out  # checked at the run's image size
+    assert str(exported) in out and "max abs diff" in out and "5×1×24×24" in out  # checked at the training image size
     loaded = torch.jit.load(str(exported))
     for shape in [(3, 1, 24, 24), (1, 1, 28, 28)]:  # another batch size and image size than when traced
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))

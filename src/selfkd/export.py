@@ -69,18 +69,10 @@ def rebuild(weights: Path) -> tuple[nn.Module, dict]:
     return LogitsOnly(backbone).eval(), meta
 
 
-def input_size(source: Path, given: int | None) -> int:
-    """The check's image size: --image-size, else the run's data.image_size, else 32."""
-    if given:
-        return given
-    config = source / "config.yaml" if source.is_dir() else source.parent / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        size = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("image_size")
-        if isinstance(size, int) and size > 0:
-            return size
-    return 32
+def input_size(meta: dict, given: int | None) -> int:
+    """The check's image size: --image-size, else the size the model was trained at (weights metadata),
+    else 32 (weights written before selfkd recorded it)."""
+    return given or int(meta.get("image_size") or 32)
 
 
 def require_onnx() -> None:
@@ -156,7 +148,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     out = Path(out) if out else weights.parent / "export" / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
-    size = input_size(source, image_size)
+    size = input_size(meta, image_size)
     gen = torch.Generator().manual_seed(0)
     # Trace with one batch size and check with another, so a batch size baked into the file shows up.
     example = torch.randn(2, meta["in_channels"], size, size, generator=gen)

@@ -221,7 +221,7 @@ class Trainer:
 
             bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                        leave=False, dynamic_ncols=True)
-        started, seen = time.perf_counter(), 0
+        started, seen_before = time.perf_counter(), self.step.seen
         try:
             for batch in self.train_loader.iter_from(self.step_in_epoch):
                 factor = lr_factor(self.cfg.schedule, self.global_step, steps, t.epochs)
@@ -230,12 +230,13 @@ class Trainer:
                 self.step(batch.images, batch.targets, batch.index)
                 self.global_step += 1
                 self.step_in_epoch += 1
-                seen += len(batch.targets)
                 if self.step_in_epoch % t.log_every == 0 or self.step_in_epoch == steps:
                     self._check_finite(window_start)
+                    stats = self.step.summary()  # running means over the epoch so far
+                    self.logger.log_steps({"step/loss": stats.get("train/loss", math.nan),
+                                           "step/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
                     if bar is not None:
-                        stats = self.step.summary()
-                        bar.set_postfix(loss=f"{stats.get('train/loss', float('nan')):.3f}",
+                        bar.set_postfix(loss=f"{stats.get('train/loss', math.nan):.3f}",
                                         acc=f"{stats.get('train/top1', 0):.1f}")
                 if bar is not None:
                     bar.update(1)
@@ -255,6 +256,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
         self.train_time += elapsed
+        seen = self.step.seen - seen_before  # primary images (anchors, first views), as an epoch counts them
         self.images_seen += seen * self.dist.world
         self._check_finite(window_start)
         self.epoch_stats = {**self.step.summary(), "lr": self.optimizer.param_groups[0]["lr"],
@@ -301,9 +303,13 @@ class Trainer:
             "world_size": self.dist.world,
         }
         if self.dist.main:
+            d = self.cfg.data
             meta = {"model": self.cfg.model.name, "num_classes": self.splits.num_classes,
                     "in_channels": self.splits.in_channels, "model_options": self.cfg.model.options(),
-                    "method": self.cfg.method.name, "selfkd_version": __version__}
+                    "method": self.cfg.method.name, "selfkd_version": __version__,
+                    "image_size": d.image_size or self.splits.image_size,  # what a deployer must feed it
+                    "mean": list(d.mean or self.splits.mean), "std": list(d.std or self.splits.std),
+                    "classes": list(self.splits.classes)}
             save_weights(self.run_dir / WEIGHTS, self.method.deployable(), meta)
             if getattr(self, "reliability", None):
                 atomic_write(self.run_dir / "reliability.json", lambda tmp: tmp.write_text(json.dumps(self.reliability)))
