@@ -174,6 +174,8 @@ def test_real_run_metrics_and_tensorboard_events(tmp_path, monkeypatch):
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert expected <= set(events.Tags()["scalars"])
+    assert [s.step for s in events.Scalars("step/lr")] == [4, 8]  # per-step curves at log_every / epoch ends
+    assert len(events.Scalars("step/loss")) == 2
     for key in expected:
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [4, 8]  # 256 images / batch 64 = 4 steps per epoch
