@@ -29,3 +29,7 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0

@@ -1,0 +1,95 @@
+"""BAKE: batch knowledge ensembling (baselines.md §14).
+
+Ge, Choi, Zhang, Zhao, Zhu, Zhao, Li, "Self-distillation with Batch Knowledge Ensembling Improves
+ImageNet Classification", arXiv:2104.13298, 2021.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .. import comm
+from ..errors import ConfigError
+from ..losses import cross_entropy, kd_loss, kd_prob_loss
+from ..models.base import Backbone
+from .base import DataNeeds, Method, MethodOutput
+from .registry import register_method
+
+
+def ensemble_targets(embeddings: torch.Tensor, logits: torch.Tensor, temperature: float, omega: float) -> torch.Tensor:
+    """Batch knowledge ensemble ``Q = (1−ω)·(I − ω·A)⁻¹·P`` (rows sum to 1), in float32 without gradient.
+
+    ``A = softmax_row(ĥĥᵀ − 10⁹·I)`` over the raw cosine similarities of the L2-normalised embeddings
+    (self excluded), ``P = σ(z/T)``. ``A`` is row-stochastic, so ``(I − ωA)⁻¹ = Σ_k (ωA)^k`` converges
+    with ``‖(ωA)^k‖_∞ = ω^k``; summing it by repeated squaring, ``X ← X + M·X, M ← M·M`` (after ``n``
+    rounds ``X = Σ_{k<2^n} (ωA)^k P``), stops when the tail is below float32 resolution. This is a few
+    small matmuls with no host sync, unlike a linear solve (which checks for singularity on the host and
+    cannot be captured in a CUDA graph).
+    """
+    with torch.no_grad(), torch.autocast(embeddings.device.type, enabled=False):
+        h = F.normalize(embeddings.detach().float(), dim=1)
+        eye = torch.eye(h.shape[0], device=h.device)
+        power = omega * F.softmax(h @ h.T - 1e9 * eye, dim=1)
+        q = F.softmax(logits.detach().float() / temperature, dim=1)
+        for _ in range(doubling_rounds(omega)):
+            q = q + power @ q
+            power = power @ power
+        return (1 - omega) * q
+
+
+def doubling_rounds(omega: float, tolerance: float = 1e-8) -> int:
+    """Rounds ``n`` with ``ω^(2^n) ≤ tolerance`` (5 for ω = 0.5)."""
+    if omega <= 0:
+        return 0
+    return max(0, math.ceil(math.log2(math.log(tolerance) / math.log(omega))))
+
+
+@register_method("bake")
+class BAKE(Method):
+    """``L = CE(z, y) + weight·KDp_T(Q, z)`` with ``Q`` the batch knowledge ensemble (teacher, no grad).
+
+    Batches hold ``batch_size`` images in total: anchors, each followed by 3 other images of its class
+    (``DataNeeds(class_partners=3, partners_in_batch=True, partners_replace=False, exclude_self=True)``);
+    every image is a training sample for both terms. Under DDP ``global_ke=True`` (the official code)
+    all-gathers ĥ and P, ensembles over the global batch and keeps this rank's rows.
+
+    Fixed by default (Self-KD-Lib bugs, reproduced by ``compat="selfkdlib"``): Q is used directly as the
+    target (SKL applies ``σ(·/T)`` to Q again), and the batch is ``batch_size`` images in total (SKL draws
+    ``batch_size`` anchors plus 3 partners each).
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, temperature: float = 4.0, omega: float = 0.5,
+                 weight: float = 1.0, partners: int = 3, global_ke: bool = True,
+                 compat: Literal["official", "selfkdlib"] = "official"):
+        super().__init__(model, num_classes)
+        if not 0 <= omega < 1:
+            raise ConfigError(f"omega must be in [0, 1) so that I − ω·A is invertible, got {omega}. BAKE uses 0.5.")
+        if temperature <= 0 or weight < 0 or partners < 1:
+            raise ConfigError(f"BAKE needs temperature > 0, weight >= 0 and partners >= 1, got temperature="
+                              f"{temperature}, weight={weight}, partners={partners}. Defaults: 4, 1, 3.")
+        self.temperature, self.omega, self.weight, self.global_ke, self.compat = (
+            temperature, omega, weight, global_ke, compat)
+        self.data_needs = DataNeeds(class_partners=partners, partners_in_batch=compat == "official",
+                                    partners_replace=False, exclude_self=True)
+
+    def _gathered(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(ĥ-source embeddings, logits, offset of this rank's rows) over the global batch when asked."""
+        if not (self.global_ke and comm.is_distributed()):
+            return h, z, 0
+        sizes = comm.all_gather_cat(torch.tensor([h.shape[0]], device=h.device))
+        offset = int(sizes[: comm.rank()].sum())
+        return comm.all_gather_cat(h.detach().float()), comm.all_gather_cat(z.detach().float()), offset
+
+    def compute_loss(self, images, targets, index=None):
+        logits, feats = self.backbone(images)
+        h, z, offset = self._gathered(self.backbone.embed(feats[-1]), logits)
+        q = ensemble_targets(h, z, self.temperature, self.omega)[offset: offset + logits.shape[0]]
+        if self.compat == "selfkdlib":
+            kd = kd_loss(q, logits, self.temperature)  # SKL: softmax(Q/T) as the target
+        else:
+            kd = kd_prob_loss(q, logits, self.temperature)
+        losses = {"ce": cross_entropy(logits, targets), "kd": self.weight * kd}
+        return MethodOutput(logits, sum(losses.values()), losses)

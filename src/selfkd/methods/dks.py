@@ -1,0 +1,52 @@
+"""DKS: deeply-supervised knowledge synergy (baselines.md §13), Self-KD-Lib's ResNet design.
+
+Sun, Yao, Zhou, Zhao, "Deeply-supervised Knowledge Synergy", CVPR 2019.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import cross_entropy, kd_loss
+from ..models.base import Backbone
+from .base import Method, MethodOutput
+from .branches import StageCopyBranch
+from .registry import register_method
+
+TEMPERATURE = {"official": 1.0, "selfkdlib": 4.0}
+
+
+@register_method("dks")
+class DKS(Method):
+    """Two stage-copy exits: A from ``F_2`` (stage-3 copy with 1 block + stage-4 copy with 2 blocks) and
+    B from ``F_3`` (stage-4 copy with 2 blocks), each + GAP + FC. With exits ``{z, z_A, z_B}``:
+
+        L = Σ_e CE(z_e, y) + Σ_{e ≠ e'} KD_T(z_{e'}, z_e)          (all 6 ordered pairs, weight 1)
+
+    ``temperature`` defaults to 1 (the official code's plain softmax; its 1e-8 probability smoothing is
+    not reproduced) or, with ``compat="selfkdlib"``, to 4 with the T² factor (Self-KD-Lib's 78.64 setting).
+    Inference uses the backbone exit; the added exits are dropped.
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, temperature: float | None = None,
+                 compat: Literal["official", "selfkdlib"] = "official"):
+        super().__init__(model, num_classes)
+        if len(model.stages) != 4:
+            raise ConfigError(f"DKS's exits are defined for four-stage backbones (ResNets); "
+                              f"'{getattr(model, 'name', 'this model')}' has {len(model.stages)} stages.")
+        self.temperature = TEMPERATURE[compat] if temperature is None else temperature
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}.")
+        self.compat = compat
+        self.exits = nn.ModuleList([StageCopyBranch(model, 2, num_classes, blocks=[1, 2]),
+                                    StageCopyBranch(model, 3, num_classes, blocks=[2])])
+
+    def compute_loss(self, images, targets, index=None):
+        logits, feats = self.backbone(images)
+        outputs = [logits, self.exits[0](feats[1])[0], self.exits[1](feats[2])[0]]
+        ce = sum(cross_entropy(z, targets) for z in outputs)
+        kd = sum(kd_loss(teacher, student, self.temperature)
+                 for i, student in enumerate(outputs) for j, teacher in enumerate(outputs) if i != j)
+        return MethodOutput(logits, ce + kd, {"ce": ce, "kd": kd})

@@ -1,0 +1,84 @@
+"""ONE: on-the-fly native ensemble (baselines.md §11).
+
+Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import cross_entropy, kd_loss
+from ..models.base import Backbone
+from .base import Method, MethodOutput
+from .branches import StageCopyBranch, check_source_stage
+from .registry import register_method
+
+
+def rampup_weight(epoch: int, rampup_epochs: int) -> float:
+    """The official script's ramp ``w(t) = exp(−5·(1 − min(t, R)/R)²)``; ``R = 0`` gives w ≡ 1."""
+    if rampup_epochs <= 0:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - min(epoch, rampup_epochs) / rampup_epochs) ** 2)
+
+
+@register_method("one")
+class ONE(Method):
+    """ONE: stages up to ``branch_from`` are shared; ``num_branches`` branches follow it — branch 1 is the
+    backbone's own remaining stages + FC, the others are stage copies. A gate on ``GAP(F_branch_from)``
+    (Linear → BatchNorm1d → ReLU → softmax) weights the branch logits into the teacher ``z_e``:
+
+        L = Σ_i CE(z_i, y) + CE(z_e, y) + w(t)·Σ_i KD_T(z_e, z_i)
+
+    ``rampup_epochs=0`` drops the official script's ramp ``w(t)`` (the paper's loss). Inference uses
+    branch 1, i.e. exactly the backbone; ``eval="ensemble"`` predicts with ``z_e`` ("ONE-E") and then
+    :meth:`deployable` is the whole method (trunk, all branches and the gate), not a plain backbone.
+    The official KL's 1e-7 added to the teacher probabilities is not reproduced.
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, temperature: float = 3.0, num_branches: int = 3,
+                 branch_from: int = 3, rampup_epochs: int = 80, eval: Literal["backbone", "ensemble"] = "backbone"):
+        super().__init__(model, num_classes)
+        check_source_stage(model, branch_from, "branch_from")
+        if num_branches < 2:
+            raise ConfigError(f"num_branches must be at least 2 (the backbone and one copy), got {num_branches}. "
+                              "ONE's default is 3.")
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}. ONE uses temperature=3.")
+        self.temperature, self.branch_from, self.rampup_epochs, self.eval_mode = (
+            temperature, branch_from, rampup_epochs, eval)
+        self.branches = nn.ModuleList(
+            StageCopyBranch(model, branch_from, num_classes) for _ in range(num_branches - 1))
+        self.gate = nn.Sequential(nn.Linear(model.stage_channels[branch_from - 1], num_branches),
+                                  nn.BatchNorm1d(num_branches), nn.ReLU(inplace=True), nn.Softmax(dim=1))
+        self.register_buffer("kd_weight", torch.tensor(rampup_weight(0, rampup_epochs)), persistent=False)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self.kd_weight.fill_(rampup_weight(epoch, self.rampup_epochs))
+
+    def branch_logits(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``([z_1..z_m], z_e)``: branch logits (z_1 = the backbone's) and the gated ensemble."""
+        z1, feats = self.backbone(images)
+        shared = feats[self.branch_from - 1]
+        logits = [z1] + [branch(shared)[0] for branch in self.branches]
+        gate = self.gate(shared.mean(dim=(2, 3)))
+        ensemble = (gate.unsqueeze(2) * torch.stack(logits, dim=1)).sum(dim=1)
+        return logits, ensemble
+
+    def compute_loss(self, images, targets, index=None):
+        logits, ensemble = self.branch_logits(images)
+        ce = sum(cross_entropy(z, targets) for z in logits)
+        kd = sum(kd_loss(ensemble, z, self.temperature) for z in logits)
+        losses = {"ce": ce, "ce_ensemble": cross_entropy(ensemble, targets), "kd": self.kd_weight * kd}
+        return MethodOutput(logits[0], sum(losses.values()), losses)
+
+    def predict(self, images):
+        if self.eval_mode == "ensemble":
+            return self.branch_logits(images)[1]
+        return self.backbone(images)[0]
+
+    def deployable(self) -> nn.Module:
+        return self if self.eval_mode == "ensemble" else self.backbone
