@@ -319,17 +319,19 @@ def read_fashion_mnist(path: Path) -> DatasetSplits:
 @register_dataset("synthetic", (), "generated in memory; no files")
 def read_synthetic(path=None, num_classes: int = 10, train_size: int = 512, test_size: int = 256,
                    image_size: int = 32, channels: int = 3, seed: int = 0) -> DatasetSplits:
-    """Learnable random data: each class is a fixed random colour pattern plus per-image noise."""
+    """Learnable random data: each class has its own colour and smooth pattern; images add per-pixel noise."""
     gen = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(num_classes, channels, image_size, image_size, generator=gen)
-    prototypes = torch.nn.functional.avg_pool2d(prototypes, 5, 1, 2)  # smooth blobs survive crops
-    prototypes = (prototypes - prototypes.mean()) / prototypes.std()
+    pattern = torch.rand(num_classes, channels, image_size, image_size, generator=gen)
+    pattern = torch.nn.functional.avg_pool2d(pattern, 5, 1, 2)  # smooth blobs survive crops
+    pattern = (pattern - pattern.mean()) / pattern.std()
+    colour = torch.randn(num_classes, channels, 1, 1, generator=gen)
+    prototypes = pattern + colour
 
     def split(n):
         labels = torch.arange(n) % num_classes
         labels = labels[torch.randperm(n, generator=gen)]
         noise = torch.randn(n, channels, image_size, image_size, generator=gen)
-        images = 128 + 40 * prototypes[labels] + 30 * noise
+        images = 128 + 50 * prototypes[labels] + 20 * noise
         return ImageTensors(images.clamp(0, 255).to(torch.uint8), labels)
 
     return DatasetSplits("synthetic", split(train_size), split(test_size), num_classes, channels,
