@@ -49,13 +49,15 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=1)
 
 
-def mixed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def mixed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor,
+                        lam: torch.Tensor) -> torch.Tensor:
     """Mixed-target CE of mixup/CutMix: ``λ·CE(z, y) + (1−λ)·CE(z, y_π)``."""
     return lam * cross_entropy(logits, targets) + (1 - lam) * cross_entropy(logits, targets[perm])
 
 
 def sample_beta(alpha: float, device: torch.device) -> torch.Tensor:
-    """One draw of ``λ ~ Beta(α, α)`` as a 0-dim float32 tensor on ``device`` (its default generator, no host sync)."""
+    """One draw of ``λ ~ Beta(α, α)``: a 0-dim float32 tensor on ``device``, from that device's default
+    generator, without a host sync."""
     concentration = torch.full((), float(alpha), device=device)
     return torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
 
@@ -70,7 +72,8 @@ def mixup(images: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tenso
 
 def cutmix(images: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CutMix (Yun et al. 2019): paste the box of ``x_π`` centred at a uniform pixel with sides
-    ``⌊H·√(1−λ₀)⌋ × ⌊W·√(1−λ₀)⌋`` (half-sides rounded down, clipped to the image), ``λ₀ ~ Beta(α, α)``.
+    ``⌊H·√(1−λ₀)⌋ × ⌊W·√(1−λ₀)⌋`` (half-sides rounded down, clipped to the image),
+    ``λ₀ ~ Beta(α, α)``.
     Returns ``(x̃, π, λ)`` with ``λ = 1 − box area / image area`` after clipping."""
     height, width = images.shape[-2:]
     device = images.device
