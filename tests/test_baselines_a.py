@@ -21,7 +21,7 @@ from selfkd.methods import DataNeeds, create_method, per_sample_args
 from selfkd.methods.cskd import CSKD
 from selfkd.methods.ddgsd import DDGSD
 from selfkd.methods.dlb import DLB
-from selfkd.methods.sla import rotations
+from selfkd.methods.batch_transforms import rotate_batch
 from selfkd.models.base import Backbone
 from conftest import tiny_config
 
@@ -537,7 +537,7 @@ def _matvec(w, v):
 
 def test_rotations_are_interleaved_per_sample():
     x = torch.tensor([[X1], [X2]])
-    rotated = rotations(x)
+    rotated = rotate_batch(x)
     assert rotated.shape == (8, 1, 2, 2)
     assert rotated.flatten(1).tolist() == ROT1 + ROT2
 

@@ -20,35 +20,13 @@ from selfkd.methods.one import rampup_weight
 from selfkd.methods.sad import spatial_attention
 from selfkd.methods.zipf import competition_ranks, dense_votes, zipf_targets
 from conftest import tiny_config
+from hand import ce as _ce, kd as _kl, kd_probs as _kl_probs, softmax as _softmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 K = 5  # classes in the hand-computed examples
 
 
 # ---------------------------------------------------------------- plain-Python maths
-
-def _softmax(row, t=1.0):
-    m = max(row)
-    e = [math.exp((v - m) / t) for v in row]
-    return [x / sum(e) for x in e]
-
-
-def _ce(logits, targets):
-    rows, ys = logits.tolist(), targets.tolist()
-    return sum(-math.log(_softmax(r)[y]) for r, y in zip(rows, ys)) / len(rows)
-
-
-def _kl_probs(q_rows, student_rows, t):
-    """T² · (1/B) Σ_b Σ_k q (log q − log σ(s/T))."""
-    total = 0.0
-    for q, s in zip(q_rows, student_rows):
-        p = _softmax(s, t)
-        total += sum(qi * (math.log(qi) - math.log(pi)) for qi, pi in zip(q, p) if qi > 0)
-    return t * t * total / len(q_rows)
-
-
-def _kl(teacher, student, t):
-    return _kl_probs([_softmax(r, t) for r in teacher.tolist()], student.tolist(), t)
 
 
 def _bce(logits, label):

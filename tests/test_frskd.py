@@ -7,37 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import selfkd.losses
+import selfkd.methods.batch_transforms
 from selfkd import create_model, list_models
 from selfkd.config import load_config
 from selfkd.engine import train
 from selfkd.errors import ConfigError
-from selfkd.losses import (aggregate_rotations, cutmix, mixed_cross_entropy, mixup, rotate_batch, rotation_targets)
+from selfkd.losses import mixed_cross_entropy
+from selfkd.methods.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from selfkd.methods import create_method
 from selfkd.methods.bifpn import Fusion, TeacherOutput, build_self_teacher
 from selfkd.weights import load_weights
 from selfkd.methods.frskd import attention_transfer_loss, overhaul_margin, partial_l2
 from conftest import tiny_config
+from hand import ce as _ce_by_hand, kd as _kd_by_hand, softmax as _softmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _softmax(row, t=1.0):
-    e = [math.exp(v / t) for v in row]
-    return [x / sum(e) for x in e]
-
-
-def _kd_by_hand(teacher_rows, student_rows, t):
-    """T² · (1/B) Σ_b KL(σ(teacher_b/T) ‖ σ(student_b/T)), in plain Python."""
-    total = 0.0
-    for t_row, s_row in zip(teacher_rows, student_rows):
-        q, p = _softmax(t_row, t), _softmax(s_row, t)
-        total += sum(qi * (math.log(qi) - math.log(pi)) for qi, pi in zip(q, p))
-    return t * t * total / len(teacher_rows)
-
-
-def _ce_by_hand(rows, labels):
-    return -sum(math.log(_softmax(r)[y]) for r, y in zip(rows, labels)) / len(rows)
 
 
 def _grads(loss, params):
@@ -119,7 +103,7 @@ def test_mixed_cross_entropy_by_hand():
 
 
 def test_mixup_and_cutmix_with_fixed_lambda(monkeypatch):
-    monkeypatch.setattr(selfkd.losses, "sample_beta", lambda alpha, device: torch.tensor(0.75))
+    monkeypatch.setattr(selfkd.methods.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.75))
     images = torch.arange(1.0, 5.0).view(4, 1, 1, 1).expand(4, 2, 8, 8).contiguous()  # image b is all b+1
     mixed, perm, lam = mixup(images, 0.2)
     assert lam.item() == 0.75 and sorted(perm.tolist()) == [0, 1, 2, 3]
@@ -298,7 +282,7 @@ def test_sla_terms_directions_and_gradients(tiny_resnet):
 
 
 def test_mixup_gives_the_hand_computed_mixed_ce(tiny_resnet, monkeypatch):
-    monkeypatch.setattr(selfkd.losses, "sample_beta", lambda alpha, device: torch.tensor(0.3))
+    monkeypatch.setattr(selfkd.methods.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.3))
     method = create_method("frskd", tiny_resnet(), mix="mixup").train()
     images, targets = _batch()
     torch.manual_seed(7)

@@ -18,22 +18,9 @@ from selfkd.methods import METHODS, create_method, register_method
 from selfkd.methods.lightskd import DRG, DSR, LightSKD
 from selfkd.models.base import Backbone
 from conftest import tiny_config
+from hand import kd as _kd_by_hand, softmax as _softmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _softmax(row, t):
-    e = [math.exp(v / t) for v in row]
-    return [x / sum(e) for x in e]
-
-
-def _kd_by_hand(teacher_rows, student_rows, t):
-    """T² · (1/B) Σ_b KL(σ(teacher_b/T) ‖ σ(student_b/T)), in plain Python."""
-    total = 0.0
-    for t_row, s_row in zip(teacher_rows, student_rows):
-        q, p = _softmax(t_row, t), _softmax(s_row, t)
-        total += sum(qi * (math.log(qi) - math.log(pi)) for qi, pi in zip(q, p))
-    return t * t * total / len(teacher_rows)
 
 
 class LogitsAsImages(Backbone):

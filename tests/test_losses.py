@@ -4,13 +4,8 @@ import math
 import pytest
 import torch
 
+from hand import softmax as _softmax
 from selfkd.losses import attention_map, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy
-
-
-def _softmax(row, t=1.0):
-    e = [math.exp(v / t) for v in row]
-    s = sum(e)
-    return [x / s for x in e]
 
 
 def test_kd_loss_matches_hand_computation():

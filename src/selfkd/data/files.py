@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DatasetError
 from . import augment as aug
 from .datasets import ImageFiles, decode_rgb
-from .pipeline import AugmentSpec, Batch
+from .pipeline import AugmentSpec, Batch, DeviceLoader
 from .samplers import Batches
 
 
@@ -89,32 +89,16 @@ def _collate(samples):
     return index, images.transpose(0, 1).reshape(-1, *images.shape[2:])
 
 
-class FileLoader:
+class FileLoader(DeviceLoader):
     """Same interface as :class:`~selfkd.data.pipeline.ResidentLoader`, for :class:`ImageFiles`."""
 
     def __init__(self, data: ImageFiles, sampler: Batches, device: torch.device, mean, std, spec: AugmentSpec,
                  views: int = 1, workers: int = 8, train: bool = True, seed: int = 0):
-        self.sampler, self.device, self.views = sampler, device, views if train else 1
-        self.labels = data.labels.to(device)
-        self.mean = torch.tensor(mean, device=device, dtype=torch.float32)
-        self.std = torch.tensor(std, device=device, dtype=torch.float32)
+        super().__init__(sampler, data.labels, device, mean, std, views if train else 1)
         self.steps = _Steps(sampler)
         images = _Images(data.paths, build_transform(spec, train), self.views, seed, train)
         self.loader = DataLoader(images, batch_sampler=self.steps, num_workers=workers, collate_fn=_collate,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        return self.iter_from(0)
 
     def iter_from(self, step: int = 0):
         self.steps.start = step

@@ -34,18 +34,15 @@ class AugmentSpec:
     test_resize: int | None = None
 
 
-class ResidentLoader:
-    """Batches gathered from uint8 tensors held on ``device``; augmentation seeded per (seed, epoch, step, rank)."""
+class DeviceLoader:
+    """What every loader shares: a batch sampler (steps per epoch, resumable), the labels and the
+    normalisation constants on the training device. Subclasses implement ``iter_from(step)``."""
 
-    def __init__(self, data: ImageTensors, sampler: Batches, device: torch.device, mean, std,
-                 augment: AugmentSpec | None, views: int = 1, seed: int = 0, rank: int = 0):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
-        self.sampler, self.device, self.augment, self.views = sampler, device, augment, views
+    def __init__(self, sampler: Batches, labels: torch.Tensor, device: torch.device, mean, std, views: int = 1):
+        self.sampler, self.device, self.views = sampler, device, views
+        self.labels = labels.to(device)
         self.mean = torch.tensor(mean, device=device, dtype=torch.float32)
         self.std = torch.tensor(std, device=device, dtype=torch.float32)
-        self.seed, self.rank = seed, rank
-        self.gen = torch.Generator(device=device)
 
     @property
     def num_samples(self) -> int:
@@ -59,6 +56,20 @@ class ResidentLoader:
 
     def __iter__(self):
         return self.iter_from(0)
+
+    def iter_from(self, step: int = 0):
+        raise NotImplementedError
+
+
+class ResidentLoader(DeviceLoader):
+    """Batches gathered from uint8 tensors held on ``device``; augmentation seeded per (seed, epoch, step, rank)."""
+
+    def __init__(self, data: ImageTensors, sampler: Batches, device: torch.device, mean, std,
+                 augment: AugmentSpec | None, views: int = 1, seed: int = 0, rank: int = 0):
+        super().__init__(sampler, data.labels, device, mean, std, views)
+        self.images = data.images.to(device)
+        self.augment, self.seed, self.rank = augment, seed, rank
+        self.gen = torch.Generator(device=device)
 
     def iter_from(self, step: int = 0):
         batches = list(self.sampler.iter_from(step))

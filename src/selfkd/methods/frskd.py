@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import (aggregate_rotations, attention_map, cross_entropy, cutmix, kd_loss, mixed_cross_entropy, mixup,
-                      rotate_batch, rotation_targets)
+from ..losses import attention_map, cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone, init_weights
+from .batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from .base import Method, MethodOutput
 from .bifpn import TeacherOutput, build_self_teacher
 from .registry import register_method

@@ -13,8 +13,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..losses import cross_entropy, kd_loss, mixed_cross_entropy, mixup
+from ..losses import cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone
+from .batch_transforms import mixup
 from .base import Method, MethodOutput
 from .branches import StageCopyBranch
 from .registry import register_method

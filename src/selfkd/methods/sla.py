@@ -12,17 +12,10 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
 from .base import Method, MethodOutput
+from .batch_transforms import aggregate_rotations, rotate_batch, rotation_targets
 from .registry import register_method
 
 ROTATIONS = 4
-
-
-def rotations(images: torch.Tensor) -> torch.Tensor:
-    """The 4 rotations (0°, 90°, 180°, 270° in the H–W plane) of every image, interleaved per sample:
-    ``[x_1^0, x_1^1, x_1^2, x_1^3, x_2^0, …]``."""
-    if images.shape[-1] != images.shape[-2]:
-        raise ConfigError(f"sla_sd rotates images by 90°, which needs square images; got {tuple(images.shape[-2:])}.")
-    return torch.stack([torch.rot90(images, j, dims=(2, 3)) for j in range(ROTATIONS)], dim=1).flatten(0, 1)
 
 
 @register_method("sla_sd")
@@ -50,17 +43,13 @@ class SLASD(Method):
 
     def _joint_forward(self, images):
         """(single-head logits of the unrotated images, joint logits g, aggregated logits a)."""
-        h = self.backbone.embed(self.backbone.features(rotations(images))[-1])
+        h = self.backbone.embed(self.backbone.features(rotate_batch(images, ROTATIONS))[-1])
         g = self.joint(h)
-        b = images.shape[0]
-        # g viewed as (b, j, k, j'): the aggregate keeps the entries whose class slot j' matches rotation j.
-        a = torch.diagonal(g.view(b, ROTATIONS, self.num_classes, ROTATIONS), dim1=1, dim2=3).mean(-1)
-        return self.backbone.fc(h[::ROTATIONS]), g, a
+        return self.backbone.fc(h[::ROTATIONS]), g, aggregate_rotations(g, ROTATIONS)
 
     def compute_loss(self, images, targets, index=None):
         logits, g, a = self._joint_forward(images)
-        joint_targets = (targets[:, None] * ROTATIONS + torch.arange(ROTATIONS, device=targets.device)).flatten()
-        joint_ce = cross_entropy(g, joint_targets)
+        joint_ce = cross_entropy(g, rotation_targets(targets, ROTATIONS))
         losses = {
             "joint_ce": joint_ce * ROTATIONS if self.large_loss else joint_ce,
             "ce": cross_entropy(logits, targets),
