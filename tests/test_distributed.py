@@ -68,3 +68,16 @@ def _expected_ddp_step(tmp_path):
         for name, p in params.items():
             grads[name] += p.grad / 2
     return {name: (p - cfg.optim.lr * grads[name]).detach() for name, p in params.items()}
+
+
+def test_two_rank_pskd_table_is_filled_from_every_rank_and_cskd_pairs_shard(tmp_path):
+    for method in ("pskd", "cskd"):
+        cfg = tiny_config(tmp_path, method=method, epochs=1, data={"train_subset": 128, "batch_size": 32})
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        result = _torchrun("train", "-c", str(path))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((tmp_path / f"run_{method}" / "summary.json").read_text())["world_size"] == 2
+    state = torch.load(tmp_path / "run_pskd" / "last.pt", weights_only=True)["method_state"]
+    # Every training image's row was written on rank 0, half of them from rank 1's predictions.
+    assert bool((state["table"].sum(dim=1) > 0.99).all())

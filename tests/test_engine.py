@@ -1,5 +1,6 @@
 """End-to-end runs through the engine and the CLI: learning, resume exactness, run folders, errors."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ from selfkd.engine.trainer import Interrupted
 from selfkd.errors import ConfigError, TrainingError
 from conftest import tiny_config
 import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
 def _weights(run_dir):
@@ -130,3 +134,26 @@ def test_eval_commands(tmp_path, run_cli):
     code, out, err = run_cli("eval", "--weights", weights, "--dataset", "synthetic", "--device", "cpu")
     assert code == 0, err  # synthetic defaults differ from the run's options: only checks the file loads and runs
     assert json.loads(out)["model"] == "cifar_resnet18"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lightsdk"], "Unknown method 'lightsdk'. Did you mean 'lightskd'?"),
+    (["--model", "resnet81"], "Unknown model 'resnet81'."),
+    (["--dataset", "cifar1000"], "Unknown dataset 'cifar1000'. Did you mean 'cifar100'?"),
+    (["--set", "optim.momentun=0.9"], "unknown key 'optim.momentun'. Did you mean 'momentum'?"),
+    (["--set", "train.epochs=ten"], "'train.epochs': Input should be a valid integer"),
+    (["--set", "method.alpha=2"], "Unknown option 'alpha' for method 'ce'."),
+])
+def test_user_mistakes_are_one_paragraph_errors(tmp_path, run_cli, args, message):
+    code, out, err = run_cli("train", "-c", SMOKE, "--run-dir", tmp_path / "run", *args)
+    assert code == 2 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_missing_dataset_names_layout_and_places(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    monkeypatch.delenv("SELFKD_DATA", raising=False)
+    code, _, err = run_cli("train", "--dataset", "cifar100", "--data-dir", tmp_path / "empty", "--epochs", "1")
+    assert code == 2 and "Dataset 'cifar100' was not found" in err
+    assert "cifar-100-python" in err and str(tmp_path / "empty") in err and "/usr/share/datasets" in err

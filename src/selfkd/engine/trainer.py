@@ -128,6 +128,8 @@ class Trainer:
         self.best: dict | None = None
         self.train_time = 0.0
         self.images_seen = 0
+        self.resumed_window: dict | None = None  # statistics of a partly trained epoch, from the checkpoint
+        self.reliability: dict | None = None  # of the last evaluation, for reliability diagrams
         if resume:
             self._restore()
         elif self.dist.main:
@@ -211,7 +213,7 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         steps = len(self.train_loader)
         self.step.reset()
-        if getattr(self, "resumed_window", None):  # resuming mid-epoch: keep the epoch's statistics so far
+        if self.resumed_window:  # resuming mid-epoch: keep the epoch's statistics so far
             self.step.load_window_state(self.resumed_window)
             self.resumed_window = None
         window_start = self.global_step
@@ -311,7 +313,7 @@ class Trainer:
                     "mean": list(d.mean or self.splits.mean), "std": list(d.std or self.splits.std),
                     "classes": list(self.splits.classes)}
             save_weights(self.run_dir / WEIGHTS, self.method.deployable(), meta)
-            if getattr(self, "reliability", None):
+            if self.reliability:
                 atomic_write(self.run_dir / "reliability.json", lambda tmp: tmp.write_text(json.dumps(self.reliability)))
             atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         self.logger.close()
