@@ -608,3 +608,8 @@ def test_recipes_load_and_build(name, tiny_resnet):
         assert Path(options["teacher_weights"]) == ce_run / "model.safetensors"
     else:
         create_method(name, tiny_resnet(100), **options, **per_sample_args(name, 10))
+
+
+def test_rotations_need_square_images():
+    with pytest.raises(ConfigError, match="square"):
+        rotate_batch(torch.zeros(2, 3, 4, 6))

@@ -48,7 +48,8 @@ def rotate_batch(images: torch.Tensor, rotations: int = 4) -> torch.Tensor:
     """Each image rotated by 0°, 90°, … in the H–W plane, interleaved per sample:
     ``[x_1^0, x_1^1, …, x_2^0, …]`` (``rotations·B`` images). Needs square images."""
     if images.shape[-1] != images.shape[-2]:
-        raise ConfigError(f"Rotating images by 90° needs square images; got {tuple(images.shape[-2:])}.")
+        raise ConfigError(f"Rotating images by 90° (SLA) needs square images; got {tuple(images.shape[-2:])}. "
+                          "Use a square crop (data.image_size) or a method without rotations.")
     return torch.stack([torch.rot90(images, r, (2, 3)) for r in range(rotations)], dim=1).flatten(0, 1)
 
 

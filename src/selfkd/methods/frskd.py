@@ -168,9 +168,6 @@ class FRSKD(Method):
 
     def _rotated_forward(self, images: torch.Tensor):
         """Second forward of the 4 rotations (§2.3): stage features, teacher output, joint logits of both."""
-        if images.shape[-1] != images.shape[-2]:
-            raise ConfigError(f"FRSKD with sla=true rotates images by 90°, which needs square images; got "
-                              f"{tuple(images.shape[-2:])}. Use a square crop (data.image_size) or sla=false.")
         rot_feats = self.backbone.features(rotate_batch(images))
         rot_teacher = self.teacher(rot_feats)
         joint_c = self.joint_classifier(self.backbone.embed(rot_feats[-1]))
