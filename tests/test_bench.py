@@ -1,0 +1,33 @@
+"""`selfkd bench` output (not its timings): every method in one run, ratios to ce, the JSON schema."""
+import json
+
+
+def test_bench_reports_every_method_relative_to_ce(tmp_path, run_cli):
+    out_file = tmp_path / "bench.json"
+    code, out, err = run_cli("bench", "--methods", "drg,tfkd_self,pskd", "--width", "8", "--num-classes", "10",
+                             "--batch-size", "8", "--steps", "2", "--warmup", "1", "--rounds", "2",
+                             "--device", "cpu", "--json", out_file)
+    assert code == 0, err
+    result = json.loads(out_file.read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert list(rows) == ["ce", "drg", "tfkd_self", "pskd"] and result["failed"] == []  # ce always included
+    for r in rows.values():
+        assert {"method", "img_per_s", "ms_per_step", "relative_to_ce", "extra_params", "peak_mem_mb"} <= set(r)
+        assert r["img_per_s"] > 0 and r["relative_to_ce"] == r["ms_per_step"] / rows["ce"]["ms_per_step"]
+    assert rows["ce"]["relative_to_ce"] == 1.0
+    # The DRG head on stage 2 of a width-8 ResNet-18 (c = 16), K = 10: attention SepConv(16,16) + BN = 896,
+    # SepConv(16,32) = 1,152, SepConv(32,64) = 3,840, Linear(64,10) = 650.
+    assert rows["drg"]["extra_params"] == 896 + 1152 + 3840 + 650
+    assert rows["ce"]["peak_mem_mb"] is None  # GPU memory only
+    assert result["environment"]["torch"] and result["settings"]["batch_size"] == 8
+    assert "drg" in out and "× ce" in out  # the table
+
+
+def test_bench_data_and_eval_modes(tmp_path, run_cli):
+    for what in ("data", "eval"):
+        out_file = tmp_path / f"{what}.json"
+        code, _, err = run_cli("bench", "--what", what, "--width", "8", "--batch-size", "16", "--steps", "2",
+                               "--warmup", "1", "--device", "cpu", "--json", out_file)
+        assert code == 0, err
+        (row,) = json.loads(out_file.read_text())["results"]
+        assert row["what"] == what and row["img_per_s"] > 0
