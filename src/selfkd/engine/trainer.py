@@ -116,7 +116,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, lr, o.momentum, o.nesterov, o.weight_decay,
                                          o.no_decay_norm_bias, self.device)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        compile_mode = ("reduce-overhead" if self.device.type == "cuda" else "off") if t.compile == "auto" else t.compile
+        compile_mode = t.compile
+        if compile_mode == "auto":  # CUDA graphs on one GPU; plain compilation under DDP, whose all-reduce
+            # hooks fire during backward and have not been validated inside captured graphs; off on CPU
+            compile_mode = "off" if self.device.type != "cuda" else "default" if self.dist.enabled else "reduce-overhead"
         self.step = TrainStep(self.method, self.optimizer, self.device, t.amp, compile_mode, t.grad_clip,
                               t.nonfinite == "skip", ddp=self.dist.enabled)
         try:
