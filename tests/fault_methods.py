@@ -6,20 +6,22 @@ import torch
 from selfkd.losses import cross_entropy
 from selfkd.methods import METHODS, Method, MethodOutput, register_method
 
-if "test_nan_at_step_3" not in METHODS:
-    @register_method("test_nan_at_step_3")
-    class NanAtStep3(Method):
-        """CE whose loss turns NaN from the third training step on (a fault injection for tests)."""
+if "test_nan" not in METHODS:
+    @register_method("test_nan")
+    class NanFromStep(Method):
+        """CE whose loss turns NaN from training step ``from_step`` on (1-based; the count is a buffer, so
+        it carries over a resume)."""
 
-        def __init__(self, model, num_classes):
+        def __init__(self, model, num_classes, from_step: int = 3):
             super().__init__(model, num_classes)
+            self.from_step = from_step
             self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
         def compute_loss(self, images, targets, index=None):
             logits, _ = self.backbone(images)
             self.calls += 1
             ce = cross_entropy(logits, targets)
-            poison = torch.where(self.calls >= 3, torch.tensor(float("nan")), torch.tensor(0.0))
+            poison = torch.where(self.calls >= self.from_step, torch.tensor(float("nan")), torch.tensor(0.0))
             return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
 
 

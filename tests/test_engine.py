@@ -106,21 +106,21 @@ def test_truncated_checkpoint(tmp_path, run_cli):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, method="ce", epochs=1, data={"train_subset": 128})
-    train(cfg)  # a good checkpoint from a CE run ...
-    good = (tmp_path / "run_ce" / "last.pt").read_bytes()
-    bad = tiny_config(tmp_path, method="test_nan_at_step_3", epochs=2, data={"train_subset": 256})
-    bad["run_dir"] = cfg["run_dir"]
-    with pytest.raises(TrainingError, match=r"Non-finite loss \(poison\) at training step 3"):
-        train(bad, overwrite=True)
-    assert not (tmp_path / "run_ce" / "last.pt").exists() or (tmp_path / "run_ce" / "last.pt").read_bytes() != good
+    cfg = tiny_config(tmp_path, method="test_nan", epochs=2, data={"train_subset": 256})  # 8 steps per epoch
+    cfg["method"]["from_step"] = 11  # NaN in epoch 2, after the epoch-1 checkpoint
+    with pytest.raises(TrainingError, match=r"Non-finite loss \(poison\) at training step 11 \(epoch 2\)"):
+        train(cfg)
+    ckpt = torch.load(tmp_path / "run_test_nan" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 0)  # the last good checkpoint, not overwritten
+    assert all(torch.isfinite(v).all() for v in ckpt["method_state"].values() if v.is_floating_point())
+    assert not (tmp_path / "run_test_nan" / "summary.json").exists()
 
 
 def test_nonfinite_skip_option_counts_skipped_steps(tmp_path):
-    cfg = tiny_config(tmp_path, method="test_nan_at_step_3", epochs=1, data={"train_subset": 256},
+    cfg = tiny_config(tmp_path, method="test_nan", epochs=1, data={"train_subset": 256},
                       train={"epochs": 1, "device": "cpu", "progress": False, "nonfinite": "skip"})
     train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "run_test_nan_at_step_3" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run_test_nan" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train/skipped_steps"] == 6  # steps 3..8 of 8
 
 

@@ -19,7 +19,7 @@ from selfkd.methods.bifpn import Fusion, TeacherOutput, build_self_teacher
 from selfkd.weights import load_weights
 from selfkd.methods.frskd import attention_transfer_loss, overhaul_margin, partial_l2
 from conftest import tiny_config
-from hand import ce as _ce_by_hand, kd as _kd_by_hand, softmax as _softmax
+from hand import ce as _ce_by_hand, kd as _kd_by_hand
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -63,6 +63,7 @@ def config_from_args(args, base: dict | None = None):
 def cmd_train(args) -> int:
     from .config import read_yaml
     from .engine import train
+    from .runfolder import CHECKPOINT, CONFIG
 
     resume = False
     if args.resume and args.resume != "auto":
@@ -70,12 +71,12 @@ def cmd_train(args) -> int:
         if args.config:
             raise ConfigError("Give either --resume RUN_DIR (its own config is used) or -c CONFIG, not both; "
                               "use --resume auto with -c to resume that config's run if it exists.")
-        cfg = config_from_args(args, base=read_yaml(run / "config.yaml"))
+        cfg = config_from_args(args, base=read_yaml(run / CONFIG))
         cfg = cfg.model_copy(update={"run_dir": str(run)})
         resume = True
     else:
         cfg = config_from_args(args)
-        resume = args.resume == "auto" and (cfg.run_path / "last.pt").exists()
+        resume = args.resume == "auto" and (cfg.run_path / CHECKPOINT).exists()
     if args.print_config:
         import yaml
 

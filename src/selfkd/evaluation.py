@@ -15,6 +15,7 @@ from .errors import CheckpointError
 from .methods import create_method, per_sample_args
 from .metrics import EvalStats
 from .models import create_model
+from .runfolder import CHECKPOINT, CONFIG
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def _evaluate(module, loader, device) -> dict:
 def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, batch_size: int | None = None) -> dict:
     """Rebuild the run's method from its config, load ``last.pt`` and evaluate it as trained."""
     run_dir = Path(run_dir)
-    cfg = build_config(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    cfg = build_config(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
     dev = resolve_device(device)
     data = cfg.data.model_copy(update={k: v for k, v in {"data_dir": data_dir, "eval_batch_size": batch_size}.items() if v})
     splits = load_dataset(data.dataset, data.data_dir, **data.options)
@@ -41,8 +42,8 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     num_train = min(len(splits.train), data.train_subset or len(splits.train))
     method = create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
                            **per_sample_args(cfg.method.name, num_train))
-    ckpt = load_checkpoint(run_dir / "last.pt")
-    check_compatible(ckpt, cfg.method.name, cfg.model.name, splits.num_classes, run_dir / "last.pt")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    check_compatible(ckpt, cfg.method.name, cfg.model.name, splits.num_classes, run_dir / CHECKPOINT)
     method.load_state_dict(ckpt["method_state"])
     method.to(dev)
     result = _evaluate(method, build_test_loader(splits, data, dev, cfg.seed), dev)

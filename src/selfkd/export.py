@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, SelfKDError
+from .runfolder import WEIGHTS
 from .weights import load_weights, save_weights
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -43,7 +44,7 @@ class LogitsOnly(nn.Module):
 
 
 def weights_file(source: Path) -> Path:
-    path = source / "model.safetensors" if source.is_dir() else source
+    path = source / WEIGHTS if source.is_dir() else source
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: `selfkd export` needs a finished run folder (it holds "
                               "model.safetensors, written at the end of training) or a model.safetensors file.")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .runfolder import CHECKPOINT, CONFIG, SUMMARY
 
 RUN_FLAGS = ("model", "dataset", "data_dir", "epochs", "batch_size", "device")  # passed on to `selfkd train`
 
@@ -100,18 +101,18 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
             args += [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
             args += ["--method", method, "--seed", str(seed), "--run-dir", str(run_dir), "--name", name]
             args += [a for item in overrides for a in ("--set", item)]
-            if (run_dir / "summary.json").is_file():
+            if (run_dir / SUMMARY).is_file():
                 action = "skip"
-            elif (run_dir / "last.pt").is_file():
+            elif (run_dir / CHECKPOINT).is_file():
                 action = "resume"
                 args = ["--resume", str(run_dir)] + (["--device", "cuda"] if on_gpus else [])
-            elif (run_dir / "config.yaml").is_file():
+            elif (run_dir / CONFIG).is_file():
                 action, args = "restart", args + ["--overwrite"]  # it stopped before its first checkpoint
             else:
                 action = "start"
             changed = []
-            if action in ("skip", "resume") and (run_dir / "config.yaml").is_file():
-                changed = differing_settings([read_yaml(run_dir / "config.yaml"), cfg.to_dict()])
+            if action in ("skip", "resume") and (run_dir / CONFIG).is_file():
+                changed = differing_settings([read_yaml(run_dir / CONFIG), cfg.to_dict()])
             jobs.append(Job(method, seed, run_dir, action, args, changed))
     return jobs
 
@@ -192,7 +193,7 @@ def _print_outcome(job: Job, code: int, log: Path) -> None:
 
     if code == 0:
         try:
-            final = json.loads((job.run_dir / "summary.json").read_text()).get("final", {})
+            final = json.loads((job.run_dir / SUMMARY).read_text()).get("final", {})
             print(f"[{job.name}] finished: test top-1 {final.get('top1', float('nan')):.2f}% (last epoch)", flush=True)
         except (OSError, ValueError):
             print(f"[{job.name}] finished", flush=True)

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..comm import all_gather_cat, all_reduce_sum  # noqa: F401  (re-exported for the engine)
-
 
 @dataclass(frozen=True)
 class Dist:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TrainingError
+from ..runfolder import METRICS, METRICS_CSV, TENSORBOARD, read_metrics
 
 
 class RunLogger:
@@ -18,12 +19,12 @@ class RunLogger:
         self.tb = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.rows = read_jsonl(self.run_dir / "metrics.jsonl")
+            self.rows = read_metrics(self.run_dir / METRICS)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self.tb = SummaryWriter(str(self.run_dir / "tb"))
+                    self.tb = SummaryWriter(str(self.run_dir / TENSORBOARD))
                 except ImportError:  # tensorboard is a dependency, but logging must never stop a run
                     self.tb = None
 
@@ -32,7 +33,7 @@ class RunLogger:
             return
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         try:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            with open(self.run_dir / METRICS, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             self._write_csv()
         except OSError as err:
@@ -53,7 +54,7 @@ class RunLogger:
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        with open(self.run_dir / "metrics.csv", "w", newline="") as fh:
+        with open(self.run_dir / METRICS_CSV, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
@@ -65,21 +66,6 @@ class RunLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a repeated epoch (after a resume) keeps its last row."""
-    rows: dict = {}
-    if Path(path).is_file():
-        for line in Path(path).read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                rows[row.get("epoch")] = row
-    return list(rows.values())
 
 
 def use_progress_bar(setting) -> bool:

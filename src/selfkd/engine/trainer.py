@@ -24,16 +24,17 @@ from ..data.pipeline import build_test_loader, build_train_loader
 from ..errors import ConfigError, SelfKDError, TrainingError
 from ..methods import create_method, per_sample_args
 from ..metrics import EvalStats
+from ..runfolder import CHECKPOINT, CONFIG, RELIABILITY, SUMMARY, WEIGHTS
 from ..models import create_model
 from . import distributed as dist_utils
 from ..atomic import atomic_write
+from ..comm import all_gather_cat, all_reduce_sum
 from ..weights import save_weights
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
 from .step import TrainStep, build_optimizer, configure_backends
 
-CHECKPOINT, WEIGHTS, SUMMARY, CONFIG = "last.pt", "model.safetensors", "summary.json", "config.yaml"
 
 
 class Interrupted(SelfKDError):
@@ -274,7 +275,7 @@ class Trainer:
             return False
         # Every rank must stop at the same step: agree every log_every steps.
         stop = torch.tensor([1.0 if signal_flag["stop"] else 0.0], device=self.device)
-        return bool(dist_utils.all_reduce_sum(stop).item())
+        return bool(all_reduce_sum(stop).item())
 
     def _check_finite(self, window_start: int) -> None:
         bad = self.step.nonfinite()
@@ -317,7 +318,7 @@ class Trainer:
                     "classes": list(self.splits.classes)}
             save_weights(self.run_dir / WEIGHTS, self.method.deployable(), meta)
             if self.reliability:
-                atomic_write(self.run_dir / "reliability.json", lambda tmp: tmp.write_text(json.dumps(self.reliability)))
+                atomic_write(self.run_dir / RELIABILITY, lambda tmp: tmp.write_text(json.dumps(self.reliability)))
             atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         self.logger.close()
         return summary
@@ -331,11 +332,11 @@ def evaluate(method, loader, step: TrainStep, device: torch.device) -> dict:
     with torch.no_grad(), step.autocast():
         for batch in loader:
             stats.update(method(batch.images), batch.targets)
-    dist_utils.all_reduce_sum(stats.sums)
-    dist_utils.all_reduce_sum(stats.bins)
+    all_reduce_sum(stats.sums)
+    all_reduce_sum(stats.bins)
     if stats.confidence:
-        stats.confidence = [dist_utils.all_gather_cat(torch.cat(stats.confidence))]
-        stats.correct = [dist_utils.all_gather_cat(torch.cat(stats.correct))]
+        stats.confidence = [all_gather_cat(torch.cat(stats.confidence))]
+        stats.correct = [all_gather_cat(torch.cat(stats.correct))]
     method.train(was_training)
     return {**stats.result(), "reliability": stats.reliability()}
 

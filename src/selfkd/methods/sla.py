@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics
 
 # Keys that may differ between runs of one group without making them different experiments.
 INCIDENTAL_KEYS = ("seed", "name", "run_dir", "data.data_dir", "train.device", "train.progress")
@@ -76,7 +77,7 @@ class Run:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "summary.json").is_file()
+    return (path / CONFIG).is_file() or (path / SUMMARY).is_file()
 
 
 def runs_below(folder: Path):
@@ -115,37 +116,23 @@ def _read_json(path: Path):
         return None, f"{path.name} is unreadable ({type(err).__name__})"
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl rows in epoch order; an epoch logged twice (after a resume) keeps its last row."""
-    rows: dict = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                rows[row["epoch"]] = row
-    return [rows[e] for e in sorted(rows)]
-
-
 def load_run(path: Path) -> Run:
     path = Path(path)
     config: dict = {}
-    if (path / "config.yaml").is_file():
+    if (path / CONFIG).is_file():
         try:
-            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            config = yaml.safe_load((path / CONFIG).read_text()) or {}
         except yaml.YAMLError:
             config = {}
     summary, problem = (None, "")
-    if (path / "summary.json").is_file():
-        summary, problem = _read_json(path / "summary.json")
+    if (path / SUMMARY).is_file():
+        summary, problem = _read_json(path / SUMMARY)
         if summary is not None and not isinstance(summary, dict):
             summary, problem = None, "summary.json does not hold a mapping"
     reliability = None
-    if (path / "reliability.json").is_file():
-        reliability, _ = _read_json(path / "reliability.json")
-    return Run(path, config if isinstance(config, dict) else {}, summary, read_metrics(path / "metrics.jsonl"),
+    if (path / RELIABILITY).is_file():
+        reliability, _ = _read_json(path / RELIABILITY)
+    return Run(path, config if isinstance(config, dict) else {}, summary, read_metrics(path / METRICS),
                reliability if isinstance(reliability, dict) else None, problem)
 
 

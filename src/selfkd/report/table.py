@@ -12,6 +12,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from ..runfolder import CHECKPOINT
 from .runs import Run, differing_settings
 
 METRICS = ("top1", "top5", "nll", "ece", "aurc")
@@ -155,7 +156,7 @@ def unfinished_lines(runs: list[Run]) -> list[str]:
         if r.finished:
             continue
         done = len(r.rows)
-        state = ("resumable: `selfkd train --resume " + str(r.path) + "`") if (r.path / "last.pt").is_file() \
+        state = ("resumable: `selfkd train --resume " + str(r.path) + "`") if (r.path / CHECKPOINT).is_file() \
             else "no checkpoint yet"
         why = f"; {r.problem}" if r.problem else ""
         lines.append(f"{r.path}: {r.method} on {r.dataset}/{r.model}, seed {r.seed}, "
