@@ -23,6 +23,15 @@ def test_bench_reports_every_method_relative_to_ce(tmp_path, run_cli):
     assert "drg" in out and "× ce" in out  # the table
 
 
+def test_bench_profile_writes_each_methods_operator_table(tmp_path, run_cli):
+    code, _, err = run_cli("bench", "--methods", "dsr", "--width", "8", "--num-classes", "10", "--batch-size", "8",
+                           "--steps", "2", "--warmup", "1", "--device", "cpu", "--profile", tmp_path / "prof")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["ce.txt", "dsr.txt"]
+    table = (tmp_path / "prof" / "dsr.txt").read_text()
+    assert table.startswith("2 training steps") and "aten::convolution_backward" in table and "Self CPU time total" in table
+
+
 def test_bench_data_and_eval_modes(tmp_path, run_cli):
     for what in ("data", "eval"):
         out_file = tmp_path / f"{what}.json"

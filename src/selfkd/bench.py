@@ -66,7 +66,8 @@ def _batches(loader, count: int):
         epoch += 1
 
 
-def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, device: torch.device) -> dict:
+def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, device: torch.device,
+                profile_dir: str | None = None) -> dict:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **args.model_options)
@@ -83,7 +84,8 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
     optimizer = build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device)
     step = TrainStep(method, optimizer, device, args.amp, args.compile)
     _reset_peak(device)
-    batches = _batches(loader, args.warmup + args.steps)
+    profile_steps = min(args.steps, 20) if profile_dir else 0
+    batches = _batches(loader, args.warmup + args.steps + profile_steps)
     started = time.perf_counter()
     for _ in range(args.warmup):
         batch = next(batches)
@@ -104,6 +106,8 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
         times.append((time.perf_counter() - started) / size)
     ms = 1000 * statistics.median(times)
     primary_per_step = step.seen / step.steps  # anchors / first views: the images an epoch counts
+    if profile_steps:  # after the timed rounds, so the profiler does not slow what was timed
+        _profile(step, batches, profile_steps, device, Path(profile_dir) / f"{method_name}.txt")
     return {
         "method": method_name,
         "img_per_s": primary_per_step * 1000 / ms,
@@ -115,6 +119,21 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
         "images_per_step": batch.images.shape[0],
         "mean_loss": step.summary().get("train/loss", float("nan")),
     }
+
+
+def _profile(step: TrainStep, batches, count: int, device: torch.device, path: Path) -> None:
+    """Where a step's time goes: the operators and kernels of ``count`` steps by self time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(count):
+            batch = next(batches)
+            step(batch.images, batch.targets, batch.index)
+        _sync(device)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=40)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{count} training steps, per-operator totals\n{table}\n")
 
 
 def _stand_in_teacher(model, args) -> str:
@@ -231,7 +250,7 @@ def run(args) -> int:
         bench_train("ce", {}, args, splits, device)  # untimed: clocks, cuDNN autotuning, compile caches
         for name in names:
             try:
-                rows.append(bench_train(name, options.get(name, {}), args, splits, device))
+                rows.append(bench_train(name, options.get(name, {}), args, splits, device, args.profile))
             except SelfKDError:
                 raise
             except Exception as err:  # one broken method must not hide the others' numbers
@@ -256,7 +275,7 @@ def run(args) -> int:
 
 def _settings(args) -> dict:
     keys = ["model", "width", "batch_size", "steps", "warmup", "rounds", "amp", "compile", "channels_last", "num_classes",
-            "image_size", "overrides"]
+            "image_size", "overrides", "profile"]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -280,4 +299,6 @@ def register(sub) -> None:
     p.add_argument("--what", default="train", choices=["train", "data", "eval"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--profile", metavar="DIR", help="also profile up to 20 more steps per method (after timing) and "
+                   "write each method's operator/kernel table to DIR/METHOD.txt")
     p.set_defaults(func=run)

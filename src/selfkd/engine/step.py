@@ -61,7 +61,10 @@ class TrainStep:
         self.pass_index = method.data_needs.index
         model: nn.Module = method
         if compile_mode != "off":
-            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+            # Static shapes: every batch size (an epoch's smaller last batch too) gets its own specialised graph.
+            # By default the second size seen would make torch.compile trace one dynamic-shape graph, and every
+            # later step, full batches included, would run that slower generic graph.
+            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
         if ddp:
             from torch.nn.parallel import DistributedDataParallel
 

@@ -1,0 +1,72 @@
+"""Graph capture on the CPU (the CUDA-graph comparison itself is in test_gpu.py): every method's training forward
+is one graph with no break, stays one graph across epochs (per-epoch values live in buffers), and each batch size
+gets its own static graph. Dynamo traces with its "eager" backend here, so no kernels are compiled."""
+import functools
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from selfkd import create_method
+from selfkd.bench import synthetic_cifar
+from selfkd.config import DataConfig
+from selfkd.data import build_train_loader
+from selfkd.engine.step import TrainStep, build_optimizer
+from selfkd.methods import list_methods, per_sample_args
+from selfkd.weights import save_weights
+
+
+@pytest.fixture
+def traced_only(monkeypatch):
+    """TrainStep's own torch.compile call (its mode and shape options kept), traced whole or failing on a break."""
+    real = torch.compile
+
+    def compile_traced(model, mode=None, **options):
+        return real(model, backend="eager", fullgraph=True, **options)
+
+    monkeypatch.setattr(torch, "compile", compile_traced)
+    torch._dynamo.reset()
+    counters.clear()
+    yield lambda: counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+
+
+def _method(name, tiny_resnet, tmp_path, num_train):
+    options = {}
+    if name == "tfkd_self":
+        teacher = tmp_path / "teacher.safetensors"
+        save_weights(teacher, tiny_resnet(), {"model": "cifar_resnet18", "num_classes": 10, "model_options": {"width": 8}})
+        options["teacher_weights"] = str(teacher)
+    return create_method(name, tiny_resnet(), num_classes=10, **options, **per_sample_args(name, num_train))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_training_forward_is_one_graph_for_every_epoch(name, tiny_resnet, tmp_path, traced_only):
+    device = torch.device("cpu")
+    splits = synthetic_cifar(32, 8, 10, 32)
+    method = _method(name, tiny_resnet, tmp_path, len(splits.train))
+    method.train()
+    loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=16), method.data_needs, device)
+    loader.set_epoch(0)
+    first = next(iter(loader))
+    # One eager call first: state sized by the first batch (DSR's cache) is allocated outside any graph.
+    method.on_epoch_start(0, 3)
+    method(first.images, first.targets, first.index if method.data_needs.index else None)
+    step = TrainStep(method, build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device), device, "off", "default")
+    for epoch in range(3):  # per-epoch values (PS-KD's alpha, ONE's ramp-up, SAD's switch, DSR's reset) change
+        method.on_epoch_start(epoch, 3)
+        loader.set_epoch(epoch)
+        for batch in loader:
+            step(batch.images, batch.targets, batch.index)
+    assert step.steps == 3 * len(loader)
+    assert traced_only() == 1
+
+
+def test_each_batch_size_gets_its_own_static_graph(tiny_resnet, traced_only):
+    device = torch.device("cpu")
+    method = create_method("ce", tiny_resnet(), num_classes=10)
+    step = TrainStep(method, build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device), device, "off", "default")
+    for size in (8, 5, 3, 8, 5):
+        step(torch.randn(size, 3, 32, 32), torch.randint(0, 10, (size,)))
+    # Three sizes, three graphs; a dynamic-shape graph would have served 5 and 3 (and then 8) as one.
+    assert traced_only() == 3
