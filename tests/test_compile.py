@@ -1,7 +1,6 @@
 """Graph capture on the CPU (the CUDA-graph comparison itself is in test_gpu.py): every method's training forward
 is one graph with no break, stays one graph across epochs (per-epoch values live in buffers), and each batch size
 gets its own static graph. Dynamo traces with its "eager" backend here, so no kernels are compiled."""
-import functools
 
 import pytest
 import torch
