@@ -15,18 +15,24 @@ from selfkd.methods import list_methods, per_sample_args
 from selfkd.weights import save_weights
 
 
-@pytest.fixture
-def traced_only(monkeypatch):
-    """TrainStep's own torch.compile call (its mode and shape options kept), traced whole or failing on a break."""
+def _compile_with(monkeypatch, backend: str, fullgraph: bool):
+    """TrainStep's own torch.compile call (its shape options kept) with a CPU-cheap backend; returns the number
+    of graphs compiled so far."""
     real = torch.compile
 
-    def compile_traced(model, mode=None, **options):
-        return real(model, backend="eager", fullgraph=True, **options)
+    def compile_whole(model, mode=None, **options):
+        return real(model, backend=backend, fullgraph=fullgraph, **options)
 
-    monkeypatch.setattr(torch, "compile", compile_traced)
+    monkeypatch.setattr(torch, "compile", compile_whole)
     torch._dynamo.reset()
     counters.clear()
-    yield lambda: counters["stats"]["unique_graphs"]
+    return lambda: counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture
+def traced_only(monkeypatch):
+    """Traced only (no kernels compiled), failing on any graph break."""
+    yield _compile_with(monkeypatch, "eager", fullgraph=True)
     torch._dynamo.reset()
 
 
@@ -69,3 +75,38 @@ def test_each_batch_size_gets_its_own_static_graph(tiny_resnet, traced_only):
         step(torch.randn(size, 3, 32, 32), torch.randint(0, 10, (size,)))
     # Three sizes, three graphs; a dynamic-shape graph would have served 5 and 3 (and then 8) as one.
     assert traced_only() == 3
+
+
+def _per_step_losses(name, tiny_resnet, tmp_path, compile_mode: str) -> list[dict]:
+    device = torch.device("cpu")
+    splits = synthetic_cifar(48, 8, 10, 32)
+    method = _method(name, tiny_resnet, tmp_path, len(splits.train))
+    step = TrainStep(method, build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device), device, "off",
+                     compile_mode)
+    loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=16), method.data_needs, device)
+    losses = []
+    for epoch in range(2):  # crosses an epoch boundary: DSR's reset, PS-KD's table read back, DLB's cache
+        method.on_epoch_start(epoch, 2)
+        loader.set_epoch(epoch)
+        for batch in loader:
+            step.reset()
+            step(batch.images, batch.targets, batch.index)
+            losses.append(step.summary())
+    return losses
+
+
+@pytest.mark.parametrize("name", ["dsr", "lightskd", "pskd", "dlb", "frskd"])
+def test_compiled_training_matches_eager_for_stateful_methods(name, tiny_resnet, tmp_path, monkeypatch):
+    """Through AOTAutograd (what inductor compiles; buffer updates become graph outputs copied back), float32."""
+    eager = _per_step_losses(name, tiny_resnet, tmp_path, "off")
+    graphs = _compile_with(monkeypatch, "aot_eager", fullgraph=False)  # as in training: DSR's first step breaks
+    compiled = _per_step_losses(name, tiny_resnet, tmp_path, "default")
+    torch._dynamo.reset()
+    assert graphs() >= 1 and len(compiled) == len(eager) == 6
+    for i, (a, b) in enumerate(zip(eager, compiled)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (i, key)
+    stateful = {"dsr": "train/loss_dsr", "lightskd": "train/loss_dsr", "dlb": "train/loss_kd"}.get(name)
+    if stateful:  # the state-carrying term is really active after the first step
+        assert compiled[0][stateful] == 0 and compiled[1][stateful] > 0
