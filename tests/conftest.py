@@ -22,6 +22,22 @@ def tiny_resnet():
     return make
 
 
+def per_step_summaries(method, loader, device, amp: str, compile_mode: str, lr: float, epochs: int = 2) -> list[dict]:
+    """Train through the engine's TrainStep (SGD, momentum 0.9) and return every step's logged losses and accuracy."""
+    from selfkd.engine.step import TrainStep, build_optimizer
+
+    step = TrainStep(method, build_optimizer(method, lr, 0.9, False, 5e-4, False, device), device, amp, compile_mode)
+    summaries = []
+    for epoch in range(epochs):  # crosses an epoch boundary: DSR's reset, PS-KD's table read back, DLB's cache
+        method.on_epoch_start(epoch, epochs)
+        loader.set_epoch(epoch)
+        for batch in loader:
+            step.reset()
+            step(batch.images, batch.targets, batch.index)
+            summaries.append(step.summary())
+    return summaries
+
+
 def tiny_config(tmp_path, method: str = "ce", epochs: int = 2, **sections) -> dict:
     """A config dict for a seconds-long CPU run on the synthetic dataset (override any section)."""
     cfg = {

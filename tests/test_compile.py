@@ -14,6 +14,8 @@ from selfkd.engine.step import TrainStep, build_optimizer
 from selfkd.methods import list_methods, per_sample_args
 from selfkd.weights import save_weights
 
+from conftest import per_step_summaries
+
 
 def _compile_with(monkeypatch, backend: str, fullgraph: bool):
     """TrainStep's own torch.compile call (its shape options kept) with a CPU-cheap backend; returns the number
@@ -81,18 +83,8 @@ def _per_step_losses(name, tiny_resnet, tmp_path, compile_mode: str) -> list[dic
     device = torch.device("cpu")
     splits = synthetic_cifar(48, 8, 10, 32)
     method = _method(name, tiny_resnet, tmp_path, len(splits.train))
-    step = TrainStep(method, build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device), device, "off",
-                     compile_mode)
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=16), method.data_needs, device)
-    losses = []
-    for epoch in range(2):  # crosses an epoch boundary: DSR's reset, PS-KD's table read back, DLB's cache
-        method.on_epoch_start(epoch, 2)
-        loader.set_epoch(epoch)
-        for batch in loader:
-            step.reset()
-            step(batch.images, batch.targets, batch.index)
-            losses.append(step.summary())
-    return losses
+    return per_step_summaries(method, loader, device, "off", compile_mode, lr=0.01)
 
 
 @pytest.mark.parametrize("name", ["dsr", "lightskd", "pskd", "dlb", "frskd"])

@@ -7,29 +7,21 @@ from selfkd import create_method, create_model
 from selfkd.bench import synthetic_cifar
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
-from selfkd.engine.step import TrainStep, build_optimizer
 from selfkd.methods import per_sample_args
+
+from conftest import per_step_summaries
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _per_step_losses(name: str, compile_mode: str, epochs: int = 2) -> list[dict]:
+def _per_step_losses(name: str, compile_mode: str) -> list[dict]:
     device = torch.device("cuda")
     splits = synthetic_cifar(512, 128, 100, 32)
     torch.manual_seed(0)
     method = create_method(name, create_model("cifar_resnet18", num_classes=100),
                            **per_sample_args(name, len(splits.train))).to(device).to(memory_format=torch.channels_last)
-    step = TrainStep(method, build_optimizer(method, 0.05, 0.9, False, 5e-4, False, device), device, "bf16", compile_mode)
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=128), method.data_needs, device)
-    losses = []
-    for epoch in range(epochs):  # crosses an epoch boundary: DSR's reset, PS-KD's table reuse
-        method.on_epoch_start(epoch, epochs)
-        loader.set_epoch(epoch)
-        for batch in loader:
-            step.reset()
-            step(batch.images, batch.targets, batch.index)
-            losses.append(step.summary())
-    return losses
+    return per_step_summaries(method, loader, device, "bf16", compile_mode, lr=0.05)
 
 
 @pytest.mark.parametrize("name", ["ce", "dsr", "lightskd", "frskd", "pskd", "dlb"])
