@@ -14,8 +14,8 @@ bench() { local name=$1; shift; python3 -m selfkd bench "$@" --json "$OUT/$name.
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/env.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/env.txt"
 case $PART in
-  core)
-    bench bench_compiled --methods "${CORE:-ce,dsr,drg,lightskd,frskd}" --steps 100 --warmup 15 --profile "$OUT/profile" ;;
+  core)  # perf_hints: torch.compile says here if it skips CUDA graphs for a method, and why
+    TORCH_LOGS=${TORCH_LOGS:-perf_hints} bench bench_compiled --methods "${CORE:-ce,dsr,drg,lightskd,frskd}" --steps 100 --warmup 15 --profile "$OUT/profile" ;;
   all)
     bench bench_eager --methods "$(python3 -m selfkd list methods | paste -sd, -)" --compile off --steps 30 --warmup 5
     bench bench_compiled_b512 --methods frskd --batch-size 512 --steps 40 --warmup 10

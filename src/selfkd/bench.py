@@ -247,6 +247,11 @@ def run(args) -> int:
         if "ce" not in names:
             names.insert(0, "ce")
         rows, failed = [], []
+        if args.profile and device.type == "cuda":
+            # Start the profiler once before any CUDA graph is captured: graphs captured before its first use
+            # can fail to profile (pytorch/pytorch#100441).
+            with torch.profiler.profile():
+                pass
         bench_train("ce", {}, args, splits, device)  # untimed: clocks, cuDNN autotuning, compile caches
         for name in names:
             try:
