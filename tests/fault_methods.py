@@ -5,6 +5,8 @@ import torch
 
 from selfkd.losses import cross_entropy
 from selfkd.methods import METHODS, Method, MethodOutput, register_method
+from selfkd.methods.ce import CrossEntropy
+from selfkd.methods.lightskd import LightSKD
 
 if "test_nan" not in METHODS:
     @register_method("test_nan")
@@ -25,21 +27,21 @@ if "test_nan" not in METHODS:
             return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
 
 
+class SigtermAtStep:
+    """Mixin: the method sends SIGTERM to its own process during training step ``at_step`` (1-based; 0 = never)."""
+
+    def __init__(self, model, num_classes, at_step: int = 0):
+        super().__init__(model, num_classes)
+        self.at_step, self.calls = at_step, 0
+
+    def compute_loss(self, images, targets, index=None):
+        self.calls += 1
+        if self.calls == self.at_step:
+            signal.raise_signal(signal.SIGTERM)
+        return super().compute_loss(images, targets, index)
+
+
 if "test_sigterm" not in METHODS:
-    @register_method("test_sigterm")
-    class SigtermAtStep(Method):
-        """CE that sends SIGTERM to its own process during training step ``at_step`` (1-based; 0 = never)."""
-
-        def __init__(self, model, num_classes, at_step: int = 0):
-            super().__init__(model, num_classes)
-            self.at_step, self.calls = at_step, 0
-
-        def compute_loss(self, images, targets, index=None):
-            self.calls += 1
-            if self.calls == self.at_step:
-                signal.raise_signal(signal.SIGTERM)
-            logits, _ = self.backbone(images)
-            ce = cross_entropy(logits, targets)
-            return MethodOutput(logits, ce, {"ce": ce})
-
-
+    register_method("test_sigterm")(type("CrossEntropySigterm", (SigtermAtStep, CrossEntropy), {}))
+if "test_lightskd_stop" not in METHODS:
+    register_method("test_lightskd_stop")(type("LightSKDSigterm", (SigtermAtStep, LightSKD), {}))

@@ -1,7 +1,6 @@
 """LightSKD (seed-methods.md §1): DRG head, DSR cache, their losses, gradients, state and recipes."""
 import json
 import math
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ from selfkd.engine import train
 from selfkd.engine.trainer import Interrupted
 from selfkd.errors import ConfigError
 from selfkd.losses import cross_entropy, kd_loss
-from selfkd.methods import METHODS, create_method, register_method
+from selfkd.methods import create_method
 from selfkd.methods.lightskd import DRG, DSR, LightSKD
 from selfkd.models.base import Backbone
 from conftest import tiny_config
+import fault_methods  # noqa: F401  (registers test_lightskd_stop)
 from hand import kd as _kd_by_hand, softmax as _softmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -306,22 +306,6 @@ def test_short_run_learns(tmp_path, method_name):
         assert rows[-1]["train/loss_drg_kd"] > 0
 
 
-if "test_lightskd_stop" not in METHODS:
-    @register_method("test_lightskd_stop")
-    class LightSKDStoppedAt(LightSKD):
-        """LightSKD that sends SIGTERM to its own process during training step ``stop_at`` (1-based; 0 = never)."""
-
-        def __init__(self, model, num_classes, stop_at: int = 0):
-            super().__init__(model, num_classes)
-            self.stop_at, self.calls = stop_at, 0
-
-        def compute_loss(self, images, targets, index=None):
-            self.calls += 1
-            if self.calls == self.stop_at:
-                signal.raise_signal(signal.SIGTERM)
-            return super().compute_loss(images, targets, index)
-
-
 def _final_state(run_dir):
     return torch.load(run_dir / "last.pt", weights_only=True)["method_state"]
 
@@ -333,7 +317,7 @@ def test_resumed_runs_equal_the_straight_run(tmp_path):
 
     def config(name, epochs, stop_at=0):
         cfg = tiny_config(tmp_path, method="test_lightskd_stop", epochs=epochs, data=data, schedule={"name": "constant"})
-        cfg["run_dir"], cfg["method"]["stop_at"] = str(tmp_path / name), stop_at
+        cfg["run_dir"], cfg["method"]["at_step"] = str(tmp_path / name), stop_at
         return cfg
 
     train(config("straight", 2))
