@@ -1,4 +1,5 @@
 """Batched augmentation and batch samplers."""
+import pytest
 import torch
 
 from selfkd.data import augment as aug
@@ -41,6 +42,15 @@ def test_random_resized_crop_shape_range_and_determinism():
     # scale (1, 1) with ratio (1, 1) is the whole image, resampled to the same size: identity.
     full = aug.random_resized_crop_flip(x.float(), 32, (1.0, 1.0), False, _gen(0), ratio=(1.0, 1.0))
     assert torch.allclose(full, x.float(), atol=1e-3)
+
+
+def test_random_resized_crop_averages_when_shrinking():
+    """A 1-pixel checkerboard shrunk 3× must come out near uniform grey (as torchvision's antialiased resize),
+    not as the aliased 0/255 pattern that plain bilinear sampling at pixel centres gives."""
+    board = ((torch.arange(48)[:, None] + torch.arange(48)[None]) % 2 * 255).to(torch.uint8)
+    x = board.expand(2, 3, 48, 48).contiguous()
+    out = aug.random_resized_crop_flip(x, 16, (1.0, 1.0), False, _gen(0), ratio=(1.0, 1.0))
+    assert out.mean().item() == pytest.approx(127.5, abs=5) and out.std().item() < 20
 
 
 def test_normalize_channels_last():

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -33,7 +34,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Gener
 def random_resized_crop_flip(x: torch.Tensor, size: int, scale: tuple[float, float], flip: bool,
                              gen: torch.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3),
                              tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop (torchvision's sampling: 10 tries, then a centre crop) + flip, bilinear.
+    """RandomResizedCrop (torchvision's sampling: 10 tries, then a centre crop) + flip, bilinear with averaging
+    when shrinking.
 
     Returns float in [0, 255].
     """
@@ -63,16 +65,13 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale: tuple[float, flo
     u = torch.rand(b, 2, device=dev, generator=gen)
     x0 = torch.where(failed, torch.full_like(cw, (w - fw) // 2), torch.floor(u[:, 0] * (w - cw + 1)))
     y0 = torch.where(failed, torch.full_like(ch, (h - fh) // 2), torch.floor(u[:, 1] * (h - ch + 1)))
-    sx = cw / w
+    # roi_align averages ceil(crop/size) bilinear samples per output pixel along each axis: it smooths when the
+    # crop is shrunk (as torchvision's antialiased resize does) and is plain bilinear when it is enlarged.
+    boxes = torch.stack([torch.arange(b, device=dev, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
+    out = roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     if flip:
-        sx = torch.where(torch.rand(b, device=dev, generator=gen) < 0.5, -sx, sx)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = (2 * x0 + cw) / w - 1
-    theta[:, 1, 1] = ch / h
-    theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-    grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = torch.where(torch.rand(b, 1, 1, 1, device=dev, generator=gen) < 0.5, out.flip(-1), out)
+    return out
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

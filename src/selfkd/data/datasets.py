@@ -71,7 +71,7 @@ class DatasetSplits:
 @dataclass
 class DatasetEntry:
     reader: Callable[..., DatasetSplits]
-    folders: tuple[str, ...]  # names to look for under each root ('' = none needed)
+    folders: tuple[str, ...]  # names to look for under each root (empty = none needed)
     layout: str  # the published layout, quoted in errors
 
 
@@ -128,8 +128,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
             if path != itself:
                 raise DatasetError(f"{err} The expected layout of '{name}' is: {entry.layout}.") from None
             note = f" ({path} itself is not the dataset folder: {str(err).rstrip('.')})"
-        except DatasetError:
-            raise
         except READ_ERRORS as err:
             raise DatasetError(
                 f"Dataset '{name}' at {path} could not be read ({type(err).__name__}: {err}). "

@@ -54,14 +54,16 @@ def _check_exist(paths: list[str], where: Path) -> None:
                            f"(e.g. {missing[0]}). Extract the image archive completely into {where}.")
 
 
-def _file_splits(name: str, where: Path, train, test, classes: list[str]) -> DatasetSplits:
-    """Splits of file lists with the usual ImageNet-style recipe: RandomResizedCrop(224) + flip."""
+def _file_splits(name: str, where: Path, train, test, classes: list[str], listed: bool = True) -> DatasetSplits:
+    """Splits of file lists with the usual ImageNet-style recipe: RandomResizedCrop(224) + flip. ``listed``: the
+    paths come from the dataset's list files, so check they exist (paths found on disk need no check)."""
 
     def files(paths: list[str], labels: list[int], split: str) -> ImageFiles:
         if not paths:
             raise DatasetError(f"{where} lists no {split} images; the dataset is incomplete.")
         labels = check_labels(torch.tensor(labels, dtype=torch.int64), len(classes), where)
-        _check_exist(paths, where)
+        if listed:
+            _check_exist(paths, where)
         return ImageFiles(paths, labels)
 
     return DatasetSplits(name, files(*train, "training"), files(*test, "test"), len(classes), 3,
@@ -299,4 +301,5 @@ def read_imagefolder(path: Path) -> DatasetSplits:
         only_val = sorted(set(val_classes) - set(classes)) or "none"
         raise DatasetError(f"{path}: train/ and val/ hold different class folders (only in train: {only_train}; "
                            f"only in val: {only_val}). Both splits need the same class folders.")
-    return _file_splits("imagefolder", path, (train_paths, train_labels), (val_paths, val_labels), classes)
+    return _file_splits("imagefolder", path, (train_paths, train_labels), (val_paths, val_labels), classes,
+                        listed=False)

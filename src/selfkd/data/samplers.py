@@ -16,21 +16,20 @@ def _generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
 
 
 class Batches:
-    """Shuffled pass over ``n`` samples in global batches of ``batch_size`` (last one smaller unless ``drop_last``)."""
+    """Shuffled pass over ``n`` samples in global batches of ``batch_size`` (the last one smaller)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, drop_last: bool = False):
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        return math.ceil(self.n / self.batch_size)
 
     def _order(self) -> torch.Tensor:
         if self.shuffle:
@@ -120,10 +119,6 @@ class ClassPartnerBatches(Batches):
             partners = self._partners_for(anchors, gen)  # always drawn, so skipping keeps the stream
             if i < step:
                 continue
-            if self.world > 1:
-                keep = torch.arange(len(anchors))
-                if len(keep) % self.world:
-                    keep = torch.cat([keep, keep[: self.world - len(keep) % self.world]])
-                keep = keep[self.rank::self.world]
-                anchors, partners = anchors[keep], partners[:, keep]
+            keep = self._shard(torch.arange(len(anchors)))  # each anchor's partners stay on its rank
+            anchors, partners = anchors[keep], partners[:, keep]
             yield torch.cat([anchors, partners.reshape(-1)])
