@@ -1,5 +1,5 @@
-"""Graph capture on the CPU (the CUDA-graph comparison itself is in test_gpu.py): every method's training forward
-is one graph with no break, stays one graph across epochs (per-epoch values live in buffers), and each batch size
+"""Graph capture on the CPU (the CUDA-graph comparison itself is in test_gpu.py), and the per-epoch state it relies
+on: every method's per-epoch buffers are checkpointed, its training forward is one graph with no break, stays one graph across epochs (per-epoch values live in buffers), and each batch size
 gets its own static graph. Dynamo traces with its "eager" backend here, so no kernels are compiled."""
 
 import pytest
@@ -45,6 +45,17 @@ def _method(name, tiny_resnet, tmp_path, num_train):
         save_weights(teacher, tiny_resnet(), {"model": "cifar_resnet18", "num_classes": 10, "model_options": {"width": 8}})
         options["teacher_weights"] = str(teacher)
     return create_method(name, tiny_resnet(), num_classes=10, **options, **per_sample_args(name, num_train))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_per_epoch_state_survives_a_checkpoint(name, tiny_resnet, tmp_path):
+    """A mid-epoch resume does not call on_epoch_start again, so every buffer it sets must be in the state_dict."""
+    method = _method(name, tiny_resnet, tmp_path, 32)
+    method.on_epoch_start(150, 300)
+    restored = _method(name, tiny_resnet, tmp_path, 32)
+    restored.load_state_dict(method.state_dict())
+    for key, value in method.named_buffers():
+        assert torch.equal(dict(restored.named_buffers())[key], value), key
 
 
 @pytest.mark.parametrize("name", list_methods())

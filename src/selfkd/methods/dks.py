@@ -39,7 +39,6 @@ class DKS(Method):
         self.temperature = TEMPERATURE[compat] if temperature is None else temperature
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}.")
-        self.compat = compat
         self.exits = nn.ModuleList([StageCopyBranch(model, 2, num_classes, blocks=[1, 2]),
                                     StageCopyBranch(model, 3, num_classes, blocks=[2])])
 

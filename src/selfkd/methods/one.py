@@ -54,7 +54,7 @@ class ONE(Method):
             StageCopyBranch(model, branch_from, num_classes) for _ in range(num_branches - 1))
         self.gate = nn.Sequential(nn.Linear(model.stage_channels[branch_from - 1], num_branches),
                                   nn.BatchNorm1d(num_branches), nn.ReLU(inplace=True), nn.Softmax(dim=1))
-        self.register_buffer("kd_weight", torch.tensor(rampup_weight(0, rampup_epochs)), persistent=False)
+        self.register_buffer("kd_weight", torch.tensor(rampup_weight(0, rampup_epochs)))
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.kd_weight.fill_(rampup_weight(epoch, self.rampup_epochs))

@@ -43,7 +43,7 @@ class SAD(Method):
             raise ConfigError(f"SAD needs weight >= 0 and start_epoch >= 0, got weight={weight}, "
                               f"start_epoch={start_epoch}. Self-KD-Lib uses weight=1000, start_epoch=0.")
         self.weight, self.reduce, self.start_epoch = weight, reduce, start_epoch
-        self.register_buffer("active", torch.tensor(float(start_epoch <= 0)), persistent=False)
+        self.register_buffer("active", torch.tensor(float(start_epoch <= 0)))
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.active.fill_(float(epoch >= self.start_epoch))
