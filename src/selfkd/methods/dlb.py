@@ -52,14 +52,15 @@ class DLB(Method):
             logits, _ = self.backbone(x)
             losses = {"ce": cross_entropy(logits, y), "kd": logits.new_zeros((), dtype=torch.float32)}
         else:
-            # Clones: the buffers are overwritten below, before backward needs the inputs.
-            prev_x, prev_y, prev_z = self.prev_images.clone(), self.prev_targets.clone(), self.prev_logits.clone()
+            # The cache is overwritten below. Targets and logits are only read before that; the images are kept
+            # by the first conv for backward, so they go in as a copy (torch.cat makes one anyway).
+            prev_y, prev_z = self.prev_targets, self.prev_logits
             if self.joint_forward:
-                both, _ = self.backbone(torch.cat([prev_x, x]))
+                both, _ = self.backbone(torch.cat([self.prev_images, x]))
                 prev_out, logits = both[: len(prev_y)], both[len(prev_y):]
             else:
                 logits, _ = self.backbone(x)
-                prev_out, _ = self.backbone(prev_x)
+                prev_out, _ = self.backbone(self.prev_images.clone())
             losses = {
                 "ce": cross_entropy(torch.cat([prev_out, logits]), torch.cat([prev_y, y])),
                 "kd": self.kd_weight * kd_loss(prev_z, prev_out, self.temperature),
