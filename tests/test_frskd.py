@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import selfkd.methods.batch_transforms
 from selfkd import create_model, list_models
@@ -59,15 +60,72 @@ def test_attention_transfer_loss_by_hand():
     assert t1.grad is None and s1.grad.abs().sum() > 0  # the teacher side is a constant target
 
 
-def test_fusion_is_fast_normalised_over_rectified_inputs():
+def test_fusion_is_fast_normalised():
     fusion = Fusion(3)
     assert fusion.weight.tolist() == [1.0, 1.0, 1.0]
     with torch.no_grad():
         fusion.weight.copy_(torch.tensor([2.0, -1.0, 1.0]))  # ReLU(w) = [2, 0, 1]
-    x = [torch.full((1, 1, 1, 2), 3.0), torch.full((1, 1, 1, 2), 5.0), torch.tensor([[[[-4.0, 6.0]]]])]
+    x = [torch.full((1, 1, 1, 2), 3.0), torch.full((1, 1, 1, 2), 5.0), torch.tensor([[[[0.0, 6.0]]]])]
     out = fusion(x)
     denom = 3 + 1e-6
     assert out.flatten().tolist() == pytest.approx([2 / denom * 3 + 0, 2 / denom * 3 + 1 / denom * 6], rel=1e-6)
+
+
+def _teacher_as_written(teacher, feats):
+    """§2.1 literally, every ReLU where the spec writes one: Fusion ``Σ ŵ_j·ReLU(x_j)``, ``Up``/``Down`` start
+    with ReLU, outputs ``ReLU(T_i)``; through the teacher's own layers."""
+    def fuse(fusion, xs):
+        w = fusion.normalised_weights()
+        return sum(w[j] * F.relu(x) for j, x in enumerate(xs))
+
+    def up(i, x, size):
+        return teacher.up[i].project(F.interpolate(F.relu(x), size=size, mode="nearest"))
+
+    def down(i, x, size):
+        return teacher.down[i](F.relu(x), size)  # Down's pooling and projection, after the spec's ReLU
+
+    n = len(feats)
+    lateral = [proj(f) for proj, f in zip(teacher.lateral, feats)]
+    p = [None] * n
+    p[n - 1] = lateral[n - 1]
+    for i in range(n - 2, -1, -1):
+        p[i] = teacher.refine_up[i](fuse(teacher.fuse_up[i], [lateral[i], up(i, p[i + 1], lateral[i].shape[-2:])]))
+    t = [p[0]]
+    for i in range(1, n):
+        xs = [teacher.lateral_bottom_up[i - 1](feats[i])] + ([p[i]] if i < n - 1 else [])
+        xs.append(down(i - 1, t[i - 1], xs[0].shape[-2:]))
+        t.append(teacher.refine_down[i - 1](fuse(teacher.fuse_down[i - 1], xs)))
+    return teacher.fc(F.relu(t[-1]).mean(dim=(2, 3))), [F.relu(x) for x in t]
+
+
+def test_teacher_applies_each_relu_once_and_equals_the_spec_as_written(tiny_resnet):
+    torch.manual_seed(0)
+    teacher = create_method("frskd", tiny_resnet()).teacher.train()
+    feats = [torch.randn(2, c, 32 // r, 32 // r, requires_grad=True) for c, r in ((8, 1), (16, 2), (32, 4), (64, 8))]
+    results = []
+    for forward in (lambda: teacher(feats)[:2], lambda: _teacher_as_written(teacher, feats)):
+        teacher.zero_grad(set_to_none=True)
+        for f in feats:
+            f.grad = None
+        logits, features = forward()
+        (logits.square().sum() + sum(f.mean() for f in features)).backward()
+        results.append((logits, features, [f.grad for f in feats], [p.grad for p in teacher.parameters()]))
+    (logits, features, feat_grads, grads), (ref_logits, ref_features, ref_feat_grads, ref_grads) = results
+    assert torch.allclose(logits, ref_logits, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(features, ref_features))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feat_grads + grads, ref_feat_grads + ref_grads))
+
+    class FeatureReLUs(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.relu and args[0].ndim == 4 and not (kwargs or {}).get("inplace", False):
+                FeatureReLUs.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with FeatureReLUs():
+        teacher(feats)
+    assert FeatureReLUs.count == 3 + 3  # ReLU(P_1..P_3) and ReLU(T_2..T_4), each once (the k1/k3 ReLUs are modules)
 
 
 def test_overhaul_margin_and_partial_l2_by_hand():

@@ -44,7 +44,10 @@ class SeparableBlock(nn.Sequential):
 
 
 class Fusion(nn.Module):
-    """Fast normalised fusion ``Σ_j ŵ_j·ReLU(x_j)``, ``ŵ = ReLU(w) / (Σ ReLU(w) + 1e-6)``, ``w`` starting at 1."""
+    """Fast normalised fusion ``Σ_j ŵ_j·ReLU(x_j)``, ``ŵ = ReLU(w) / (Σ ReLU(w) + 1e-6)``, ``w`` starting at 1.
+
+    The inputs come rectified already (``SelfTeacher.forward`` applies each ReLU once), so none is applied here.
+    """
 
     eps = 1e-6
 
@@ -58,25 +61,27 @@ class Fusion(nn.Module):
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         w = self.normalised_weights()
-        out = w[0] * F.relu(inputs[0])
+        out = w[0] * inputs[0]
         for j in range(1, len(inputs)):
-            out = out + w[j] * F.relu(inputs[j])
+            out = out + w[j] * inputs[j]
         return out
 
 
 class Upsample(nn.Module):
-    """``Up``: ReLU, nearest upsampling to the exact size of the target level, then ``k1`` (if widths differ)."""
+    """``Up``: nearest upsampling of a rectified map to the exact size of the target level, then ``k1`` (if
+    widths differ)."""
 
     def __init__(self, cin: int, cout: int, project: bool):
         super().__init__()
         self.project = k1(cin, cout) if project else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        return self.project(F.interpolate(F.relu(x), size=size, mode="nearest"))
+        return self.project(F.interpolate(x, size=size, mode="nearest"))
 
 
 class Downsample(nn.Module):
-    """``Down``: ReLU, 3×3 stride-2 max-pool with TensorFlow "same" padding, then ``k1`` (if widths differ).
+    """``Down``: 3×3 stride-2 max-pool of a rectified map with TensorFlow "same" padding, then ``k1`` (if widths
+    differ).
 
     The padding is the one that yields the target level's size: ``(out − 1)·2 + 3 − H``, split
     ``⌊·/2⌋`` before and the rest after, which is TF's "same" rule for ``out = ⌈H/2⌉`` and also fits
@@ -92,7 +97,7 @@ class Downsample(nn.Module):
         for have, want in zip(reversed(x.shape[-2:]), reversed(size)):  # F.pad order: last dim first
             total = max((want - 1) * 2 + 3 - have, 0)
             pads += [total // 2, total - total // 2]
-        x = F.max_pool2d(F.pad(F.relu(x), pads, value=float("-inf")), 3, 2)
+        x = F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
         return self.project(x)
 
 
@@ -111,6 +116,9 @@ class SelfTeacher(nn.Module):
         P_n = L_n;  P_i = k3_up_i(fuse(L_i, Up(P_{i+1})))                 i = n−1 … 1
         T_1 = P_1;  T_i = k3_down_i(fuse(L'_i, P_i, Down(T_{i−1})))         1 < i < n
         T_n = k3_down_n(fuse(L'_n, Down(T_{n−1})))
+
+    Every fused or resampled map is rectified, each ReLU computed once: ``L_i``, ``L'_i`` and the ``k1``
+    outputs of ``Up``/``Down`` end in ReLU already; ``ReLU(P_i)`` and ``ReLU(T_i)`` are taken once and reused.
     """
 
     def __init__(self, stage_channels: list[int], widths: list[int], num_classes: int, resample_convs: bool = True):
@@ -141,19 +149,21 @@ class SelfTeacher(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> TeacherOutput:
         n = len(feats)
         lateral = [proj(f) for proj, f in zip(self.lateral, feats)]
-        p = [None] * n
-        p[n - 1] = lateral[n - 1]
+        p = [None] * n  # P_i
+        relu_p = [None] * n  # ReLU(P_i); P_n = L_n ends in ReLU
+        p[n - 1] = relu_p[n - 1] = lateral[n - 1]
         for i in range(n - 2, -1, -1):
-            up = self.up[i](p[i + 1], lateral[i].shape[-2:])
+            up = self.up[i](relu_p[i + 1], lateral[i].shape[-2:])
             p[i] = self.refine_up[i](self.fuse_up[i]([lateral[i], up]))
-        t = [p[0]]
+            relu_p[i] = F.relu(p[i])
+        t, features = [p[0]], [relu_p[0]]  # T_i and ReLU(T_i)
         for i in range(1, n):
             inputs = [self.lateral_bottom_up[i - 1](feats[i])]
             if i < n - 1:
-                inputs.append(p[i])
-            inputs.append(self.down[i - 1](t[i - 1], inputs[0].shape[-2:]))
+                inputs.append(relu_p[i])
+            inputs.append(self.down[i - 1](features[i - 1], inputs[0].shape[-2:]))
             t.append(self.refine_down[i - 1](self.fuse_down[i - 1](inputs)))
-        features = [F.relu(x) for x in t]
+            features.append(F.relu(t[i]))
         logits = self.fc(features[-1].mean(dim=(2, 3)))
         return TeacherOutput(logits, features, t)
 
