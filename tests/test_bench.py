@@ -1,6 +1,8 @@
 """`selfkd bench` output (not its timings): every method in one run, ratios to ce, the JSON schema."""
 import json
 
+import pytest
+
 
 def test_bench_reports_every_method_relative_to_ce(tmp_path, run_cli):
     out_file = tmp_path / "bench.json"
@@ -40,3 +42,15 @@ def test_bench_data_and_eval_modes(tmp_path, run_cli):
         assert code == 0, err
         (row,) = json.loads(out_file.read_text())["results"]
         assert row["what"] == what and row["img_per_s"] > 0
+
+
+def test_bench_refuses_counts_it_cannot_time_and_allows_no_warmup(tmp_path, run_cli, capsys):
+    from selfkd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error (it used to loop forever)
+        main(["bench", "--steps", "0", "--device", "cpu"])
+    assert exit_info.value.code == 2 and "--steps: must be at least 1, got 0" in capsys.readouterr().err
+    out_file = tmp_path / "data.json"
+    code, _, err = run_cli("bench", "--what", "data", "--warmup", "0", "--steps", "2", "--batch-size", "8",
+                           "--device", "cpu", "--json", out_file)
+    assert code == 0, err

@@ -6,6 +6,7 @@ Ratios measured in one run are what count; absolute figures only mean something 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -56,7 +57,7 @@ def _reset_peak(device: torch.device) -> None:
 def _batches(loader, count: int):
     """``count`` batches, cycling through epochs as needed."""
     epoch = 0
-    while True:
+    while count > 0:
         loader.set_epoch(epoch)
         for batch in loader:
             yield batch
@@ -284,23 +285,32 @@ def _settings(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure training speed and memory of several methods in one run")
     p.add_argument("--methods", default="ce,dsr,drg,lightskd,frskd", help="comma-separated (ce is always included)")
     p.add_argument("--model", default="cifar_resnet18")
-    p.add_argument("--width", type=int, help="base width for CIFAR ResNets (smaller for quick CPU runs)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=50, help="timed steps per method")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
-    p.add_argument("--rounds", type=int, default=5, help="timed steps are split into rounds; the median round counts")
+    p.add_argument("--width", type=_at_least(1), help="base width for CIFAR ResNets (smaller for quick CPU runs)")
+    p.add_argument("--batch-size", type=_at_least(1), default=128)
+    p.add_argument("--steps", type=_at_least(1), default=50, help="timed steps per method")
+    p.add_argument("--warmup", type=_at_least(0), default=10, help="untimed steps first (compilation happens here)")
+    p.add_argument("--rounds", type=_at_least(1), default=5, help="timed steps are split into rounds; the median round counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--train-size", type=int, help="synthetic training images (default 50,000 on GPU)")
+    p.add_argument("--num-classes", type=_at_least(2), default=100)
+    p.add_argument("--image-size", type=_at_least(1), default=32)
+    p.add_argument("--channels", type=_at_least(1), default=3)
+    p.add_argument("--train-size", type=_at_least(1), help="synthetic training images (default 50,000 on GPU)")
     p.add_argument("--what", default="train", choices=["train", "data", "eval"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     p.add_argument("--json", help="also write the results as JSON here")
