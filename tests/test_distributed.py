@@ -81,3 +81,46 @@ def test_two_rank_pskd_table_is_filled_from_every_rank_and_cskd_pairs_shard(tmp_
     state = torch.load(tmp_path / "run_pskd" / "last.pt", weights_only=True)["method_state"]
     # Every training image's row was written on rank 0, half of them from rank 1's predictions.
     assert bool((state["table"].sum(dim=1) > 0.99).all())
+
+
+NAN_ON_RANK_1 = '''
+import os, sys
+import torch
+from selfkd.cli import main
+from selfkd.losses import cross_entropy
+from selfkd.methods import Method, MethodOutput, register_method
+
+
+@register_method("nan_on_rank_1")
+class NanOnRank1(Method):
+    """CE whose loss is NaN on rank 1 only, at its second step."""
+
+    def __init__(self, model, num_classes):
+        super().__init__(model, num_classes)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def compute_loss(self, images, targets, index=None):
+        logits, _ = self.backbone(images)
+        self.calls += 1
+        ce = cross_entropy(logits, targets)
+        poison = torch.where((self.calls == 2) & (int(os.environ["RANK"]) == 1), float("nan"), 0.0)
+        return MethodOutput(logits, ce + poison, {"ce": ce, "poison": poison})
+
+
+sys.exit(main(["train", "-c", sys.argv[1]]))
+'''
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
+    cfg = tiny_config(tmp_path, method="nan_on_rank_1", epochs=1, data={"train_subset": 256})
+    cfg["train"]["log_every"] = 2
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "nan_run.py").write_text(NAN_ON_RANK_1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(tmp_path / "nan_run.py"), str(tmp_path / "nan.yaml")],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    # Rank 0's loss was finite, yet it reports rank 1's NaN (it used to die in a collective instead).
+    assert "Non-finite loss (poison) at training step 2 (epoch 1)" in result.stderr, result.stderr[-3000:]
+    assert "Connection closed" not in result.stderr

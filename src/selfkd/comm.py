@@ -15,6 +15,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D or N-D tensor of possibly different lengths from every rank (rank order)."""
     if not is_distributed():

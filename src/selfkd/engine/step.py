@@ -10,7 +10,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..comm import all_reduce_sum
+from ..comm import all_reduce_max, all_reduce_sum
 from ..methods.base import Method
 
 
@@ -160,8 +160,16 @@ class TrainStep:
         return out
 
     def nonfinite(self) -> tuple[int, list[str]] | None:
-        """``(step in window, names of non-finite terms)`` of the first non-finite loss, else None (one sync)."""
-        if self.sums is None or int(self.first_bad) < 0:
+        """``(step in window, names of non-finite terms)`` of the first non-finite loss on any rank, else None.
+
+        One sync and one collective: every rank gets the same answer, so all stop together.
+        """
+        if self.sums is None:
             return None
-        bad = (~torch.isfinite(self.sums)).tolist()
-        return int(self.first_bad), [name for name, b in zip(self.names, bad) if b and name != "loss"] or ["loss"]
+        none = float(self.steps)  # past the window: "no bad step" (its negation loses any max against a real one)
+        first = torch.where(self.first_bad >= 0, self.first_bad.double(), torch.full((), none, device=self.device))
+        packed = all_reduce_max(torch.cat([-first.reshape(1), (~torch.isfinite(self.sums)).double()])).tolist()
+        step, bad = int(-packed[0]), packed[1:]
+        if step == self.steps:
+            return None
+        return step, [name for name, b in zip(self.names, bad) if b and name != "loss"] or ["loss"]
