@@ -64,6 +64,9 @@ def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, stop_at):
     rows_b = [json.loads(r) for r in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/loss"] for r in rows_a] == pytest.approx([r["train/loss"] for r in rows_b])
     assert [r["test/top1"] for r in rows_a] == [r["test/top1"] for r in rows_b]
+    # Every image is counted once, including those of the stretch before the stop (for the run's img/s).
+    assert (torch.load(tmp_path / "split" / "last.pt", weights_only=True)["images_seen"]
+            == torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["images_seen"] == 2 * 512)
 
 
 def test_run_folder_is_never_silently_reused(tmp_path):

@@ -248,7 +248,7 @@ class Trainer:
                     bar.update(1)
                 if self._stop_requested(signal_flag):
                     self._check_finite(window_start)
-                    self.train_time += time.perf_counter() - started
+                    self._account(started, seen_before)
                     self.save()
                     raise Interrupted(
                         f"Stopped by {signal_flag['stop'] or 'a signal'} at epoch {self.epoch + 1}, step "
@@ -260,13 +260,18 @@ class Trainer:
                 bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
-        self.train_time += elapsed
-        seen = self.step.seen - seen_before  # primary images (anchors, first views), as an epoch counts them
-        self.images_seen += seen * self.dist.world
+        elapsed, seen = self._account(started, seen_before)
         self._check_finite(window_start)
         self.epoch_stats = {**self.step.summary(), "lr": self.optimizer.param_groups[0]["lr"],
                             "time/epoch_s": elapsed, "time/img_per_s": seen * self.dist.world / max(elapsed, 1e-9)}
+
+    def _account(self, started: float, seen_before: int) -> tuple[float, int]:
+        """Add the time and images since ``started`` to the run's totals; returns them (images on this rank:
+        primary images, i.e. anchors and first views, as an epoch counts them)."""
+        elapsed, seen = time.perf_counter() - started, self.step.seen - seen_before
+        self.train_time += elapsed
+        self.images_seen += seen * self.dist.world
+        return elapsed, seen
 
     def _stop_requested(self, signal_flag) -> bool:
         if not self.dist.enabled:
