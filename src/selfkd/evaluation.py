@@ -3,31 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .config import build_config, read_yaml
 from .data import build_test_loader, load_dataset
-from .engine.checkpoint import check_compatible, load_checkpoint
+from .engine.checkpoint import load_run_checkpoint
 from .weights import load_weights
 from .engine.distributed import resolve_device
 from .engine.step import amp_dtype
+from .engine.trainer import build_method, evaluate
 from .errors import CheckpointError
-from .methods import create_method, per_sample_args
-from .metrics import EvalStats
 from .models import create_model
 from .runfolder import CHECKPOINT, CONFIG
-
-
-@torch.no_grad()
-def _evaluate(module, loader, device) -> dict:
-    module.eval()
-    stats = EvalStats(device)
-    dtype = amp_dtype("auto", device)
-    for batch in loader:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = module(batch.images)
-        stats.update(out[0] if isinstance(out, tuple) else out, batch.targets)
-    return stats.result()
 
 
 def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, batch_size: int | None = None) -> dict:
@@ -37,16 +22,10 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     dev = resolve_device(device)
     data = cfg.data.model_copy(update={k: v for k, v in {"data_dir": data_dir, "eval_batch_size": batch_size}.items() if v})
     splits = load_dataset(data.dataset, data.data_dir, **data.options)
-    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                         **cfg.model.options())
-    num_train = min(len(splits.train), data.train_subset or len(splits.train))
-    method = create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
-                           **per_sample_args(cfg.method.name, num_train))
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    check_compatible(ckpt, cfg.method.name, cfg.model.name, splits.num_classes, run_dir / CHECKPOINT)
-    method.load_state_dict(ckpt["method_state"])
-    method.to(dev)
-    result = _evaluate(method, build_test_loader(splits, data, dev, cfg.seed), dev)
+    method = build_method(cfg, splits)
+    ckpt = load_run_checkpoint(run_dir / CHECKPOINT, method, cfg.method.name, cfg.model.name, splits.num_classes)
+    loader = build_test_loader(splits, data, dev, cfg.seed)
+    result = _metrics(method.to(dev), loader, dev, amp_dtype(cfg.train.amp, dev))  # in the precision it trained in
     return {"run": str(run_dir), "dataset": data.dataset, "epoch": ckpt["epoch"], **result}
 
 
@@ -69,5 +48,12 @@ def evaluate_weights(weights, dataset: str, model: str | None = None, device: st
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit model '{name}' with {splits.num_classes} classes "
                               f"({str(err).splitlines()[0][:300]}).") from None
-    net.to(dev)
-    return {"weights": str(weights), "model": name, "dataset": dataset, **_evaluate(net, build_test_loader(splits, data, dev), dev)}
+    result = _metrics(net.to(dev), build_test_loader(splits, data, dev), dev, amp_dtype("auto", dev))
+    return {"weights": str(weights), "model": name, "dataset": dataset, **result}
+
+
+def _metrics(module, loader, device, dtype) -> dict:
+    """The training run's evaluation, without the reliability-diagram bins."""
+    result = evaluate(module, loader, device, dtype)
+    del result["reliability"]
+    return result

@@ -14,7 +14,7 @@ import torch
 
 from .. import __version__
 from ..atomic import atomic_write
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 FORMAT = "selfkd-checkpoint"
 FORMAT_VERSION = 1
@@ -50,3 +50,18 @@ def check_compatible(ckpt: dict, method: str, model: str, num_classes: int, path
     if diffs:
         raise CheckpointError(f"{path} belongs to a different run ({'; '.join(diffs)}). "
                               "Resume with the run's own settings or start a new run.")
+
+
+def load_run_checkpoint(path: Path, method: torch.nn.Module, method_name: str, model_name: str,
+                        num_classes: int) -> dict:
+    """Read a run's checkpoint, refuse it if foreign, load its method state into ``method``; returns it."""
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, method_name, model_name, num_classes, path)
+    try:
+        method.load_state_dict(ckpt["method_state"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ConfigError(
+            f"{path} does not fit this run's model or method options ({str(err).splitlines()[0][:300]}). "
+            "Use the options the run was started with."
+        ) from None
+    return ckpt

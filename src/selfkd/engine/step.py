@@ -35,6 +35,11 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is None (float32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def build_optimizer(method: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
                     no_decay_norm_bias: bool, device: torch.device) -> torch.optim.SGD:
     """SGD over every trainable parameter of the method (backbone and added modules alike)."""
@@ -85,13 +90,8 @@ class TrainStep:
         self.first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # step index in the window
         self._counter = torch.zeros((), device=self.device, dtype=torch.long)
 
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None = None) -> None:
-        with self.autocast():
+        with autocast(self.device, self.dtype):
             out = self.model(images, targets, index if self.pass_index else None)
         loss = out.loss
         if self.names is None:

@@ -22,7 +22,7 @@ from ..config import Config, build_config
 from ..data.datasets import load_dataset
 from ..data.pipeline import build_test_loader, build_train_loader
 from ..errors import ConfigError, SelfKDError, TrainingError
-from ..methods import create_method, per_sample_args
+from ..methods import Method, create_method, per_sample_args
 from ..metrics import EvalStats
 from ..runfolder import CHECKPOINT, CONFIG, RELIABILITY, SUMMARY, WEIGHTS
 from ..models import create_model
@@ -30,10 +30,10 @@ from . import distributed as dist_utils
 from ..atomic import atomic_write
 from ..comm import all_gather_cat, all_reduce_sum
 from ..weights import save_weights
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import load_run_checkpoint, save_checkpoint
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
-from .step import TrainStep, build_optimizer, configure_backends
+from .step import TrainStep, autocast, build_optimizer, configure_backends
 
 
 
@@ -93,11 +93,7 @@ class Trainer:
         t = cfg.train
 
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
-        model = create_model(cfg.model.name, num_classes=self.splits.num_classes,
-                             in_channels=self.splits.in_channels, **cfg.model.options())
-        num_train = min(len(self.splits.train), cfg.data.train_subset or len(self.splits.train))
-        self.method = create_method(cfg.method.name, model, num_classes=self.splits.num_classes,
-                                    **cfg.method.options(), **per_sample_args(cfg.method.name, num_train))
+        self.method = build_method(cfg, self.splits)
         if t.sync_bn and self.dist.enabled:
             if self.device.type != "cuda":
                 raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
@@ -163,10 +159,9 @@ class Trainer:
 
     def _restore(self) -> None:
         path = self.run_dir / CHECKPOINT
-        ckpt = load_checkpoint(path)
-        check_compatible(ckpt, self.cfg.method.name, self.cfg.model.name, self.splits.num_classes, path)
+        ckpt = load_run_checkpoint(path, self.method, self.cfg.method.name, self.cfg.model.name,
+                                   self.splits.num_classes)
         try:
-            self.method.load_state_dict(ckpt["method_state"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise ConfigError(
@@ -294,9 +289,8 @@ class Trainer:
             "train.nonfinite=skip to skip such steps."
         )
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        return evaluate(self.method, self.test_loader, self.step, self.device)
+        return evaluate(self.method, self.test_loader, self.device, self.step.dtype)
 
     def finish(self) -> dict:
         final = self.logger.rows[-1] if self.logger.rows else {}
@@ -329,20 +323,32 @@ class Trainer:
         return summary
 
 
-def evaluate(method, loader, step: TrainStep, device: torch.device) -> dict:
-    """Top-1/5, NLL, ECE and AURC of ``method`` in eval mode over ``loader`` (summed over ranks)."""
-    was_training = method.training
-    method.eval()
+def build_method(cfg: Config, splits) -> Method:
+    """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
+    of training images the run uses)."""
+    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                         **cfg.model.options())
+    num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
+    return create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
+                         **per_sample_args(cfg.method.name, num_train))
+
+
+def evaluate(module: torch.nn.Module, loader, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """Top-1/5, NLL, ECE and AURC of ``module`` (a method, or a backbone returning ``(logits, features)``) in
+    eval mode over ``loader``, summed over ranks, with the reliability-diagram bins under ``reliability``."""
+    was_training = module.training
+    module.eval()
     stats = EvalStats(device)
-    with torch.no_grad(), step.autocast():
+    with torch.no_grad(), autocast(device, dtype):
         for batch in loader:
-            stats.update(method(batch.images), batch.targets)
+            out = module(batch.images)
+            stats.update(out[0] if isinstance(out, tuple) else out, batch.targets)
     all_reduce_sum(stats.sums)
     all_reduce_sum(stats.bins)
     if stats.confidence:
         stats.confidence = [all_gather_cat(torch.cat(stats.confidence))]
         stats.correct = [all_gather_cat(torch.cat(stats.correct))]
-    method.train(was_training)
+    module.train(was_training)
     return {**stats.result(), "reliability": stats.reliability()}
 
 
