@@ -42,6 +42,11 @@ def test_torchscript_round_trip_returns_the_same_logits(run_dir, run_cli):
         assert isinstance(got, torch.Tensor) and got.shape == (shape[0], 7)  # logits only, no features
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert not list((path / "export").glob(".*tmp"))
+    folder = path / "elsewhere"
+    folder.mkdir()
+    code, out, err = run_cli("export", path, "--format", "torchscript", "--out", folder)  # an existing folder
+    assert code == 0, err
+    assert (folder / "model.torchscript.pt").is_file()
 
 
 def test_safetensors_round_trip_keeps_weights_and_metadata(run_dir, tiny_resnet, tmp_path):

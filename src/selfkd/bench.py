@@ -11,6 +11,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,10 +73,11 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **args.model_options)
-    if method_name == "tfkd_self" and "teacher_weights" not in options:
-        options = dict(options, teacher_weights=_stand_in_teacher(model, args))
-    method = create_method(method_name, model, num_classes=splits.num_classes, **options,
-                           **per_sample_args(method_name, len(splits.train))).to(device)
+    with tempfile.TemporaryDirectory(prefix="selfkd-bench-") as tmp:  # tfkd_self reads its teacher when built
+        if method_name == "tfkd_self" and "teacher_weights" not in options:
+            options = dict(options, teacher_weights=_stand_in_teacher(model, args, Path(tmp)))
+        method = create_method(method_name, model, num_classes=splits.num_classes, **options,
+                               **per_sample_args(method_name, len(splits.train))).to(device)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
     method.train()
@@ -137,13 +139,11 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
     path.write_text(f"{count} training steps, per-operator totals\n{table}\n")
 
 
-def _stand_in_teacher(model, args) -> str:
+def _stand_in_teacher(model, args, folder: Path) -> str:
     """tfkd_self needs a trained teacher file; for timing, the untrained student's weights do."""
-    import tempfile
-
     from .weights import save_weights
 
-    path = Path(tempfile.mkdtemp(prefix="selfkd-bench-")) / "teacher.safetensors"
+    path = folder / "teacher.safetensors"
     save_weights(path, model, {"model": args.model, "num_classes": model.num_classes,
                                "model_options": args.model_options})
     return str(path)
@@ -168,7 +168,7 @@ def bench_data(args, splits: DatasetSplits, device: torch.device) -> dict:
 
 @torch.no_grad()
 def bench_eval(args, splits: DatasetSplits, device: torch.device) -> dict:
-    from .engine.step import amp_dtype
+    from .engine.step import amp_dtype, autocast
 
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
@@ -182,7 +182,7 @@ def bench_eval(args, splits: DatasetSplits, device: torch.device) -> dict:
 
     def run(count):
         for batch in _batches(loader, count):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, dtype):
                 forward(batch.images)
 
     run(args.warmup)

@@ -146,7 +146,9 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     source = Path(source)
     weights = weights_file(source)
     model, meta = rebuild(weights)
-    out = Path(out) if out else weights.parent / "export" / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
+    out = Path(out) if out else weights.parent / "export"
+    if out == weights.parent / "export" or out.is_dir():  # a folder: the file goes in it under its usual name
+        out = out / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
     size = input_size(meta, image_size)
@@ -184,7 +186,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
 def cmd_export(args) -> int:
     result = export(args.run, args.format, args.out, args.image_size)
     _, channels, size, _ = result["input_shape"]
-    print(f"Exported {result['model']} ({result['num_classes']} classes, N×{channels}×H×W images in, logits out) "
+    print(f"Exported {result['model']} ({result['num_classes']} classes, N×{channels}×{size}×{size} images in, logits out) "
           f"as {result['format']}: {result['path']}")
     print(f"Checked against the original on 5×{channels}×{size}×{size} inputs: max abs diff {result['max_abs_diff']:.3g} "
           f"(tolerance {result['tolerance']:.3g}).")
@@ -196,7 +198,7 @@ def register(subparsers) -> None:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", metavar="RUN_DIR", help="finished run folder (or its model.safetensors)")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--out", help="output file (default RUN_DIR/export/model<ext>)")
+    p.add_argument("--out", help="output file, or an existing folder to write model<ext> in (default RUN_DIR/export/)")
     p.add_argument("--image-size", type=int, help="input size used for tracing and the check "
                                                   "(default: the run's data.image_size, else 32)")
     p.set_defaults(func=cmd_export)
