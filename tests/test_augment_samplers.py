@@ -75,6 +75,7 @@ def test_batches_shard_global_batch_across_ranks():
     full = list(Batches(16, 8, seed=5))
     r0 = list(Batches(16, 8, seed=5, rank=0, world=2))
     r1 = list(Batches(16, 8, seed=5, rank=1, world=2))
+    assert len(full) == len(r0) == len(r1) == 2
     for g, a, b in zip(full, r0, r1):
         assert sorted(torch.cat([a, b]).tolist()) == sorted(g.tolist())
 
@@ -86,6 +87,19 @@ def test_class_partner_batches_same_class_and_layout():
         a, p = batch.chunk(2)
         assert torch.equal(labels[a], labels[p])
     assert len(s) == 3
+
+
+def test_class_partner_batches_shard_with_each_anchor_keeping_its_partners():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3])
+    full = list(ClassPartnerBatches(labels, anchors_per_batch=6, partners=2, seed=3))
+    ranks = [list(ClassPartnerBatches(labels, anchors_per_batch=6, partners=2, seed=3, rank=r, world=2))
+             for r in range(2)]
+    assert len(full) == len(ranks[0]) == len(ranks[1]) == 2
+    for step, batch in enumerate(full):
+        groups = batch.view(3, 6).t()  # one row per anchor: [anchor, partner_1, partner_2]
+        for r in range(2):
+            local = ranks[r][step].view(3, 3).t()
+            assert torch.equal(local, groups[r::2])  # rank r holds anchors r, r+2, ... with their own partners
 
 
 def test_class_partners_without_replacement_exclude_anchor():

@@ -70,7 +70,7 @@ def _expected_ddp_step(tmp_path):
     return {name: (p - cfg.optim.lr * grads[name]).detach() for name, p in params.items()}
 
 
-def test_two_rank_pskd_table_is_filled_from_every_rank_and_cskd_pairs_shard(tmp_path):
+def test_two_rank_pskd_and_cskd_runs_finish(tmp_path):
     for method in ("pskd", "cskd"):
         cfg = tiny_config(tmp_path, method=method, epochs=1, data={"train_subset": 128, "batch_size": 32})
         path = tmp_path / f"{method}.yaml"

@@ -2,7 +2,7 @@
 then a comparison table and report.
 
 The recipes are files, not code: ``configs/demo/fashion_mnist.yaml`` (CPU: a subset and a few epochs,
-about ten minutes on two cores) and ``configs/demo/fashion_mnist_gpu.yaml`` (full data, more epochs),
+about seven minutes on two idle cores) and ``configs/demo/fashion_mnist_gpu.yaml`` (full data, more epochs),
 chosen automatically by whether CUDA is available. The runs go through :func:`selfkd.sweep.sweep`, so
 running the demo again skips what is finished and resumes what was interrupted.
 """
@@ -71,8 +71,8 @@ def cmd_demo(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train ce, lightskd, frskd and cskd on Fashion-MNIST and compare them",
-                              description="Train the demo methods on real Fashion-MNIST (CPU: a subset, about ten "
-                                          "minutes on two cores; GPU: the full data) and print a comparison table; "
+                              description="Train the demo methods on real Fashion-MNIST (CPU: a subset, about seven "
+                                          "minutes on two idle cores; GPU: the full data) and print a comparison table; "
                                           "the report (plots, index.html) goes to <out>/report.")
     p.add_argument("--setting", choices=["auto", "cpu", "gpu"], default="auto",
                    help="recipe configs/demo/fashion_mnist.yaml (cpu) or fashion_mnist_gpu.yaml (gpu); "
