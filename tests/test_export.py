@@ -100,3 +100,16 @@ def test_export_needs_a_finished_run(tmp_path, run_cli):
     (tmp_path / "unfinished").mkdir()
     code, _, err = run_cli("export", tmp_path / "unfinished", "--format", "torchscript")
     assert code == 2 and "model.safetensors does not exist" in err and "finished run folder" in err
+
+
+def test_foreign_or_mismatched_weights_are_refused_by_export_and_eval(tmp_path, tiny_resnet, run_cli):
+    anonymous = tmp_path / "anonymous.safetensors"
+    save_weights(anonymous, tiny_resnet(), {"num_classes": 10})  # no model name, no channels
+    code, _, err = run_cli("export", anonymous, "--format", "torchscript")
+    assert code == 2 and "lacks the metadata model, in_channels" in err
+    ten_classes = tmp_path / "ten.safetensors"
+    save_weights(ten_classes, tiny_resnet(), {"model": "cifar_resnet18", "num_classes": 10, "in_channels": 3,
+                                              "model_options": {"width": 8}})
+    code, _, err = run_cli("eval", "--weights", ten_classes, "--dataset", "synthetic", "--device", "cpu",
+                           "--model", "cifar_resnet34")  # another model than the file holds
+    assert code == 2 and "does not fit model 'cifar_resnet34' with 10 classes" in err

@@ -6,12 +6,10 @@ from pathlib import Path
 from .config import build_config, read_yaml
 from .data import build_test_loader, load_dataset
 from .engine.checkpoint import load_run_checkpoint
-from .weights import load_weights
+from .weights import load_backbone
 from .engine.distributed import resolve_device
 from .engine.step import amp_dtype
 from .engine.trainer import build_method, evaluate
-from .errors import CheckpointError
-from .models import create_model
 from .runfolder import CHECKPOINT, CONFIG
 
 
@@ -34,22 +32,12 @@ def evaluate_weights(weights, dataset: str, model: str | None = None, device: st
     """Evaluate an exported ``model.safetensors`` (the deployable backbone) on a dataset's test split."""
     from .config import DataConfig
 
-    state, meta = load_weights(weights)
-    name = model or meta.get("model")
-    if not name:
-        raise CheckpointError(f"{weights} does not say which model it holds; pass --model NAME.")
     dev = resolve_device(device)
     data = DataConfig(dataset=dataset, data_dir=data_dir, eval_batch_size=batch_size or 500)
     splits = load_dataset(dataset, data_dir)
-    net = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                       **meta.get("model_options", {}))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{weights} does not fit model '{name}' with {splits.num_classes} classes "
-                              f"({str(err).splitlines()[0][:300]}).") from None
+    net, meta = load_backbone(weights, model, splits.num_classes, splits.in_channels)
     result = _metrics(net.to(dev), build_test_loader(splits, data, dev), dev, amp_dtype("auto", dev))
-    return {"weights": str(weights), "model": name, "dataset": dataset, **result}
+    return {"weights": str(weights), "model": meta["model"], "dataset": dataset, **result}
 
 
 def _metrics(module, loader, device, dtype) -> dict:

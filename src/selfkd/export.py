@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, SelfKDError
 from .runfolder import WEIGHTS
-from .weights import load_weights, save_weights
+from .weights import load_backbone, save_weights
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
@@ -53,20 +53,7 @@ def weights_file(source: Path) -> Path:
 
 def rebuild(weights: Path) -> tuple[nn.Module, dict]:
     """``(LogitsOnly(backbone) in eval mode on the CPU, metadata)`` from a weights file written by selfkd."""
-    from .models import create_model
-
-    state, meta = load_weights(weights)
-    missing = [k for k in ("model", "num_classes", "in_channels") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{weights} lacks the metadata {', '.join(missing)} that selfkd writes; "
-                              "export a model.safetensors from a selfkd run.")
-    backbone = create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                            **meta.get("model_options", {}))
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{weights} does not fit model '{meta['model']}' "
-                              f"({str(err).splitlines()[0][:300]}).") from None
+    backbone, meta = load_backbone(weights)
     return LogitsOnly(backbone).eval(), meta
 
 
