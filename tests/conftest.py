@@ -10,6 +10,13 @@ import torch
 torch.set_num_threads(2)
 
 
+def own_methods(task: str = "classification") -> list[str]:
+    """selfkd's registered methods of ``task`` (test modules register fault-injecting ones too)."""
+    from selfkd.methods import list_methods, method_class
+
+    return [name for name in list_methods(task) if method_class(name, task).__module__.startswith("selfkd.")]
+
+
 @pytest.fixture
 def tiny_resnet():
     """A CIFAR ResNet-18 with base width 8 (same structure, ~0.18 M parameters)."""
@@ -34,7 +41,7 @@ def per_step_summaries(method, loader, device, amp: str, compile_mode: str, lr: 
         for batch in loader:
             step.reset()
             step(batch.images, batch.targets, batch.index)
-            summaries.append(step.summary())
+            summaries.append(step.stats.summary())
     return summaries
 
 

@@ -4,11 +4,11 @@ import signal
 import torch
 
 from selfkd.losses import cross_entropy
-from selfkd.methods import METHODS, Method, MethodOutput, register_method
+from selfkd.methods import Method, MethodOutput, list_methods, register_method
 from selfkd.methods.ce import CrossEntropy
 from selfkd.methods.lightskd import LightSKD
 
-if "test_nan" not in METHODS:
+if "test_nan" not in list_methods():
     @register_method("test_nan")
     class NanFromStep(Method):
         """CE whose loss turns NaN from training step ``from_step`` on (1-based; the count is a buffer, so
@@ -41,7 +41,7 @@ class SigtermAtStep:
         return super().compute_loss(images, targets, index)
 
 
-if "test_sigterm" not in METHODS:
+if "test_sigterm" not in list_methods():
     register_method("test_sigterm")(type("CrossEntropySigterm", (SigtermAtStep, CrossEntropy), {}))
-if "test_lightskd_stop" not in METHODS:
+if "test_lightskd_stop" not in list_methods():
     register_method("test_lightskd_stop")(type("LightSKDSigterm", (SigtermAtStep, LightSKD), {}))

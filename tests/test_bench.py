@@ -54,3 +54,30 @@ def test_bench_refuses_counts_it_cannot_time_and_allows_no_warmup(tmp_path, run_
     code, _, err = run_cli("bench", "--what", "data", "--warmup", "0", "--steps", "2", "--batch-size", "8",
                            "--device", "cpu", "--json", out_file)
     assert code == 0, err
+
+
+def test_bench_segmentation_times_ce_and_frskd_on_generated_scenes(tmp_path, run_cli):
+    """--task segmentation: generated scenes (synthetic_seg), the segmentation methods (default ce, frskd); a
+    segmentation recipe implies the task."""
+    out_file = tmp_path / "seg.json"
+    code, out, err = run_cli("bench", "--task", "segmentation", "--model", "frskd_seg_resnet18", "--image-size", "32",
+                             "--num-classes", "4", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                             "--device", "cpu", "--json", out_file)
+    assert code == 0, err
+    result = json.loads(out_file.read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert list(rows) == ["ce", "frskd"] and result["failed"] == [] and "segmentation, 32² images" in err
+    assert result["settings"]["task"] == "segmentation" and result["settings"]["image_size"] == 32
+    # The self-teacher of 64-channel pyramids: 6 + 5 and 6 depthwise units (1×1 depthwise conv + BN: 3·64 each),
+    # and a second head: cbr3(64→256) (147,456 + 512) and a 3×3 conv to K = 4 (9,216 + 4).
+    assert rows["frskd"]["extra_params"] == 17 * 3 * 64 + 147_456 + 512 + 9_216 + 4
+    recipe = tmp_path / "seg.yaml"
+    recipe.write_text("method: {name: frskd, warmup_epochs: 0}\n"
+                      "model: {name: frskd_seg_resnet18, channels: 8, head_channels: 8}\n"
+                      "data: {dataset: voc, batch_size: 2}\n")
+    code, out, err = run_cli("bench", "-c", recipe, "--methods", "frskd", "--image-size", "32", "--num-classes", "4",
+                             "--steps", "1", "--warmup", "0", "--rounds", "1", "--device", "cpu", "--json", out_file)
+    assert code == 0, err
+    rows = {r["method"]: r for r in json.loads(out_file.read_text())["results"]}
+    assert list(rows) == ["ce", "frskd"] and rows["frskd"]["extra_params"] == 17 * 3 * 8 + 8 * 8 * 9 + 16 + 8 * 4 * 9 + 4
+    assert rows["frskd"]["mean_loss"] > rows["ce"]["mean_loss"]  # CE of both heads, KD and AT from the start

@@ -7,14 +7,13 @@ import torch
 from torch._dynamo.utils import counters
 
 from selfkd import create_method
-from selfkd.bench import synthetic_cifar
+from selfkd.data.datasets import DatasetSplits, ImageTensors
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
 from selfkd.engine.step import TrainStep, build_optimizer
-from selfkd.methods import list_methods, per_sample_args
-from selfkd.weights import save_weights
+from selfkd.methods import method_class, per_sample_args
 
-from conftest import per_step_summaries
+from conftest import own_methods, per_step_summaries
 
 
 def _compile_with(monkeypatch, backend: str, fullgraph: bool):
@@ -31,6 +30,14 @@ def _compile_with(monkeypatch, backend: str, fullgraph: bool):
     return lambda: counters["stats"]["unique_graphs"]
 
 
+def random_splits(num_train: int) -> DatasetSplits:
+    """Random uint8 32×32 images and labels of 10 classes (content does not matter for graph capture)."""
+    gen = torch.Generator().manual_seed(0)
+    train = ImageTensors(torch.randint(0, 256, (num_train, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                         torch.randint(0, 10, (num_train,), generator=gen))
+    return DatasetSplits("random", train, train, 10, 3, (0.5,) * 3, (0.25,) * 3, 32, "crop_flip")
+
+
 @pytest.fixture
 def traced_only(monkeypatch):
     """Traced only (no kernels compiled), failing on any graph break."""
@@ -39,15 +46,11 @@ def traced_only(monkeypatch):
 
 
 def _method(name, tiny_resnet, tmp_path, num_train):
-    options = {}
-    if name == "tfkd_self":
-        teacher = tmp_path / "teacher.safetensors"
-        save_weights(teacher, tiny_resnet(), {"model": "cifar_resnet18", "num_classes": 10, "model_options": {"width": 8}})
-        options["teacher_weights"] = str(teacher)
+    options = method_class(name).example_options(tiny_resnet(), tmp_path)
     return create_method(name, tiny_resnet(), num_classes=10, **options, **per_sample_args(name, num_train))
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", own_methods())
 def test_per_epoch_state_survives_a_checkpoint(name, tiny_resnet, tmp_path):
     """A mid-epoch resume does not call on_epoch_start again, so every buffer it sets must be in the state_dict."""
     method = _method(name, tiny_resnet, tmp_path, 32)
@@ -58,10 +61,10 @@ def test_per_epoch_state_survives_a_checkpoint(name, tiny_resnet, tmp_path):
         assert torch.equal(dict(restored.named_buffers())[key], value), key
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", own_methods())
 def test_training_forward_is_one_graph_for_every_epoch(name, tiny_resnet, tmp_path, traced_only):
     device = torch.device("cpu")
-    splits = synthetic_cifar(32, 8, 10, 32)
+    splits = random_splits(32)
     method = _method(name, tiny_resnet, tmp_path, len(splits.train))
     method.train()
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=16), method.data_needs, device)
@@ -76,7 +79,7 @@ def test_training_forward_is_one_graph_for_every_epoch(name, tiny_resnet, tmp_pa
         loader.set_epoch(epoch)
         for batch in loader:
             step(batch.images, batch.targets, batch.index)
-    assert step.steps == 3 * len(loader)
+    assert step.stats.steps == 3 * len(loader)
     assert traced_only() == 1
 
 
@@ -92,7 +95,7 @@ def test_each_batch_size_gets_its_own_static_graph(tiny_resnet, traced_only):
 
 def _per_step_losses(name, tiny_resnet, tmp_path, compile_mode: str) -> list[dict]:
     device = torch.device("cpu")
-    splits = synthetic_cifar(48, 8, 10, 32)
+    splits = random_splits(48)
     method = _method(name, tiny_resnet, tmp_path, len(splits.train))
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=16), method.data_needs, device)
     return per_step_summaries(method, loader, device, "off", compile_mode, lr=0.01)
@@ -109,7 +112,9 @@ def test_compiled_training_matches_eager_for_stateful_methods(name, tiny_resnet,
     for i, (a, b) in enumerate(zip(eager, compiled)):
         assert a.keys() == b.keys()
         for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (i, key)
+            # fp32 rounding of fused vs unfused kernels, amplified over six SGD steps, stays within these bounds (the
+            # small DSR term, ~0.01, differs by up to 4e-5); a missing or stale state term moves it by its own size
+            assert b[key] == pytest.approx(a[key], rel=5e-4, abs=1e-4), (i, key)
     stateful = {"dsr": "train/loss_dsr", "lightskd": "train/loss_dsr", "dlb": "train/loss_kd"}.get(name)
     if stateful:  # the state-carrying term is really active after the first step
         assert compiled[0][stateful] == 0 and compiled[1][stateful] > 0

@@ -2,7 +2,7 @@
 import pytest
 
 from selfkd import create_method, create_model
-from selfkd.config import build_config, load_config
+from selfkd.config import build_config, make_config
 from selfkd.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ def test_wrong_type_says_what_was_expected():
 
 
 def test_overrides_are_yaml_typed(tmp_path):
-    cfg = load_config(None, ["train.deterministic=False", "optim.lr=1e-4", "optim.nesterov=true",
+    cfg = make_config(None, {}, ["train.deterministic=False", "optim.lr=1e-4", "optim.nesterov=true",
                              "schedule.milestones=[3, 4]", "method.name=ls", "method.epsilon=0.2"])
     assert cfg.train.deterministic is False
     assert cfg.optim.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; pydantic converts it
@@ -30,12 +30,35 @@ def test_overrides_are_yaml_typed(tmp_path):
 
 def test_override_without_equals_is_refused():
     with pytest.raises(ConfigError, match="key=value"):
-        load_config(None, ["optim.lr"])
+        make_config(None, {}, ["optim.lr"])
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
+        make_config(tmp_path / "nope.yaml")
+
+
+def test_make_config_layers_recipe_flags_and_overrides(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: {name: frskd, alpha: 1.5}\nseed: 1\ntrain: {epochs: 7}\ndata: {batch_size: 64}\n")
+    cfg = make_config(recipe, {"epochs": 3, "seed": None}, ["train.epochs=5"])  # --set wins over the flag
+    assert (cfg.train.epochs, cfg.seed, cfg.data.batch_size, cfg.method.options()) == (5, 1, 64, {"alpha": 1.5})
+    saved = cfg.to_dict()
+    switched = make_config(saved, {"method": "ce"})  # a saved config as the recipe, another method
+    assert switched.method.name == "ce" and switched.method.options() == {}
+    assert "dropped its options alpha" in capsys.readouterr().err
+    assert saved["method"] == {"name": "frskd", "alpha": 1.5}  # the given mapping is not changed
+    make_config(saved, {"method": "ce"}, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_settings_are_resolved_once_for_the_device():
+    cfg = build_config({"train": {"compile": "auto", "amp": "auto", "channels_last": "auto"}})
+    cpu, gpu, ddp = cfg.resolved("cpu", False).train, cfg.resolved("cuda", False).train, cfg.resolved("cuda", True).train
+    assert (cpu.amp, cpu.channels_last, cpu.compile) == ("off", False, "off")
+    assert (gpu.amp, gpu.channels_last, gpu.compile) == ("bf16", True, "reduce-overhead")
+    assert ddp.compile == "default"
+    assert build_config({"train": {"compile": "off"}}).resolved("cuda", False).train.compile == "off"
 
 
 def test_unknown_names_suggest_closest(tiny_resnet):

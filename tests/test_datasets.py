@@ -249,20 +249,21 @@ def test_root_search_order(tmp_path, monkeypatch):
     assert len(load_dataset("fashion_mnist", tmp_path / "cli" / "fashion-mnist").train) == 2  # the folder itself
     assert len(load_dataset("fashion_mnist").train) == 3
     (tmp_path / "empty").mkdir()
-    assert len(load_dataset("fashion_mnist", tmp_path / "empty").train) == 3  # an empty --data-dir falls through
+    with pytest.raises(DatasetError, match="Put it there, or leave --data-dir out"):  # used or refused, never skipped
+        load_dataset("fashion_mnist", tmp_path / "empty")
     monkeypatch.delenv("SELFKD_DATA")
     assert len(load_dataset("fashion_mnist").train) == 4
 
 
 def test_missing_dataset_names_layout_and_places(tmp_path):
     with pytest.raises(DatasetError) as err:
-        load_dataset("cub200", tmp_path / "nowhere")
+        load_dataset("cub200")
     message = str(err.value)
     assert "was not found" in message and "images.txt, image_class_labels.txt (1-based)" in message
-    for place in (tmp_path / "nowhere" / "CUB_200_2011", Path("data") / "cub200",
-                  Path("/usr/share/datasets") / "CUB_200_2011"):
+    for place in (Path("data") / "cub200", Path("/usr/share/datasets") / "CUB_200_2011"):
         assert str(place) in message
-    assert message.index("nowhere") < message.index("data/CUB_200_2011")
+    with pytest.raises(DatasetError, match=f"--data-dir {tmp_path / 'nowhere'} does not exist"):
+        load_dataset("cub200", tmp_path / "nowhere")
 
 
 def test_unknown_reader_option_is_config_error(tmp_path):

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -51,7 +52,7 @@ def _expected_ddp_step(tmp_path):
     from selfkd import create_method, create_model
     from selfkd.config import build_config
     from selfkd.data import build_train_loader, load_dataset
-    from selfkd.methods.base import DataNeeds
+    from selfkd.data.needs import DataNeeds
 
     cfg = build_config(yaml.safe_load((tmp_path / "two.yaml").read_text()))
     splits = load_dataset("synthetic", None, **cfg.data.options)
@@ -64,7 +65,7 @@ def _expected_ddp_step(tmp_path):
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
     for rank in range(2):
         method.zero_grad()
-        method(batch.images[rank::2], batch.targets[rank::2]).loss.backward()
+        method(batch.images[rank::2].contiguous(), batch.targets[rank::2]).loss.backward()  # the model's layout
         for name, p in params.items():
             grads[name] += p.grad / 2
     return {name: (p - cfg.optim.lr * grads[name]).detach() for name, p in params.items()}
@@ -124,3 +125,63 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
     # Rank 0's loss was finite, yet it reports rank 1's NaN (it used to die in a collective instead).
     assert "Non-finite loss (poison) at training step 2 (epoch 1)" in result.stderr, result.stderr[-3000:]
     assert "Connection closed" not in result.stderr
+
+
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the torchrun worker with ``RANK=rank`` (a child of the launcher's agent)."""
+    import time
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        for pid in os.listdir("/proc"):
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except (OSError, ValueError):
+                continue
+            if f"RANK={rank}".encode() in env and int(stat[1]) == launcher.pid:
+                return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("no worker found")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 1 alone gets SIGTERM mid-epoch; the ranks agree on it within a step (log_every is larger than the epoch,
+    so the old check every log_every steps never ran) and stop together after one checkpoint."""
+    import signal
+    import time
+
+    cfg = tiny_config(tmp_path, epochs=2, model={"name": "cifar_resnet18", "width": 4},
+                      data={"options": {"num_classes": 4, "train_size": 4096, "test_size": 16, "image_size": 16},
+                            "batch_size": 16},
+                      train={"epochs": 2, "device": "cpu", "progress": False, "log_every": 100_000})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "selfkd", "train", "-c", str(tmp_path / "cfg.yaml")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "run_ce"
+    worker = _worker_of_rank(launcher, 1)
+    while not (run / "config.yaml").exists():  # training starts right after the run folder is made
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(worker, signal.SIGTERM)
+    out, err = launcher.communicate(timeout=600)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["world_size"]) == (0, 2) and 0 < ckpt["step_in_epoch"] < 256, err[-3000:]
+    assert (f"Stopped by a stop request (Ctrl-C or SIGTERM) to another process at epoch 1, step "
+            f"{ckpt['step_in_epoch']}; checkpoint saved") in err
+    assert err.count("selfkd: error:") == 1
+
+
+def test_torchrun_on_a_folder_that_holds_a_run_is_refused_by_every_rank(tmp_path):
+    import selfkd
+    from selfkd.engine import train
+
+    path = _one_step_config(tmp_path, "two")
+    train(yaml.safe_load(path.read_text()))
+    again = _torchrun("train", "-c", str(path))
+    assert again.returncode != 0 and again.stderr.count("selfkd: error: The run folder") == 1
+    assert "already holds a run" in again.stderr
+    assert str(Path(selfkd.__file__).parent) not in again.stderr  # no traceback from a worker (torchrun adds its own)

@@ -1,5 +1,8 @@
 """End-to-end runs through the engine and the CLI: learning, resume exactness, run folders, errors."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +10,7 @@ import torch
 import yaml
 
 from selfkd.engine import train
-from selfkd.engine.trainer import Interrupted
+from selfkd.errors import Interrupted
 from selfkd.errors import ConfigError, TrainingError
 from conftest import tiny_config
 import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
@@ -32,6 +35,10 @@ def test_cli_run_learns_and_writes_run_folder(tmp_path, run_cli):
                  "reliability.json"):
         assert (run / name).exists(), name
     assert list((run / "tb").iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in run.iterdir() if p.is_file()} == {
+        p.name: 0o666 & ~umask for p in run.iterdir() if p.is_file()}  # model.safetensors too (safetensors: 0600)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train/loss"] < rows[0]["train/loss"]
@@ -164,3 +171,49 @@ def test_missing_dataset_names_layout_and_places(tmp_path, run_cli, monkeypatch)
     code, _, err = run_cli("train", "--dataset", "cifar100", "--data-dir", tmp_path / "empty", "--epochs", "1")
     assert code == 2 and "Dataset 'cifar100' was not found" in err
     assert "cifar-100-python" in err and str(tmp_path / "empty") in err and "/usr/share/datasets" in err
+
+
+def test_image_files_train_on_cpu_in_the_models_layout(tmp_path):
+    """The loaders give channels_last images; PyTorch's CPU convolution backward crashes natively on them for some
+    shapes (a 1×1 stride-2 convolution on 64-px images of a width-4 ResNet). The step gets the model's layout."""
+    from torchvision.io import encode_png, write_file
+
+    for split in ("train", "val"):
+        for label, name in enumerate(("cat", "dog")):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            write_file(str(tmp_path / "images" / split / name / "a.png"),
+                       encode_png(torch.full((3, 8, 8), 90 * label, dtype=torch.uint8)))
+    cfg = tiny_config(tmp_path, epochs=1, model={"name": "cifar_resnet18", "width": 4},
+                      data={"dataset": "imagefolder", "data_dir": str(tmp_path / "images"), "options": {},
+                            "image_size": 64, "workers": 0, "batch_size": 2})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([sys.executable, "-m", "selfkd", "train", "-c", str(tmp_path / "cfg.yaml")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_last_batch_too_small_for_the_method_is_left_out_on_every_process():
+    from selfkd.data.samplers import Batches
+
+    # 17 images, batches of 8 over 2 processes: the last image would be padded to one per process.
+    ranks = [Batches(17, 8, rank=r, world=2, min_batch=2) for r in range(2)]
+    assert [len(b) for b in ranks] == [2, 2] and ranks[0].dropped == 1
+    served = torch.cat([torch.cat(list(b)) for b in ranks])
+    assert sorted(served.tolist()) == sorted(ranks[0]._order()[:16].tolist())  # the shuffle's first 16, once each
+    # 19 images: the last 3 are padded to 2 per process, enough.
+    assert len(Batches(19, 8, world=2, min_batch=2)) == 3 and Batches(19, 8, world=2, min_batch=2).dropped == 0
+    with pytest.raises(ConfigError, match="cannot be split evenly over 2 processes"):
+        Batches(17, 7, world=2)
+    with pytest.raises(ConfigError, match="at least 2 images per process"):
+        Batches(17, 2, world=2, min_batch=2)
+
+
+def test_torchrun_with_a_gpu_index_or_no_gpu_is_refused(monkeypatch):
+    from selfkd.engine.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="cuda:7"):  # it used to train on the CPU without a word
+        init_distributed("cuda:7")
+    with pytest.raises(ConfigError, match="not a device selfkd runs on"):
+        init_distributed("meta")

@@ -113,3 +113,87 @@ def test_foreign_or_mismatched_weights_are_refused_by_export_and_eval(tmp_path, 
     code, _, err = run_cli("eval", "--weights", ten_classes, "--dataset", "synthetic", "--device", "cpu",
                            "--model", "cifar_resnet34")  # another model than the file holds
     assert code == 2 and "does not fit model 'cifar_resnet34' with 10 classes" in err
+
+
+def _eval_variants():
+    """(method, its ``eval`` option) for every registered method and every inference variant it offers."""
+    import inspect
+    import typing
+
+    from conftest import own_methods
+    from selfkd.methods import method_class
+
+    for name in own_methods():
+        param = inspect.signature(method_class(name).__init__).parameters.get("eval")
+        hint = typing.get_type_hints(method_class(name).__init__).get("eval") if param else None
+        for variant in typing.get_args(hint) if hint else [None]:
+            yield name, variant
+
+
+@pytest.mark.parametrize("name, variant", list(_eval_variants()))
+def test_exported_weights_give_the_logits_that_were_evaluated(name, variant, tiny_resnet, tmp_path):
+    """One module serves the evaluation and the export: after a training step, model.safetensors rebuilds a
+    module whose logits equal the evaluation path's (selfkd eval --weights and export read it the same way)."""
+    from selfkd import create_method
+    from selfkd.data import DataConfig, build_train_loader
+    from selfkd.data.datasets import read_synthetic
+    from selfkd.engine.step import TrainStep, build_optimizer
+    from selfkd.engine.trainer import evaluate
+    from selfkd.methods import method_class, per_sample_args
+    from selfkd.weights import load_eval_model, save_eval_model
+
+    cpu = torch.device("cpu")
+    splits = read_synthetic(num_classes=10, train_size=16, test_size=8, image_size=16)
+    options = {"eval": variant} if variant else {}
+    options.update(method_class(name).example_options(tiny_resnet(), tmp_path))
+    method = create_method(name, tiny_resnet(), **options, **per_sample_args(name, len(splits.train)))
+    loader = build_train_loader(splits, DataConfig(dataset="synthetic", batch_size=8), method.data_needs, cpu)
+    batch = next(iter(loader))
+    method.on_epoch_start(0, 1)
+    TrainStep(method, build_optimizer(method, 0.05, 0.9, False, 0.0, False, cpu), cpu)(
+        batch.images, batch.targets, batch.index)
+    meta = {"model": "cifar_resnet18", "num_classes": 10, "in_channels": 3, "model_options": {"width": 8},
+            "method": name, "method_options": options, "task": "classification"}
+    save_eval_model(tmp_path / "model.safetensors", method, meta)
+
+    images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    class Record:  # the evaluation loop's own call, recorded
+        def update(self, logits, targets):
+            self.logits = logits
+
+    want = evaluate(method.eval_model(), [type("B", (), {"images": images, "targets": None})], cpu, None,
+                    Record()).logits
+    loaded, got_meta = load_eval_model(tmp_path / "model.safetensors")
+    with torch.no_grad():
+        out = loaded(images)
+    got = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert got_meta["inference"] == ("backbone" if method.eval_model() is method.backbone else "method")
+    if variant not in (None, "backbone", "single"):  # an ensemble or an exit: not the backbone's logits
+        assert not torch.allclose(method.backbone.eval()(images)[0], want)
+
+
+def test_an_ensemble_run_exports_and_evaluates_from_its_weights(tmp_path, run_cli):
+    """ONE with eval=ensemble: `selfkd eval --weights` and `selfkd export` accept the run's model.safetensors and
+    give the logits the run reported (they used to refuse it: 'does not fit model')."""
+    import json
+
+    import yaml
+
+    from conftest import tiny_config
+
+    # The synthetic reader's default options, so that `eval --weights --dataset synthetic` sees the same test set.
+    cfg = tiny_config(tmp_path, method="one", epochs=1, data={"train_subset": 64, "options": {}})
+    cfg["method"]["eval"] = "ensemble"
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("train", "-c", recipe)
+    assert code == 0, err
+    run = tmp_path / "run_one"
+    final = json.loads((run / "summary.json").read_text())["final"]
+    code, out, err = run_cli("eval", "--weights", run / "model.safetensors", "--dataset", "synthetic", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(final["top1"]) and json.loads(out)["nll"] == pytest.approx(final["nll"])
+    code, out, err = run_cli("export", run, "--format", "torchscript")
+    assert code == 0, err

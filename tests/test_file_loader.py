@@ -7,10 +7,12 @@ from selfkd.config import DataConfig
 from selfkd.data import ImageFiles, build_test_loader, build_train_loader, load_dataset
 from selfkd.data.datasets import read_synthetic
 from selfkd.data.files import FileLoader
-from selfkd.data.pipeline import AugmentSpec, ResidentLoader, ShardedSequential
+from selfkd.data.loaders import AugmentSpec
+from selfkd.data.resident import ResidentLoader
+from selfkd.data.samplers import ShardedSequential
 from selfkd.data.samplers import Batches
 from selfkd.errors import DatasetError
-from selfkd.methods.base import DataNeeds
+from selfkd.data.needs import DataNeeds
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selfkd import create_method, create_model
-from selfkd.bench import synthetic_cifar
+from selfkd.data.datasets import read_synthetic
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
 from selfkd.methods import per_sample_args
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _per_step_losses(name: str, compile_mode: str) -> list[dict]:
     device = torch.device("cuda")
-    splits = synthetic_cifar(512, 128, 100, 32)
+    splits = read_synthetic(num_classes=100, train_size=512, test_size=128)
     torch.manual_seed(0)
     method = create_method(name, create_model("cifar_resnet18", num_classes=100),
                            **per_sample_args(name, len(splits.train))).to(device).to(memory_format=torch.channels_last)

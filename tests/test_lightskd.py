@@ -1,4 +1,4 @@
-"""LightSKD (seed-methods.md §1): DRG head, DSR cache, their losses, gradients, state and recipes."""
+"""LightSKD (drg, dsr, lightskd): DRG head, DSR cache, their losses, gradients, state and recipes."""
 import json
 import math
 from pathlib import Path
@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from selfkd import create_model
-from selfkd.config import load_config
+from selfkd.config import make_config
 from selfkd.engine import train
-from selfkd.engine.trainer import Interrupted
+from selfkd.errors import Interrupted
 from selfkd.errors import ConfigError
-from selfkd.losses import cross_entropy, kd_loss
+from selfkd.losses import cross_entropy
 from selfkd.methods import create_method
 from selfkd.methods.lightskd import DRG, DSR, LightSKD
 from selfkd.models.base import Backbone
@@ -44,22 +44,7 @@ def _step(method, rows, requires_grad=False):
     return z, method(z, targets)
 
 
-# ---------------------------------------------------------------- shared maths
-
-
-def test_kd_loss_direction_temperature_squared_and_batchmean():
-    teacher = [[1.0, 2.0, 0.0], [3.0, -1.0, 0.5]]
-    student = [[0.0, 1.0, 3.0], [1.0, 1.0, -2.0]]
-    t = 4.0
-    value = kd_loss(torch.tensor(teacher), torch.tensor(student), t).item()
-    assert value == pytest.approx(_kd_by_hand(teacher, student, t), rel=1e-5)
-    assert value != pytest.approx(_kd_by_hand(student, teacher, t), rel=1e-3)  # KL(teacher ‖ student), not reversed
-    # batchmean: the mean of the per-row values, not divided by K too
-    rows = [kd_loss(torch.tensor([a]), torch.tensor([b]), t).item() for a, b in zip(teacher, student)]
-    assert value == pytest.approx(sum(rows) / 2, rel=1e-5)
-
-
-# ---------------------------------------------------------------- DSR (§1.2)
+# ---------------------------------------------------------------- DSR
 
 
 def test_dsr_term_is_sorted_profile_kl_and_absent_on_first_step_of_each_epoch():
@@ -140,7 +125,7 @@ def test_dsr_adds_no_parameters(tiny_resnet):
     assert method.extra_parameters() == 0 and len(method.heads) == 0
 
 
-# ---------------------------------------------------------------- DRG (§1.1)
+# ---------------------------------------------------------------- DRG
 
 
 def _head_params(c: int, k: int) -> int:
@@ -239,11 +224,11 @@ def test_options_belong_to_their_method(tiny_resnet):
         create_method("dsr", tiny_resnet(), alpha=0.2)
     with pytest.raises(ConfigError, match="Unknown option 'beta' for method 'drg'"):
         create_method("drg", tiny_resnet(), beta=1.0)
-    with pytest.raises(ConfigError, match="temperature must be positive"):
+    with pytest.raises(ConfigError, match="'temperature' must be greater than 0 \\(got 0.0\\); the default is 4.0"):
         create_method("lightskd", tiny_resnet(), temperature=0.0)
 
 
-# ---------------------------------------------------------------- LightSKD (§1.3)
+# ---------------------------------------------------------------- LightSKD
 
 
 def test_lightskd_has_both_terms_and_deploys_the_backbone_alone(tiny_resnet):
@@ -254,7 +239,7 @@ def test_lightskd_has_both_terms_and_deploys_the_backbone_alone(tiny_resnet):
     method.train()
     assert list(method(images, targets).losses) == ["ce", "drg_ce", "drg_kd", "dsr"]
     assert method(images, targets).losses["dsr"].item() > 0
-    deploy = method.deployable()
+    deploy = method.eval_model()
     assert deploy is method.backbone
     assert set(deploy.state_dict()) == {k[len("backbone."):] for k in method.state_dict() if k.startswith("backbone.")}
     assert not any("head" in k or "dsr" in k for k in deploy.state_dict())
@@ -274,7 +259,7 @@ def test_lightskd_has_both_terms_and_deploys_the_backbone_alone(tiny_resnet):
     ("cub200/lightskd_resnet18.yaml", "lightskd", 200),
 ])
 def test_recipes_load_and_build(path, method_name, num_classes):
-    cfg = load_config(CONFIGS / path)
+    cfg = make_config(CONFIGS / path)
     assert cfg.method.name == method_name
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, False, 5e-4)
     assert (cfg.data.batch_size, cfg.train.epochs, cfg.data.augment) == (128, 200, "rrc_flip")

@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from selfkd import create_model, list_models
+from selfkd import create_method, create_model, list_models
 from selfkd.errors import ConfigError
 
 # (num_classes, parameters). CIFAR models at K=100, ImageNet models at K=1000.
 PARAMS = {
-    "cifar_resnet18": (100, 11_220_132),  # spec §2.1
+    "cifar_resnet18": (100, 11_220_132),  # as counted on the FRSKD code
     "cifar_resnet34": (100, 21_328_292),  # 21.3 M as reported for CIFAR-100 ResNet-34
     "cifar_resnet50": (100, 23_705_252),  # 23.7 M
     "cifar_resnet101": (100, 42_697_380),  # 42.7 M
-    "preact_resnet18": (100, 11_217_316),
+    "preact_resnet18": (100, 11_217_444),  # CS-KD's and Self-KD-Lib's CIFAR_ResNet18
     "wrn_16_2": (100, 703_284),  # standard WRN; FRSKD's variant: see test_wrn_frskd_variant
     "wrn_28_10": (100, 36_536_884),  # 36.5 M (Zagoruyko & Komodakis, Table 4)
     # torchvision's densenet121 (7,978,856) with a 3x3 stem conv and no stem BN/pool, K=100
@@ -107,6 +107,42 @@ def test_wrn_frskd_variant():
         assert (copy(model.stem(x)) >= 0).all()
     with pytest.raises(ConfigError, match="variant"):
         create_model("wrn_16_2", num_classes=10, variant="paper")
+
+
+def test_preact_resnet18_stem_is_conv_bn_relu_by_default_and_conv_alone_as_an_option():
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", num_classes=100)
+    conv_only = create_model("preact_resnet18", num_classes=100, stem="conv")
+    assert count(model) - count(conv_only) == 2 * 64 == 11_217_444 - 11_217_316  # the stem BN's γ and β
+    assert [type(m) for m in model.stem] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert [type(m) for m in conv_only.stem] == [nn.Conv2d]
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        conv = model.stem[0](x)
+        out = model.stem(x)
+    # BN in train mode (batch statistics, γ = 1, β = 0), then ReLU
+    expected = ((conv - conv.mean(dim=(0, 2, 3), keepdim=True)) /
+                torch.sqrt(conv.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5)).clamp(min=0)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    assert (out >= 0).all() and (out == 0).any() and not (conv >= 0).all()
+    with pytest.raises(ConfigError, match="stem"):
+        create_model("preact_resnet18", num_classes=10, stem="bn")
+
+
+@pytest.mark.parametrize("name, option, value", [("cifar_resnet18", "width", 0), ("preact_resnet18", "num_classes", 0),
+                                                 ("wrn_16_2", "dropout", 1.5), ("mobilenetv2", "width_mult", 0.0)])
+def test_options_outside_their_limits_are_refused(name, option, value):
+    with pytest.raises(ConfigError, match=rf"Bad option for model '{name}': '{option}' must be .*\(got {value}\)"):
+        create_model(name, **{"num_classes": 10, option: value})
+
+
+@pytest.mark.parametrize("method", ["one", "dks", "mixskd"])
+def test_stage_copy_methods_train_on_preact_resnet18(method):
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", num_classes=5, width=4)
+    out = create_method(method, model).train()(torch.randn(4, 3, 16, 16), torch.arange(4))
+    out.loss.backward()
+    assert out.loss.isfinite() and model.stem[1].weight.grad.abs().sum() > 0  # the stem BN learns
 
 
 @pytest.mark.parametrize("name", ["wrn_16_2", "densenet121", "mobilenetv2", "resnet18", "mobilenetv2_imagenet",

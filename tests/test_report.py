@@ -78,17 +78,17 @@ def test_table_means_stds_and_gain_over_ce_from_last_epoch(fixture_runs, tmp_pat
     assert float(ce["nll_mean"]) == pytest.approx(2.0) and float(ce["ece_mean"]) == pytest.approx(4.0)
     assert float(ce["ece_std"]) == pytest.approx(2.0)  # 2, 4, 6
     assert float(ce["train_time_s"]) == pytest.approx(110.0)
-    assert float(ce["gain_top1_vs_ce"]) == 0.0
+    assert float(ce["gain_vs_ce"]) == 0.0
 
     light = rows[("cifar100", "lightskd")]
     assert float(light["top1_mean"]) == pytest.approx(73.5) and float(light["top1_std"]) == pytest.approx(math.sqrt(0.5))
-    assert float(light["gain_top1_vs_ce"]) == pytest.approx(73.5 - 213.5 / 3, abs=1e-9)
+    assert float(light["gain_vs_ce"]) == pytest.approx(73.5 - 213.5 / 3, abs=1e-9)
     assert light["extra_params"] == "342116"
 
     fr = rows[("cifar100", "frskd")]  # the last epoch (75), not the best test epoch (80); the unfinished seed is left out
     assert fr["n"] == "1" and float(fr["top1_mean"]) == 75.0 and fr["top1_std"] == ""
-    assert float(fr["gain_top1_vs_ce"]) == pytest.approx(75.0 - 213.5 / 3, abs=1e-9)
-    assert rows[("cifar10", "lightskd")]["gain_top1_vs_ce"] == ""  # no ce run on cifar10
+    assert float(fr["gain_vs_ce"]) == pytest.approx(75.0 - 213.5 / 3, abs=1e-9)
+    assert rows[("cifar10", "lightskd")]["gain_vs_ce"] == ""  # no ce run on cifar10
 
     md = (out / "results.md").read_text()
     lines = {line.split("|")[3].strip() + "/" + line.split("|")[1].strip(): line for line in md.splitlines()
@@ -102,6 +102,66 @@ def test_table_means_stds_and_gain_over_ce_from_last_epoch(fixture_runs, tmp_pat
     assert "lightskd mixes runs with different settings (optim.lr)" in md
     assert re.search(r"frskd_s1: frskd on cifar100/cifar_resnet18, seed 1, 1/3 epochs logged, resumable", md)
     assert all(line in stdout for line in md.splitlines())  # the terminal shows the same text
+
+
+T_975_2 = 4.302653  # Student's t, 97.5 % quantile, 2 degrees of freedom (any t table)
+
+
+def test_gain_intervals_against_a_hand_calculation():
+    """95 % intervals of a gain over ce, computed by hand (t quantile from a table)."""
+    from selfkd.report.stats import gain_interval, paired_interval, welch_interval
+
+    # Paired, seeds 0-2: ce 70, 71, 72.5 and the method 73, 74, 72.5 -> differences 3, 3, 0:
+    # mean 2, s_d = sqrt(((3-2)² + (3-2)² + (0-2)²) / 2) = sqrt(3), se = sqrt(3) / sqrt(3) = 1, half-width 4.302653.
+    ci = paired_interval({0: 73.0, 1: 74.0, 2: 72.5}, {0: 70.0, 1: 71.0, 2: 72.5})
+    assert (ci.kind, ci.df, ci.gain) == ("paired", 2, pytest.approx(2.0))
+    assert (ci.low, ci.high) == (pytest.approx(2 - T_975_2, abs=1e-5), pytest.approx(2 + T_975_2, abs=1e-5))
+    assert ci.within_noise and ci.text() == "+2.00 [-2.30, +6.30]"
+    # Differences 1.0, 1.2, 0.8: mean 1, s_d = 0.2, se = 0.2 / sqrt(3) = 0.1154701, half-width 0.4968275.
+    ci = paired_interval({0: 71.0, 1: 72.2, 2: 73.3}, {0: 70.0, 1: 71.0, 2: 72.5})
+    assert (ci.low, ci.high) == (pytest.approx(0.5031725, abs=1e-5), pytest.approx(1.4968275, abs=1e-5))
+    assert not ci.within_noise and ci.text() == "+1.00 [+0.50, +1.50]"
+
+    # Welch, equal sizes: 80, 82 vs 78, 80 -> difference 2, variances 2 and 2, se = sqrt(2/2 + 2/2) = sqrt(2),
+    # df = (1 + 1)² / (1²/1 + 1²/1) = 2, half-width 4.302653 * 1.4142136 = 6.0849.
+    ci = welch_interval([80.0, 82.0], [78.0, 80.0])
+    assert (ci.kind, ci.df) == ("welch", pytest.approx(2.0))
+    assert (ci.low, ci.high) == (pytest.approx(2 - 6.084899, abs=1e-4), pytest.approx(2 + 6.084899, abs=1e-4))
+    # Welch, sizes 2 and 3: 73, 74 (variance 1/2) vs 70, 71, 72.5 (variance 19/12):
+    # df = (1/4 + 19/36)² / ((1/4)²/1 + (19/36)²/2) = (49/81) / (1/16 + 361/2592) = (49/81) / (523/2592)
+    #    = 127008/42363 = 2.998088.
+    ci = welch_interval([73.0, 74.0], [70.0, 71.0, 72.5])
+    assert ci.df == pytest.approx(127008 / 42363, rel=1e-12) and ci.gain == pytest.approx(73.5 - 213.5 / 3)
+
+    # Which one: paired only when both sides ran the same seeds once each; nothing with one value on a side.
+    assert gain_interval([(0, 73.0), (1, 74.0)], [(1, 71.0), (0, 70.0)]).kind == "paired"
+    assert gain_interval([(1, 80.0), (2, 82.0)], [(0, 78.0), (1, 80.0)]).kind == "welch"
+    assert gain_interval([(0, 80.0), (0, 82.0)], [(0, 78.0), (1, 80.0)]).kind == "welch"  # a seed twice
+    assert gain_interval([(0, 73.0)], [(0, 70.0)]) is None
+    assert gain_interval([(0, 73.0)], [(0, 70.0), (1, 71.0)]) is None
+
+
+def test_table_labels_gains_within_noise_and_gains_without_interval(tmp_path):
+    from selfkd.report import compare
+
+    runs = tmp_path / "runs"
+    for seed, (ce, noisy, clear) in enumerate([(70.0, 73.0, 71.0), (71.0, 74.0, 72.2), (72.5, 72.5, 73.3)]):
+        write_run(runs, f"ce_s{seed}", method="ce", seed=seed, top1=ce)
+        write_run(runs, f"noisy_s{seed}", method="noisy", seed=seed, top1=noisy)
+        write_run(runs, f"clear_s{seed}", method="clear", seed=seed, top1=clear)
+    write_run(runs, "lone_s0", method="lone", seed=0, top1=75.0)
+    report = compare([runs], tmp_path / "report")
+    rows = {line.split("|")[3].strip(): line for line in report.text.splitlines() if line.startswith("| cifar")}
+    assert "+2.00 [-2.30, +6.30] within noise" in rows["noisy"]
+    assert "+1.00 [+0.50, +1.50]" in rows["clear"] and "within noise" not in rows["clear"]
+    assert "+3.83 (no interval)" in rows["lone"] and "| +0.00 " in rows["ce"]
+    assert "Note: The gain of cifar100/cifar_resnet18/lone over ce has no interval" in report.text
+    assert "--seeds 0,1,2" in report.text and "noisy over ce has no interval" not in report.text
+    table = read_csv(tmp_path / "report" / "results.csv")
+    clear = table[("cifar100", "clear")]
+    assert clear["gain_interval"] == "paired" and float(clear["gain_low"]) == pytest.approx(0.5031725, abs=1e-5)
+    assert table[("cifar100", "lone")]["gain_low"] == "" and table[("cifar100", "ce")]["gain_interval"] == ""
+    assert "within noise" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_index_html_shows_the_table_and_valid_pngs(fixture_runs, tmp_path):
@@ -160,7 +220,7 @@ def test_real_run_metrics_and_tensorboard_events(tmp_path, monkeypatch):
             l2 = 0.01 * logits.pow(2).mean()
             return MethodOutput(logits, ce + l2, {"ce": ce, "logit_l2": l2})
 
-    monkeypatch.setitem(METHODS._entries, "two_terms", TwoTerms)
+    monkeypatch.setitem(METHODS["classification"]._entries, "two_terms", TwoTerms)
     cfg = tiny_config(tmp_path, method="two_terms", epochs=2,
                       data={"options": {"num_classes": 10, "train_size": 256, "test_size": 64, "image_size": 16},
                             "batch_size": 64})

@@ -3,6 +3,7 @@ and one real sweep in child processes (a resume that finishes, a failure that do
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,8 +41,12 @@ def fake_run(path, method, seed, config, finished=True, checkpoint=b""):
 
 
 def test_plan_skips_finished_resumes_checkpointed_and_starts_the_rest(tmp_path):
-    from selfkd.cli import build_parser, config_from_args
+    from selfkd.cli import build_parser, run_flags
+    from selfkd.config import make_config
     from selfkd.sweep import plan
+
+    def config_from_args(args):  # what `selfkd train` builds from its arguments
+        return make_config(args.config, run_flags(args), args.overrides)
 
     path, cfg = recipe(tmp_path)
     out = tmp_path / "sweep"
@@ -124,12 +129,13 @@ def test_sweep_resumes_reports_failures_and_compares(tmp_path, run_cli):
 
 def test_demo_recipes_and_missing_dataset_message(tmp_path, run_cli, monkeypatch):
     import selfkd.data.datasets as datasets
-    from selfkd.config import load_config
+    from selfkd.config import make_config
     from selfkd.demo import describe, recipe_path
 
-    cpu, gpu = load_config(recipe_path("cpu")), load_config(recipe_path("gpu"))
+    cpu, gpu = make_config(recipe_path("cpu")), make_config(recipe_path("gpu"))
     assert cpu.data.dataset == gpu.data.dataset == "fashion_mnist" and cpu.train.device == "cpu"
-    assert cpu.data.train_subset and gpu.data.train_subset is None and gpu.train.epochs > cpu.train.epochs
+    assert cpu.data.train_subset and gpu.data.train_subset is None  # the GPU trains on all 60,000 images
+    assert gpu.train.epochs * 60000 > cpu.train.epochs * cpu.data.train_subset
     line = describe("cpu", cpu, 60000, 10000)
     assert f"{cpu.data.train_subset:,} of 60,000 training images" in line and f"{cpu.train.epochs} epochs" in line
     assert "device cpu" in line
@@ -139,3 +145,150 @@ def test_demo_recipes_and_missing_dataset_message(tmp_path, run_cli, monkeypatch
     assert code == 2 and "Dataset 'fashion_mnist' was not found" in err
     assert "apt-get install dataset-fashion-mnist" in err and "./data/fashion-mnist/" in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_segmentation_demo_recipes_methods_and_missing_dataset_message(tmp_path, run_cli, monkeypatch):
+    """`selfkd demo --task segmentation`: ce and frskd on fmnist_scenes with its own recipes and folder."""
+    import numpy as np
+
+    import selfkd.data.datasets as datasets
+    import selfkd.demo
+    import selfkd.sweep
+    from selfkd.config import make_config
+    from selfkd.demo import describe, recipe_path
+    from test_segmentation_data import write_idx
+
+    cpu, gpu = (make_config(recipe_path(s, "segmentation")) for s in ("cpu", "gpu"))
+    assert cpu.data.dataset == gpu.data.dataset == "fmnist_scenes" and (cpu.train.device, gpu.train.device) == ("cpu", "cuda")
+    assert gpu.train.epochs > cpu.train.epochs
+    assert describe("cpu", cpu, 4000, 1000).startswith("Demo setting 'cpu': Fashion-MNIST scenes (segmentation), "
+                                                       "all 4,000 training images, all 1,000 test images, 4 epochs")
+
+    monkeypatch.setattr(datasets, "search_roots", lambda data_dir=None: [tmp_path])
+    code, _, err = run_cli("demo", "--task", "segmentation", "--setting", "cpu", "--out", tmp_path / "demo")
+    assert code == 2 and "Dataset 'fmnist_scenes' was not found" in err and "dataset-fashion-mnist" in err
+    assert not (tmp_path / "demo").exists()
+
+    folder = tmp_path / "fashion-mnist"  # a tiny Fashion-MNIST: the scenes are composed from it
+    folder.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 6:22, 8:20] = 200
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", items)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    monkeypatch.setenv("SELFKD_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(selfkd.sweep, "sweep", lambda config, methods, seeds, out, *a, **k: calls.append(
+        (config, methods, seeds, out)) or selfkd.sweep.SweepResult([], {}, None))
+    monkeypatch.setattr(selfkd.demo, "estimate", lambda *a: {})  # timing the segmenters is test_demo.py's business
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("demo", "--task", "segmentation", "--setting", "cpu")
+    assert code == 0, err
+    assert calls == [(str(recipe_path("cpu", "segmentation")), ["ce", "frskd"], [0], Path("runs/demo_segmentation_cpu"))]
+    assert "Fashion-MNIST scenes (segmentation), all 4,000 training images" in out
+
+
+def test_children_share_the_cores_and_progress_lines_count_down(tmp_path, monkeypatch, capsys):
+    """Each run started at once gets cores // runs-at-once threads (never more than the caller's OMP_NUM_THREADS);
+    after each run a progress line gives the runs done, and with estimates the time left."""
+    import io
+    import subprocess
+
+    import selfkd.threads
+    from selfkd.sweep import Job, run_jobs
+    from selfkd.threads import child_thread_env
+
+    assert child_thread_env(1, {}, total=8) == {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8"}
+    assert [child_thread_env(n, {}, total=8)["OMP_NUM_THREADS"] for n in (2, 3, 8, 16)] == ["4", "2", "1", "1"]
+    assert child_thread_env(1, {"OMP_NUM_THREADS": "2"}, total=8)["OMP_NUM_THREADS"] == "2"  # the caller's limit
+    assert child_thread_env(2, {"OMP_NUM_THREADS": "16"}, total=8)["OMP_NUM_THREADS"] == "4"
+    assert child_thread_env(1, {"OMP_NUM_THREADS": "many"}, total=8)["OMP_NUM_THREADS"] == "8"
+
+    started = []
+
+    class Child:  # stands in for a `selfkd train` process
+        def __init__(self, command, env, **kwargs):
+            started.append(env)
+            self.stdout = io.StringIO("epoch 1/1\n")
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Child)
+    monkeypatch.setattr(selfkd.threads, "cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    jobs = [Job("ce", seed, tmp_path / f"ce_s{seed}", "start", []) for seed in range(3)]
+    codes, interrupted = run_jobs(jobs, tmp_path / "logs", gpus=["0", "1"], estimates={"ce_s0": 60.0, "ce_s1": 60.0,
+                                                                                        "ce_s2": 60.0})
+    assert codes == {"ce_s0": 0, "ce_s1": 0, "ce_s2": 0} and not interrupted
+    assert [(e["OMP_NUM_THREADS"], e["MKL_NUM_THREADS"]) for e in started] == [("4", "4")] * 3  # 8 cores, 2 at once
+    gpus = [e["CUDA_VISIBLE_DEVICES"] for e in started]
+    assert gpus[:2] == ["0", "1"] and gpus[2] in ("0", "1")  # the third takes whichever GPU is freed first
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Progress:")]
+    assert [p.split(",")[0] for p in progress] == [f"Progress: done {k} of 3 runs" for k in (1, 2, 3)]
+    assert "remaining" in progress[0] and "remaining" not in progress[-1]
+
+
+def test_time_left_and_progress_line_arithmetic():
+    from selfkd.sweep import progress_line, remaining_s
+
+    assert remaining_s(100.0, 0.0, 0.0) == 100.0  # nothing finished yet: the estimates as they are
+    assert remaining_s(100.0, 60.0, 50.0) == pytest.approx(120.0)  # finished runs took 1.2x their estimates
+    assert remaining_s(100.0, 60.0, 50.0, slots=2) == pytest.approx(60.0)
+    assert progress_line(2, 4, 200.0, 300.0) == "Progress: done 2 of 4 runs, 3.3 min elapsed, about 5.0 min remaining."
+    assert progress_line(4, 4, 200.0, 0.0) == "Progress: done 4 of 4 runs, 3.3 min elapsed."
+    assert progress_line(1, 4, 30.0, None) == "Progress: done 1 of 4 runs, 30.0 s elapsed."
+
+
+def test_oversubscribed_run_says_so_once(monkeypatch):
+    """The load a run saw while it trained, from the 1-minute load average at its start and now (the kernel's
+    exponential average solved for it), against the cores; said once, after a minute of training."""
+    import math
+
+    import selfkd.threads as threads
+
+    # 60 s at a mean of 3 runnable threads from a load of 2: L = 2·e^-1 + 3·(1 - e^-1) = 2.6321206.
+    assert threads.runnable_since(2.0, 2.6321206, 60.0) == pytest.approx(3.0, abs=1e-6)
+    assert threads.runnable_since(1.5, 1.5, 30.0) == pytest.approx(1.5)
+    assert threads.oversubscription_note(2.4, 2, 2) is None  # within the slack of half a core
+    note = threads.oversubscription_note(4.2, 2, 2)
+    assert "about 4.2 threads were runnable" in note and "2 of them its own" in note and "for 2 cores" in note
+    assert "OMP_NUM_THREADS=1" in note
+
+    clock, loads = [1000.0], [0.3]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (loads[0], 0.0, 0.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    watch = threads.LoadWatch()
+    clock[0], loads[0] = 1030.0, 3.0
+    assert watch.note() is None  # too early: the average still mostly covers the time before the run
+    clock[0] = 1060.0
+    loads[0] = 0.3 * math.exp(-1) + 4.0 * (1 - math.exp(-1))  # four runnable threads on average since the start
+    assert "about 4.0 threads were runnable" in watch.note()
+    clock[0] = 2000.0
+    assert watch.note() is None  # once
+    assert threads.LoadWatch(enabled=False).note() is None
+    monkeypatch.setattr(threads, "cores", lambda: 1)  # pinned to fewer CPUs than the load average counts: no check
+    clock[0] = 1000.0
+    watch = threads.LoadWatch()
+    clock[0] = 1100.0
+    assert watch.note() is None
+
+
+def test_a_cpu_run_says_once_that_it_is_oversubscribed(tmp_path, monkeypatch, capsys):
+    import selfkd.threads as threads
+    from selfkd.engine import train
+
+    monkeypatch.setattr(threads, "CHECK_AFTER_S", 0.0)  # check at the first epoch end
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    train(tiny_config(tmp_path, epochs=3, data={"options": {"num_classes": 4, "train_size": 32, "test_size": 16,
+                                                            "image_size": 16}, "batch_size": 16}))
+    out = capsys.readouterr().out
+    assert out.count("note: this machine is oversubscribed: about 9.0 threads were runnable") == 1
+    assert out.index("epoch 1/3") < out.index("oversubscribed") < out.index("epoch 2/3")

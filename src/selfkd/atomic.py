@@ -3,17 +3,27 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 from pathlib import Path
 
 from .errors import TrainingError
 
+AGAIN = "Free some space (or make the folder writable), then run the command again."
 
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, fsync, then rename over ``path``: the old file survives any failure."""
+
+def atomic_write(path: Path, write, then: str = AGAIN) -> None:
+    """``write(tmp_path)``, fsync, then rename over ``path``: the old file survives any failure, and no temporary
+    file is left behind, whatever the writer raises (Ctrl-C included). The file gets the permissions the umask gives
+    (some writers, e.g. safetensors, make theirs private). A failed write is a :class:`TrainingError` saying why and
+    ``then`` (what to do next)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666))
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -22,11 +32,28 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        reason = "the disk is full" if getattr(err, "errno", None) == errno.ENOSPC or "No space" in str(err) else str(err)
-        raise TrainingError(
-            f"Could not write {path}: {reason}. The previous file (if any) is intact. "
-            "Free some space or choose another --run-dir, then resume with `selfkd train --resume "
-            f"{path.parent}`."
-        ) from None
+    except BaseException as err:
+        reason = write_failure(err, path.parent)  # before the temporary file is deleted (a full disk frees up)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if not isinstance(err, Exception):  # Ctrl-C, SystemExit: stop as asked, the old file intact
+            raise
+        raise TrainingError(f"Could not write {path}: {reason}. The previous file (if any) is intact and nothing "
+                            f"half-written was left. {then}") from None
+
+
+def write_failure(err: BaseException, folder: Path) -> str:
+    """Why a write into ``folder`` failed, in words: "the disk is full" when it is, else the error's first line
+    without the C++ source locations that torch's writer adds."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    try:
+        st = os.statvfs(folder)
+        full = st.f_bfree * st.f_frsize < 2**20
+    except OSError:
+        full = False
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or full:
+        return "the disk is full"
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", text).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:300]

@@ -3,6 +3,7 @@
 Training throughput goes through the engine's own :class:`~selfkd.engine.step.TrainStep` and data
 pipeline (resident uint8 data, batched augmentation), so the numbers are what ``selfkd train`` gets.
 Ratios measured in one run are what count; absolute figures only mean something on a GPU.
+``--task segmentation`` times the segmentation methods on generated scenes (``synthetic_seg``) the same way.
 """
 from __future__ import annotations
 
@@ -18,26 +19,23 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import DataConfig, parse_override
-from .data.datasets import DatasetSplits, ImageTensors
-from .data.pipeline import build_test_loader, build_train_loader
+from .config import Config, make_config, parse_override
+from .data import load_dataset
 from .engine.distributed import resolve_device
-from .engine.step import TrainStep, build_optimizer, configure_backends
+from .engine.setup import build_run, run_task
+from .engine.step import TrainStep, configure_backends
 from .errors import ConfigError, SelfKDError
-from .methods import create_method, per_sample_args
+from .methods import method_class
 from .models import create_model
 
-
-def synthetic_cifar(num_train: int, num_test: int, num_classes: int, size: int, channels: int = 3) -> DatasetSplits:
-    """Random uint8 images shaped like CIFAR (content does not matter for speed)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def split(n):
-        return ImageTensors(torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=gen),
-                            torch.randint(0, num_classes, (n,), generator=gen))
-
-    return DatasetSplits("bench", split(num_train), split(num_test), num_classes, channels,
-                         (0.5,) * channels, (0.25,) * channels, size, "crop_flip")
+# Per task: the generated dataset, and the defaults of the flags not given (model and batch size: unless a recipe
+# gives them). Segmentation: FRSKD's VOC setting (EfficientNet-B0 segmenter, 21 classes, 512² crops, batch 16).
+TASK_DEFAULTS = {
+    "classification": {"dataset": "synthetic", "methods": "ce,dsr,drg,lightskd,frskd", "model": "cifar_resnet18",
+                       "batch_size": 128, "num_classes": 100, "image_size": 32},
+    "segmentation": {"dataset": "synthetic_seg", "methods": "ce,frskd", "model": "frskd_seg_effb0", "batch_size": 16,
+                     "num_classes": 21, "image_size": 512},
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -68,24 +66,38 @@ def _batches(loader, count: int):
         epoch += 1
 
 
-def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, device: torch.device,
-                profile_dir: str | None = None) -> dict:
+def bench_config(args, method: str, options: dict | None = None) -> Config:
+    """The config ``selfkd train`` would run: the recipe (``-c``, else the defaults) with the bench's flags, on
+    generated data of the bench's shape (content does not matter for speed)."""
+    flags = {"method": method, "model": args.model, "batch_size": args.batch_size, "device": args.device}
+    cfg = make_config(args.config, {k: v for k, v in flags.items() if v is not None}, quiet=True)
+    batch = cfg.data.batch_size
+    data = {"dataset": TASK_DEFAULTS[args.task]["dataset"], "eval_batch_size": batch, "loader": "resident",
+            "options": {"num_classes": args.num_classes, "train_size": args.train_size, "test_size": batch * 4,
+                        "image_size": args.image_size, "channels": args.channels}}
+    train = {k: v for k, v in {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last}.items()
+             if v != "auto"}
+    model = {"width": args.width} if args.width is not None else {}
+    recipe = cfg.to_dict()
+    recipe["method"].update(options or {})
+    recipe["model"].update(model)
+    recipe["data"] = {**recipe["data"], **data, "train_subset": None, "test_subset": None}
+    recipe["train"].update(train)
+    return make_config(recipe)
+
+
+def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: str | None = None) -> dict:
+    name = cfg.method.name
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                         **args.model_options)
-    with tempfile.TemporaryDirectory(prefix="selfkd-bench-") as tmp:  # tfkd_self reads its teacher when built
-        if method_name == "tfkd_self" and "teacher_weights" not in options:
-            options = dict(options, teacher_weights=_stand_in_teacher(model, args, Path(tmp)))
-        method = create_method(method_name, model, num_classes=splits.num_classes, **options,
-                               **per_sample_args(method_name, len(splits.train))).to(device)
-    if args.channels_last:
-        method.to(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory(prefix="selfkd-bench-") as tmp:  # files a method reads when it is built
+        model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                             **cfg.model.options())
+        recipe = cfg.to_dict()
+        recipe["method"] = {**method_class(name, run_task(cfg)).example_options(model, Path(tmp)), **recipe["method"]}
+        parts = build_run(make_config(recipe), splits, device)
+    method, step, loader = parts.method, parts.step, parts.train_loader
     method.train()
-    method.on_epoch_start(0, 1)
-    data_cfg = DataConfig(dataset="bench", batch_size=args.batch_size, eval_batch_size=args.batch_size)
-    loader = build_train_loader(splits, data_cfg, method.data_needs, device, seed=0)
-    optimizer = build_optimizer(method, 0.01, 0.9, False, 5e-4, False, device)
-    step = TrainStep(method, optimizer, device, args.amp, args.compile)
+    method.on_epoch_start(0, cfg.train.epochs)  # the first epoch of the recipe's run
     _reset_peak(device)
     profile_steps = min(args.steps, 20) if profile_dir else 0
     batches = _batches(loader, args.warmup + args.steps + profile_steps)
@@ -108,11 +120,11 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
         _sync(device)
         times.append((time.perf_counter() - started) / size)
     ms = 1000 * statistics.median(times)
-    primary_per_step = step.seen / step.steps  # anchors / first views: the images an epoch counts
+    primary_per_step = step.stats.seen / step.stats.steps  # anchors / first views: the images an epoch counts
     if profile_steps:  # after the timed rounds, so the profiler does not slow what was timed
-        _profile(step, batches, profile_steps, device, Path(profile_dir) / f"{method_name}.txt")
+        _profile(step, batches, profile_steps, device, Path(profile_dir) / f"{name}.txt")
     return {
-        "method": method_name,
+        "method": name,
         "img_per_s": primary_per_step * 1000 / ms,
         "ms_per_step": ms,
         "ms_per_step_spread": [1000 * min(times), 1000 * max(times)],
@@ -120,7 +132,7 @@ def bench_train(method_name: str, options: dict, args, splits: DatasetSplits, de
         "peak_mem_mb": _peak_mb(device),
         "warmup_s": warmup_s,
         "images_per_step": batch.images.shape[0],
-        "mean_loss": step.summary().get("train/loss", float("nan")),
+        "mean_loss": step.stats.summary().get("train/loss", float("nan")),
     }
 
 
@@ -139,50 +151,36 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
     path.write_text(f"{count} training steps, per-operator totals\n{table}\n")
 
 
-def _stand_in_teacher(model, args, folder: Path) -> str:
-    """tfkd_self needs a trained teacher file; for timing, the untrained student's weights do."""
-    from .weights import save_weights
-
-    path = folder / "teacher.safetensors"
-    save_weights(path, model, {"model": args.model, "num_classes": model.num_classes,
-                               "model_options": args.model_options})
-    return str(path)
-
-
-def bench_data(args, splits: DatasetSplits, device: torch.device) -> dict:
-    from .methods.base import DataNeeds
-
-    data_cfg = DataConfig(dataset="bench", batch_size=args.batch_size)
-    loader = build_train_loader(splits, data_cfg, DataNeeds(), device, seed=0)
+def bench_data(cfg: Config, splits, device: torch.device, args) -> dict:
+    """The input pipeline alone: the training loader's batches (gather, augmentation, normalisation)."""
+    loader = build_run(cfg, splits, device).train_loader
     for _ in _batches(loader, args.warmup):
         pass
     _sync(device)
     started = time.perf_counter()
-    for batch in _batches(loader, args.steps):
+    for _ in _batches(loader, args.steps):
         pass
     _sync(device)
     elapsed = time.perf_counter() - started
-    return {"what": "data", "img_per_s": args.batch_size * args.steps / elapsed,
+    return {"what": "data", "img_per_s": cfg.data.batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps}
 
 
 @torch.no_grad()
-def bench_eval(args, splits: DatasetSplits, device: torch.device) -> dict:
-    from .engine.step import amp_dtype, autocast
+def bench_eval(cfg: Config, splits, device: torch.device, args) -> dict:
+    """Inference alone: the eval model, compiled as the run's settings say, over test batches."""
+    from .engine.step import autocast
 
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                         **args.model_options).to(device).eval()
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward = model if args.compile == "off" else torch.compile(model, mode=None if args.compile == "default" else args.compile)
-    loader = build_test_loader(splits, DataConfig(dataset="bench", eval_batch_size=args.batch_size), device)
-    dtype = amp_dtype(args.amp, device)
+    parts = build_run(cfg, splits, device)
+    model = parts.method.eval_model().eval()
+    mode = parts.cfg.train.compile
+    forward = model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
     _reset_peak(device)
 
     def run(count):
-        for batch in _batches(loader, count):
-            with autocast(device, dtype):
+        for batch in _batches(parts.test_loader, count):
+            with autocast(device, parts.step.dtype):
                 forward(batch.images)
 
     run(args.warmup)
@@ -191,7 +189,7 @@ def bench_eval(args, splits: DatasetSplits, device: torch.device) -> dict:
     run(args.steps)
     _sync(device)
     elapsed = time.perf_counter() - started
-    return {"what": "eval", "img_per_s": args.batch_size * args.steps / elapsed,
+    return {"what": "eval", "img_per_s": cfg.data.eval_batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps, "peak_mem_mb": _peak_mb(device)}
 
 
@@ -232,31 +230,41 @@ def method_options(items: list[str]) -> dict[str, dict]:
 def run(args) -> int:
     device = resolve_device(args.device)
     configure_backends(deterministic=False)  # the same kernel choices as `selfkd train`
-    args.channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
-    if args.compile == "auto":
-        args.compile = "reduce-overhead" if device.type == "cuda" else "off"
-    args.model_options = {} if args.width is None else {"width": args.width}
-    num_train = args.train_size or (50_000 if device.type == "cuda" else args.batch_size * (args.steps + args.warmup))
-    splits = synthetic_cifar(num_train, args.batch_size * 4, args.num_classes, args.image_size, args.channels)
+    options = method_options(args.overrides)
+    recipe = make_config(args.config, quiet=True)
+    args.task = args.task or run_task(recipe)  # the recipe's dataset's (without a recipe: classification)
+    defaults = TASK_DEFAULTS[args.task]
+    for key in ("methods", "num_classes", "image_size") + (() if args.config else ("model", "batch_size")):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.what == "train" else ["ce"]
+    if "ce" not in names:
+        names.insert(0, "ce")
+    batch_size = args.batch_size or recipe.data.batch_size
+    if args.train_size is None:  # 50,000 CIFAR-sized images on a GPU; else as many as the timed steps use
+        big = device.type == "cuda" and args.task == "classification"
+        args.train_size = 50_000 if big else batch_size * (args.steps + args.warmup)
+    configs = {name: bench_config(args, name, options.get(name)) for name in names}  # every mistake refused first
+    for name in names:
+        method_class(name, args.task)
+    splits = load_dataset(configs["ce"].data.dataset, **configs["ce"].data.options)
     env = environment(device)
-    print(f"selfkd bench on {env.get('gpu', env['device'])}: {args.model}, batch {args.batch_size}, {args.steps} timed "
-          f"steps after {args.warmup} warm-up, amp {args.amp}, compile {args.compile}, channels_last {args.channels_last}",
+    t = configs["ce"].resolved(device.type, distributed=False).train
+    print(f"selfkd bench on {env.get('gpu', env['device'])}: {configs['ce'].model.name}, {args.task}, "
+          f"{args.image_size}² images, batch {batch_size}, {args.steps} timed "
+          f"steps after {args.warmup} warm-up, amp {t.amp}, compile {t.compile}, channels_last {t.channels_last}",
           file=sys.stderr)
     if args.what == "train":
-        options = method_options(args.overrides)
-        names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if "ce" not in names:
-            names.insert(0, "ce")
         rows, failed = [], []
         if args.profile and device.type == "cuda":
             # Start the profiler once before any CUDA graph is captured: graphs captured before its first use
             # can fail to profile (pytorch/pytorch#100441).
             with torch.profiler.profile():
                 pass
-        bench_train("ce", {}, args, splits, device)  # untimed: clocks, cuDNN autotuning, compile caches
+        bench_train(configs["ce"], splits, device, args)  # untimed: clocks, cuDNN autotuning, compile caches
         for name in names:
             try:
-                rows.append(bench_train(name, options.get(name, {}), args, splits, device, args.profile))
+                rows.append(bench_train(configs[name], splits, device, args, args.profile))
             except SelfKDError:
                 raise
             except Exception as err:  # one broken method must not hide the others' numbers
@@ -268,21 +276,27 @@ def run(args) -> int:
         for r in rows:
             r["relative_to_ce"] = r["ms_per_step"] / ce["ms_per_step"]
         print(format_table(rows))
-        result = {"what": "train", "settings": _settings(args), "environment": env, "results": rows, "failed": failed}
+        result = {"what": "train", "settings": _settings(args, t), "environment": env, "results": rows, "failed": failed}
     else:
-        row = bench_data(args, splits, device) if args.what == "data" else bench_eval(args, splits, device)
+        measure = bench_data if args.what == "data" else bench_eval
+        row = measure(configs["ce"], splits, device, args)
         print(json.dumps(row, indent=2))
-        result = {"what": args.what, "settings": _settings(args), "environment": env, "results": [row]}
+        result = {"what": args.what, "settings": _settings(args, t), "environment": env, "results": [row]}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
-def _settings(args) -> dict:
-    keys = ["model", "width", "batch_size", "steps", "warmup", "rounds", "amp", "compile", "channels_last", "num_classes",
-            "image_size", "overrides", "profile"]
-    return {k: getattr(args, k) for k in keys}
+def _settings(args, resolved) -> dict:
+    keys = ["config", "task", "model", "width", "batch_size", "steps", "warmup", "rounds", "num_classes", "image_size",
+            "train_size", "overrides", "profile"]
+    return {**{k: getattr(args, k) for k in keys},
+            **{k: getattr(resolved, k) for k in ("amp", "compile", "channels_last")}}
+
+
+def _on_off(text: str):
+    return {"on": True, "off": False}.get(text, text)
 
 
 def _at_least(low: int):
@@ -296,21 +310,28 @@ def _at_least(low: int):
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="measure training speed and memory of several methods in one run")
-    p.add_argument("--methods", default="ce,dsr,drg,lightskd,frskd", help="comma-separated (ce is always included)")
-    p.add_argument("--model", default="cifar_resnet18")
+    p.add_argument("--task", choices=list(TASK_DEFAULTS), help="classification or segmentation (default: the "
+                   "recipe's, else classification); sets the generated data and the defaults below")
+    p.add_argument("--methods", help="comma-separated (ce is always included; default ce,dsr,drg,lightskd,frskd, "
+                                     "segmentation: ce,frskd)")
+    p.add_argument("-c", "--config", help="recipe whose optimizer, model and method settings to run "
+                                              "(its dataset is replaced by generated data of the bench's shape)")
+    p.add_argument("--model", help="backbone name (default: the recipe's, else cifar_resnet18; segmentation: "
+                                   "frskd_seg_effb0)")
     p.add_argument("--width", type=_at_least(1), help="base width for CIFAR ResNets (smaller for quick CPU runs)")
-    p.add_argument("--batch-size", type=_at_least(1), default=128)
+    p.add_argument("--batch-size", type=_at_least(1), help="default: the recipe's, else 128 (segmentation: 16)")
     p.add_argument("--steps", type=_at_least(1), default=50, help="timed steps per method")
     p.add_argument("--warmup", type=_at_least(0), default=10, help="untimed steps first (compilation happens here)")
     p.add_argument("--rounds", type=_at_least(1), default=5, help="timed steps are split into rounds; the median round counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--num-classes", type=_at_least(2), default=100)
-    p.add_argument("--image-size", type=_at_least(1), default=32)
+    p.add_argument("--channels-last", default="auto", type=_on_off, choices=["auto", True, False], help="auto, on or off")
+    p.add_argument("--num-classes", type=_at_least(2), help="default 100 (segmentation: 21)")
+    p.add_argument("--image-size", type=_at_least(1), help="default 32 (segmentation: 512, FRSKD's crop)")
     p.add_argument("--channels", type=_at_least(1), default=3)
-    p.add_argument("--train-size", type=_at_least(1), help="synthetic training images (default 50,000 on GPU)")
+    p.add_argument("--train-size", type=_at_least(1), help="generated training images (default: 50,000 on a GPU for "
+                                                           "classification, else as many as the timed steps use)")
     p.add_argument("--what", default="train", choices=["train", "data", "eval"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     p.add_argument("--json", help="also write the results as JSON here")

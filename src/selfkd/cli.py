@@ -17,83 +17,78 @@ from .errors import ConfigError, SelfKDError
 
 EXTRA: list[str] = ["selfkd.bench", "selfkd.report.compare", "selfkd.sweep", "selfkd.export", "selfkd.demo"]  # modules with register(subparsers)
 
-TRAIN_FLAGS = {  # flag -> dotted config key
-    "method": "method.name", "model": "model.name", "dataset": "data.dataset", "data_dir": "data.data_dir",
-    "epochs": "train.epochs", "batch_size": "data.batch_size", "device": "train.device",
-    "run_dir": "run_dir", "name": "name", "seed": "seed",
-}
-
-
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by commands that build a run from a config (train, sweep, ...)."""
+def add_run_flags(p: argparse.ArgumentParser, per_run: bool = True) -> None:
+    """Flags of commands that build runs from a recipe (train; sweep and demo without the per-run ones)."""
     p.add_argument("-c", "--config", help="YAML recipe (see configs/); defaults apply without one")
-    p.add_argument("--method", help="method name (selfkd list methods)")
+    if per_run:
+        p.add_argument("--method", help="method name (selfkd list methods)")
+        p.add_argument("--seed", type=int)
     p.add_argument("--model", help="backbone name (selfkd list models)")
     p.add_argument("--dataset", help="dataset name (selfkd list datasets)")
     p.add_argument("--data-dir", help="folder holding the dataset (searched before $SELFKD_DATA, ./data, /usr/share/datasets)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (all processes together)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
 
 
-def config_from_args(args, base: dict | None = None):
-    """Config = recipe (or ``base``) + flags + --set overrides, validated."""
-    from .config import build_config, parse_override, read_yaml, set_key
+def run_flags(args) -> dict:
+    """The config flags given on the command line (see :data:`selfkd.config.FLAG_KEYS`)."""
+    from .config import FLAG_KEYS
 
-    data = dict(base) if base is not None else (read_yaml(args.config) if args.config else {})
-    flags = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
-    new_method = flags.get("method.name")
-    old_method = (data.get("method") or {}).get("name", "ce") if isinstance(data.get("method"), dict) else None
-    if new_method and old_method and new_method != old_method:
-        dropped = sorted(k for k in data["method"] if k != "name")
-        data["method"] = {}
-        if dropped:
-            print(f"note: --method {new_method} replaces {old_method}; dropped its options {', '.join(dropped)}.",
-                  file=sys.stderr)
-    for key, value in flags.items():
-        set_key(data, key, value)
-    for item in args.overrides:
-        set_key(data, *parse_override(item))
-    return build_config(data, args.config or "the command line")
+    return {flag: getattr(args, flag) for flag in FLAG_KEYS if getattr(args, flag, None) is not None}
 
 
 def cmd_train(args) -> int:
-    from .config import read_yaml
+    from .config import make_config, read_yaml
     from .engine import train
-    from .runfolder import CHECKPOINT, CONFIG
+    from .runfolder import CHECKPOINT, CONFIG, check_run
 
     resume = False
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it over; give one of them.")
     if args.resume and args.resume != "auto":
         run = Path(args.resume)
         if args.config:
             raise ConfigError("Give either --resume RUN_DIR (its own config is used) or -c CONFIG, not both; "
                               "use --resume auto with -c to resume that config's run if it exists.")
-        cfg = config_from_args(args, base=read_yaml(run / CONFIG))
-        cfg = cfg.model_copy(update={"run_dir": str(run)})
+        check_run(run, "--resume")
+        cfg = make_config(read_yaml(run / CONFIG), {**run_flags(args), "run_dir": str(run)}, args.overrides)
         resume = True
     else:
-        cfg = config_from_args(args)
+        cfg = make_config(args.config, run_flags(args), args.overrides)
         resume = args.resume == "auto" and (cfg.run_path / CHECKPOINT).exists()
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     summary = train(cfg, resume=resume, overwrite=args.overwrite)
-    final = summary["final"]
-    print(f"final test top-1 {final.get('top1', float('nan')):.2f}%  top-5 {final.get('top5', float('nan')):.2f}%  "
-          f"NLL {final.get('nll', float('nan')):.4f}  ECE {final.get('ece', float('nan')):.2f}%  "
-          f"(last epoch; run folder {cfg.run_path})")
+    print(final_line(summary, cfg.run_path))
     return 0
+
+
+def final_line(summary: dict, run_dir) -> str:
+    """``final test top-1 93.10%  top-5 99.80%  nll 0.240  ece 1.20%  aurc 8.1  (last epoch; run folder ...)``."""
+    from .metrics import columns
+
+    final = summary["final"]
+    values = [f"{c.header.split(' (')[0].lower()} {final.get(c.key, float('nan')):.{c.digits}f}"
+              + ("%" if "(%)" in c.header else "") for c in columns(summary.get("task", "classification"))]
+    return f"final test {'  '.join(values)}  (last epoch; run folder {run_dir})"
 
 
 def cmd_eval(args) -> int:
     from .evaluation import evaluate_run, evaluate_weights
 
+    if args.run and args.weights:
+        raise ConfigError("Give selfkd eval either --run RUN_DIR or --weights FILE, not both.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: give the number of test images per batch (at least 1), "
+                          "or leave it out for the run's own.")
     if args.run:
-        result = evaluate_run(args.run, device=args.device, data_dir=args.data_dir, batch_size=args.batch_size)
+        result = evaluate_run(args.run, device=args.device, data_dir=args.data_dir, batch_size=args.batch_size,
+                              dataset=args.dataset, model=args.model)
     elif args.weights and args.dataset:
         result = evaluate_weights(args.weights, args.dataset, model=args.model, device=args.device,
                                   data_dir=args.data_dir, batch_size=args.batch_size)
@@ -104,11 +99,32 @@ def cmd_eval(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import list_datasets, list_methods, list_models
+    """Names one per line (methods and datasets of one task); models with their task and parameter count."""
+    from .data.datasets import dataset_task, list_datasets
+    from .methods import list_methods
+    from .models import list_models
 
-    names = {"models": list_models, "methods": list_methods, "datasets": list_datasets}[args.what]()
-    print("\n".join(names))
+    if args.what == "methods":
+        print("\n".join(list_methods(args.task or "classification")))
+    elif args.what == "datasets":
+        print("\n".join(n for n in list_datasets() if args.task in (None, dataset_task(n))))
+    else:
+        tasks = [args.task] if args.task else ["classification", "segmentation"]
+        for task in tasks:
+            for name in list_models(task):
+                print(f"{name:<28}{task:<16}{model_parameters(name, task):>14,}")
     return 0
+
+
+def model_parameters(name: str, task: str) -> int:
+    """Parameters of a registered model with its defaults (K = 100 classes, or 21 for segmentation: VOC), counted
+    on the meta device (nothing is allocated)."""
+    import torch
+
+    from .models import create_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(name, num_classes=21 if task == "segmentation" else 100).parameters())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("list", help="list models, methods or datasets, one per line")
+    p = sub.add_parser("list", help="list methods or datasets (one per line) or models (task, parameters)")
     p.add_argument("what", choices=["models", "methods", "datasets"])
+    p.add_argument("--task", choices=["classification", "segmentation"],
+                   help="methods: of this task (default classification); models, datasets: only this task's")
     p.set_defaults(func=cmd_list)
 
     for module in EXTRA:
@@ -154,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"selfkd: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("selfkd: interrupted; nothing after the last saved checkpoint was kept.", file=sys.stderr)
+        print("selfkd: interrupted (Ctrl-C); nothing more was written.", file=sys.stderr)
         return 130
 
 

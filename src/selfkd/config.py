@@ -6,6 +6,9 @@ registered constructor's signature when the run is built (see :func:`selfkd.regi
 """
 from __future__ import annotations
 
+import copy
+import sys
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,12 +16,13 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from .data.settings import DataConfig
 from .errors import ConfigError
 from .registry import closest
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class MethodConfig(BaseModel):
@@ -39,25 +43,6 @@ class ModelConfig(BaseModel):
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class DataConfig(Section):
-    dataset: str = "cifar100"
-    data_dir: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. synthetic sizes")
-    batch_size: PositiveInt = 128
-    eval_batch_size: PositiveInt = 500
-    augment: Literal["crop_flip", "rrc_flip", "flip", "none"] | None = None  # None: the dataset's usual one
-    image_size: PositiveInt | None = None  # training crop / test size; None: the dataset's usual one
-    padding: NonNegativeInt | None = None  # crop padding; None: the dataset's usual one (4 for CIFAR)
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    test_resize: PositiveInt | None = None  # file datasets: resize before the centre crop (e.g. 256 for 224)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle, for quick runs
-    test_subset: PositiveInt | None = None
-    loader: Literal["auto", "resident", "workers"] = "auto"
-    workers: NonNegativeInt = 8
 
 
 class OptimConfig(Section):
@@ -85,6 +70,8 @@ class TrainConfig(Section):
     channels_last: bool | Literal["auto"] = "auto"
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
     grad_clip: PositiveFloat | None = None
+    grad_clip_mode: Literal["norm", "value"] = "norm"  # clip the global gradient norm, or each value (FRSKD seg)
+    accumulate_steps: PositiveInt = 1  # batches whose gradients are summed (loss / N) before each optimizer step
     deterministic: bool = False
     eval_every: PositiveInt = 1
     log_every: PositiveInt = 50  # steps between progress updates and non-finite checks
@@ -94,9 +81,10 @@ class TrainConfig(Section):
 
 
 class Config(Section):
-    name: str | None = None  # run name; default <dataset>_<model>_<method>_s<seed>
-    seed: int = 0
-    run_dir: str | None = None  # default runs/<name>
+    name: str | None = Field(None, min_length=1)  # run name; default <dataset>_<model>_<method>_s<seed>
+    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: what the dataset's labels are
+    seed: int = Field(0, ge=0, lt=2**63)  # what torch's generators take
+    run_dir: str | None = Field(None, min_length=1)  # default runs/<name>
     method: MethodConfig = Field(default_factory=MethodConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -123,6 +111,22 @@ class Config(Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def resolved(self, device_type: str, distributed: bool) -> "Config":
+        """This config with every ``auto`` training setting decided for the device it runs on.
+
+        ``amp``: bf16 on CUDA, off elsewhere. ``channels_last``: on CUDA. ``compile``: CUDA graphs
+        (``reduce-overhead``) on one GPU; plain compilation under DDP, whose all-reduce hooks fire during
+        backward and have not been validated inside captured graphs; off on CPU.
+        """
+        t, cuda = self.train, device_type == "cuda"
+        settings = {
+            "amp": ("bf16" if cuda else "off") if t.amp == "auto" else t.amp,
+            "channels_last": cuda if t.channels_last == "auto" else t.channels_last,
+            "compile": ("off" if not cuda else "default" if distributed else "reduce-overhead")
+            if t.compile == "auto" else t.compile,
+        }
+        return self.model_copy(update={"train": t.model_copy(update=settings)})
+
 
 def _fields_at(loc: tuple) -> list[str]:
     model: type[BaseModel] = Config
@@ -135,15 +139,26 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _elsewhere(name: str) -> str:
+    """A hint for a key put in the wrong section: ' Did you mean 'train.epochs'?' for 'epochs'."""
+    for section, field in Config.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and name in ann.model_fields:
+            return f" Did you mean '{section}.{name}'?"
+    return ""
+
+
 def _explain(err: pydantic.ValidationError, source: str) -> ConfigError:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'.{closest(str(e['loc'][-1]), _fields_at(e['loc']))}")
+            name = str(e["loc"][-1])
+            lines.append(f"unknown key '{key}'.{closest(name, _fields_at(e['loc'])) or _elsewhere(name)}")
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return ConfigError(f"Invalid configuration in {source}: " + "; ".join(lines) + ".")
+    text = "; ".join(line.rstrip(".") for line in lines)
+    return ConfigError(f"Invalid configuration in {source}: {text}" + ("" if text.endswith("?") else "."))
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -169,14 +184,36 @@ def set_key(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the plain loader keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist. Recipes live in configs/ (e.g. configs/smoke.yaml).")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"Config file {path} {what}. Recipes live in configs/ (e.g. configs/smoke.yaml).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {err.start} cannot be decoded); save it as "
+                          "UTF-8.") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or str(err)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"Config file {path} is not valid YAML{where}: {' '.join(problem.split())}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of settings, found {type(data).__name__}.")
     return data
@@ -189,11 +226,38 @@ def build_config(data: dict, source: str = "the configuration") -> Config:
         raise _explain(err, source) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), extra: dict | None = None) -> Config:
-    """Read a recipe (or the defaults), merge ``extra`` (dotted keys) and ``--set`` overrides, validate."""
-    data = read_yaml(path) if path else {}
-    for key, value in (extra or {}).items():
+# Command-line flags that stand for a config key: flag (argparse dest) -> dotted key.
+FLAG_KEYS = {
+    "method": "method.name", "model": "model.name", "dataset": "data.dataset", "data_dir": "data.data_dir",
+    "epochs": "train.epochs", "batch_size": "data.batch_size", "device": "train.device",
+    "run_dir": "run_dir", "name": "name", "seed": "seed",
+}
+
+
+def make_config(recipe: str | Path | dict | None = None, flags: dict[str, Any] | None = None,
+                overrides: Sequence[str] = (), quiet: bool = False) -> Config:
+    """The one way a run's config is made (CLI, sweep, demo, bench): a recipe (a YAML file, a mapping such as a
+    run's saved config, or None for the defaults), then ``flags`` (keys of :data:`FLAG_KEYS`; None values are
+    ignored), then ``--set key=value`` overrides, validated.
+
+    A ``method`` flag that names another method than the recipe's drops the recipe's method options (they
+    belong to the old method); that is said on stderr unless ``quiet``.
+    """
+    if isinstance(recipe, dict):
+        data, source = copy.deepcopy(recipe), "the run's saved config"
+    else:
+        data, source = (read_yaml(recipe), str(recipe)) if recipe else ({}, "the command line")
+    given = {FLAG_KEYS[flag]: value for flag, value in (flags or {}).items() if value is not None}
+    new_method = given.get("method.name")
+    old = data.get("method")
+    if new_method and isinstance(old, dict) and old.get("name", "ce") != new_method:
+        dropped = sorted(k for k in old if k != "name")
+        data["method"] = {}
+        if dropped and not quiet:
+            print(f"note: --method {new_method} replaces {old.get('name', 'ce')}; dropped its options "
+                  f"{', '.join(dropped)}.", file=sys.stderr)
+    for key, value in given.items():
         set_key(data, key, value)
     for item in overrides:
         set_key(data, *parse_override(item))
-    return build_config(data, str(path) if path else "the command line")
+    return build_config(data, source)

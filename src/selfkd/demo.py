@@ -1,27 +1,45 @@
 """``selfkd demo`` (``make demo``): ce, lightskd, frskd and the cskd baseline on real Fashion-MNIST,
-then a comparison table and report.
+then a comparison table and report; ``selfkd demo --task segmentation``: ce and frskd on ``fmnist_scenes``
+(scenes composed from Fashion-MNIST), with per-class IoU and a figure of predictions in the report.
 
-The recipes are files, not code: ``configs/demo/fashion_mnist.yaml`` (CPU: a subset and a few epochs,
-about seven minutes on two idle cores) and ``configs/demo/fashion_mnist_gpu.yaml`` (full data, more epochs),
-chosen automatically by whether CUDA is available. The runs go through :func:`selfkd.sweep.sweep`, so
-running the demo again skips what is finished and resumes what was interrupted.
+The recipes are files, not code: ``configs/demo/fashion_mnist.yaml`` (CPU: a 1,000-image subset trained to
+convergence, 40 epochs with the papers' step decay, the compute of the old 5-epoch demo) and
+``configs/demo/fashion_mnist_gpu.yaml`` (all 60,000 images, a paper-like schedule), chosen automatically by
+whether CUDA is available; for segmentation ``fmnist_scenes.yaml`` and ``fmnist_scenes_gpu.yaml``. Seeds:
+:data:`SEEDS` by setting, or ``--seeds``; with two or more the report gives each gain over ``ce`` a 95 % interval.
+
+Before training, the demo times a few training steps and a test batch of each method through the training builder
+(:func:`measure`) and prints the estimated total (:func:`run_seconds`); after each run the sweep prints the runs
+done, the time so far and the time left. The runs go through :func:`selfkd.sweep.sweep`, so running the demo again
+skips what is finished and resumes what was interrupted. ``<out>/demo.json`` records the command, the regime, the
+machine and the measured wall time (``benchmarks/results_section.py`` reads it for the README).
 """
 from __future__ import annotations
 
+import json
+import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DatasetError
 
-METHODS = ("ce", "lightskd", "frskd", "cskd")
-RECIPES = {"cpu": "fashion_mnist.yaml", "gpu": "fashion_mnist_gpu.yaml"}
+METHODS = {"classification": ("ce", "lightskd", "frskd", "cskd"), "segmentation": ("ce", "frskd")}
+RECIPES = {"classification": {"cpu": "fashion_mnist.yaml", "gpu": "fashion_mnist_gpu.yaml"},
+           "segmentation": {"cpu": "fmnist_scenes.yaml", "gpu": "fmnist_scenes_gpu.yaml"}}
+DATA_NAMES = {"fashion_mnist": "Fashion-MNIST", "fmnist_scenes": "Fashion-MNIST scenes (segmentation)"}
+SEEDS = {"cpu": "0", "gpu": "0,1,2"}  # default --seeds (one on a CPU: `make demo` trains one run per method)
+# What a run of the seed papers' classification recipes trains (seed-methods.md, "Recipe of the paper's code").
+PAPER_RUN = {"dataset": "CIFAR-100", "images": 50_000, "epochs": 200, "model": "cifar_resnet18", "width": 64}
+DEMO_FILE = "demo.json"
 INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make fashion-mnist` "
                 "does this), or download the four *-ubyte.gz files from github.com/zalandoresearch/fashion-mnist "
                 "into ./data/fashion-mnist/ (or pass --data-dir).")
 
 
-def recipe_path(setting: str) -> Path:
-    """The demo recipe in the source tree's configs/demo (or ./configs/demo)."""
-    name = RECIPES[setting]
+def recipe_path(setting: str, task: str = "classification") -> Path:
+    """The demo recipe of a task in the source tree's configs/demo (or ./configs/demo)."""
+    name = RECIPES[task][setting]
     for folder in (Path(__file__).resolve().parents[2] / "configs" / "demo", Path("configs") / "demo"):
         if (folder / name).is_file():
             return folder / name
@@ -29,55 +47,238 @@ def recipe_path(setting: str) -> Path:
                       "./configs/demo. Run the demo from a checkout of the selfkd repository (`make demo`).")
 
 
-def describe(setting: str, cfg, num_train: int, num_test: int) -> str:
-    """The line that says which setting ran: data sizes, epochs, model, device."""
-    d, t = cfg.data, cfg.train
-    train = f"{min(d.train_subset, num_train):,} of {num_train:,}" if d.train_subset else f"all {num_train:,}"
+def describe(setting: str, cfg, num_train: int, num_test: int, task: str = "classification") -> str:
+    """The line that says which regime runs (data sizes, epochs and schedule, model, device) and, for
+    classification, how it differs from a run of the papers' recipes (:data:`PAPER_RUN`)."""
+    d, t, sc = cfg.data, cfg.train, cfg.schedule
+    images = min(d.train_subset or num_train, num_train)
+    train = f"{images:,} of {num_train:,}" if images < num_train else f"all {num_train:,}"
     test = f"{min(d.test_subset, num_test):,} of {num_test:,}" if d.test_subset else f"all {num_test:,}"
     width = cfg.model.options().get("width")
-    return (f"Demo setting '{setting}': Fashion-MNIST, {train} training images, {test} test images, {t.epochs} epochs, "
-            f"{cfg.model.name}" + (f" (width {width})" if width else "") + f", batch {d.batch_size}, "
-            f"device {t.device}.")
+    if sc.name == "multistep" and sc.milestones:
+        after = ", ".join(map(str, sc.milestones[:-1])) + (" and " if len(sc.milestones) > 1 else "") + str(sc.milestones[-1])
+        schedule = f"lr ×{sc.gamma:g} after epoch{'s' if len(sc.milestones) > 1 else ''} {after}"
+    else:
+        schedule = f"{sc.name} lr"
+    line = (f"Demo setting '{setting}': {DATA_NAMES.get(d.dataset, d.dataset)}, {train} training images, {test} test "
+            f"images, {t.epochs} epochs ({schedule}), {cfg.model.name}" + (f" (width {width})" if width else "")
+            + f", batch {d.batch_size}, device {t.device}.")
+    if task != "classification":
+        return line
+    paper = PAPER_RUN
+    differs = [what for what, same in (
+        ("dataset", DATA_NAMES.get(d.dataset, d.dataset) == paper["dataset"]), ("data size", images == paper["images"]),
+        ("epochs", t.epochs == paper["epochs"]), ("model", cfg.model.name == paper["model"]),
+        ("width", (width or paper["width"]) == paper["width"])) if not same]
+    return line + (f" A paper run (CIFAR-100, {paper['images']:,} training images, {paper['epochs']} epochs, ResNet-18 "
+                   f"of width {paper['width']}) differs in " + ", ".join(differs) + "." if differs else "")
 
 
-def run_demo(setting: str = "auto", out: str | Path | None = None, methods=METHODS, data_dir: str | None = None):
-    """Train the demo methods (one seed) and compare them; returns (:class:`selfkd.sweep.SweepResult`, sweep folder)."""
+@dataclass
+class Speed:
+    """What a run of one method costs on this machine (seconds), measured by :func:`measure`."""
+
+    step_s: float  # one training step, drawing and augmenting its batch included
+    steps_per_epoch: int
+    eval_batch_s: float  # one test batch
+    eval_batches: int
+    startup_s: float  # reading the dataset and building the run
+
+
+def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
+    """Build the run of ``cfg`` exactly as training does (:func:`selfkd.engine.setup.build_run`) and time ``steps``
+    training steps after an untimed warm-up step, and a test batch after an untimed one. ``load_s``: the time the
+    dataset took to read, counted in the start-up. Compilation (off in the demo recipes) is not timed."""
     import torch
 
-    from .config import load_config
-    from .data import load_dataset
-    from .sweep import sweep
+    from .bench import _batches, _sync
+    from .engine.distributed import resolve_device
+    from .engine.setup import build_run
+    from .engine.step import autocast, configure_backends
 
+    device = resolve_device(cfg.train.device)
+    configure_backends(cfg.train.deterministic)
+    began = time.perf_counter()
+    parts = build_run(cfg, splits, device)
+    startup_s = load_s + time.perf_counter() - began
+
+    def timed(loader, count: int, run) -> list[float]:
+        """Seconds of each of ``count`` batches, drawn (augmented) and run; the first, a warm-up, left out."""
+        batches, times = _batches(loader, count), []
+        for _ in range(count):
+            _sync(device)
+            start = time.perf_counter()
+            run(next(batches))
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        return times[1:] or times
+
+    parts.method.train()
+    parts.method.on_epoch_start(0, cfg.train.epochs)
+    train = timed(parts.train_loader, steps + 1, lambda b: parts.step(b.images, b.targets, b.index))
+    module = parts.method.eval_model().eval()
+    with torch.no_grad(), autocast(device, parts.step.dtype):
+        test = timed(parts.test_loader, 2, lambda b: module(b.images))
+    return Speed(statistics.fmean(train), len(parts.train_loader), statistics.fmean(test), len(parts.test_loader),
+                 startup_s)
+
+
+def evaluations(epochs: int, eval_every: int, done: int = 0) -> int:
+    """Test-set evaluations in epochs ``done + 1 .. epochs``: every ``eval_every``-th epoch and the last."""
+    return sum(1 for e in range(done + 1, epochs + 1) if e % eval_every == 0 or e == epochs)
+
+
+def run_seconds(speed: Speed, epochs: int, eval_every: int, done: int = 0) -> float:
+    """Estimated seconds of a run that has ``done`` of its ``epochs`` trained: start-up, the remaining epochs' training
+    steps, and their evaluations over the whole test set."""
+    return (speed.startup_s + (epochs - done) * speed.steps_per_epoch * speed.step_s
+            + evaluations(epochs, eval_every, done) * speed.eval_batches * speed.eval_batch_s)
+
+
+def estimate(jobs, configs: dict, splits, load_s: float) -> dict[str, float]:
+    """Estimated seconds of each job still to run (by run name), from :func:`measure` of its method's config in
+    ``configs``; a resumed run counts the epochs its metrics.jsonl still lacks."""
+    from .runfolder import METRICS, read_metrics
+
+    import torch
+
+    todo = [j for j in jobs if j.action != "skip"]
+    speeds = {m: measure(configs[m], splits, load_s) for m in dict.fromkeys(j.method for j in todo)}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the GPU memory the measurements cached: the runs are other processes
+    out = {}
+    for job in todo:
+        t = configs[job.method].train
+        done = len(read_metrics(job.run_dir / METRICS)) if job.action == "resume" else 0
+        out[job.name] = run_seconds(speeds[job.method], t.epochs, t.eval_every, min(done, t.epochs))
+    return out
+
+
+def machine() -> dict:
+    """Where the demo ran: cores, CPU model, accelerator, versions."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .threads import cores
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cores": cores(), "cpu": cpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "selfkd": __version__}
+
+
+def estimate_line(estimates: dict[str, float], jobs) -> str:
+    """``Estimated time: about 9.6 min for 4 runs (ce 1.5 min, lightskd 1.9 min, ...)``, per method over its runs."""
+    from .report.table import format_duration
+
+    per_method: dict[str, float] = {}
+    for job in jobs:
+        if job.name in estimates:
+            per_method[job.method] = per_method.get(job.method, 0.0) + estimates[job.name]
+    parts = ", ".join(f"{m} {format_duration(v)}" for m, v in per_method.items())
+    return (f"Estimated time: about {format_duration(sum(estimates.values()))} for {len(estimates)} run(s) ({parts}), "
+            "from a few training steps and a test batch of each method timed on this machine just now.")
+
+
+def demo_command(setting: str, task: str, seeds: list[int], methods: list[str]) -> str:
+    """The command line that repeats this demo."""
+    return ("selfkd demo" + (f" --task {task}" if task != "classification" else "") + f" --setting {setting}"
+            + f" --seeds {','.join(map(str, seeds))}"
+            + (f" --methods {','.join(methods)}" if tuple(methods) != METHODS[task] else ""))
+
+
+def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None, data_dir: str | None = None,
+             task: str = "classification", seeds: list[int] | None = None):
+    """Train the demo methods of ``task`` (default :data:`METHODS`) with ``seeds`` (default :data:`SEEDS` of the
+    setting), printing the estimated time first, and compare them; returns (:class:`selfkd.sweep.SweepResult`,
+    sweep folder)."""
+    import torch
+
+    from .config import make_config
+    from .data import load_dataset
+    from .report.table import format_duration
+    from .sweep import parse_list, plan, sweep
+    from .threads import child_thread_env
+
+    began = time.monotonic()
     if setting == "auto":
         setting = "gpu" if torch.cuda.is_available() else "cpu"
-    recipe = recipe_path(setting)
-    cfg = load_config(recipe, extra={"data.data_dir": data_dir} if data_dir else None)
+    recipe = recipe_path(setting, task)
+    flags = {"data_dir": data_dir}
+    cfg = make_config(recipe, flags)
+    methods = list(methods or METHODS[task])
+    seeds = list(seeds) if seeds is not None else parse_list(SEEDS[setting], "seeds", int)
     try:
         splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
     except DatasetError as err:
         raise DatasetError(f"{err} {INSTALL_HINT}") from None
-    note = describe(setting, cfg, len(splits.train), len(splits.test))
+    load_s = time.monotonic() - began
+    note = describe(setting, cfg, len(splits.train), len(splits.test), task)
     print(note, flush=True)
-    out = Path(out) if out else Path("runs") / f"demo_{setting}"
-    return sweep(str(recipe), list(methods), [cfg.seed], out, {"data_dir": data_dir}, note=note), out
+    out = Path(out) if out else Path("runs") / ("demo_" + ("segmentation_" if task == "segmentation" else "") + setting)
+    jobs = plan(str(recipe), methods, seeds, out, flags)
+    threads = int(child_thread_env(1)["OMP_NUM_THREADS"])
+    estimates: dict[str, float] = {}
+    if any(j.action != "skip" for j in jobs):
+        print(f"Timing each method on this machine ({threads} CPU thread(s), as each run gets)...", flush=True)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            configs = {m: make_config(recipe, {**flags, "method": m}, quiet=True) for m in methods}
+            estimates = estimate(jobs, configs, splits, load_s)
+        finally:
+            torch.set_num_threads(previous)
+        print(estimate_line(estimates, jobs), flush=True)
+    result = sweep(str(recipe), methods, seeds, out, flags, note=note, estimates=estimates)
+    wall_s = time.monotonic() - began
+    if estimates:
+        print(f"Demo time: {format_duration(wall_s)} (estimated {format_duration(sum(estimates.values()))} for the "
+              "runs).", flush=True)
+        record = {"command": demo_command(setting, task, seeds, methods), "regime": note, "setting": setting,
+                  "task": task, "methods": methods, "seeds": seeds, "wall_s": wall_s,
+                  "estimate_s": sum(estimates.values()), "threads_per_run": threads,
+                  "trained": [j.name for j in jobs if j.action != "skip"],
+                  "kept": [j.name for j in jobs if j.action == "skip"],
+                  "failed": [j.name for j in result.failed], "interrupted": result.interrupted,
+                  "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return result, out
 
 
 def cmd_demo(args) -> int:
     from .sweep import parse_list, print_outcome
 
-    result, out = run_demo(args.setting, args.out, parse_list(args.methods, "methods"), args.data_dir)
+    methods = parse_list(args.methods or ",".join(METHODS[args.task]), "methods")
+    seeds = parse_list(args.seeds, "seeds", int) if args.seeds else None
+    result, out = run_demo(args.setting, args.out, methods, args.data_dir, args.task, seeds)
     return print_outcome(result, out)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train ce, lightskd, frskd and cskd on Fashion-MNIST and compare them",
-                              description="Train the demo methods on real Fashion-MNIST (CPU: a subset, about seven "
-                                          "minutes on two idle cores; GPU: the full data) and print a comparison table; "
-                                          "the report (plots, index.html) goes to <out>/report.")
+    p = subparsers.add_parser("demo", help="train ce, lightskd, frskd and cskd on Fashion-MNIST and compare them "
+                                           "(--task segmentation: ce and frskd on fmnist_scenes)",
+                              description="Train the demo methods on real Fashion-MNIST (CPU: a 1,000-image subset for "
+                                          "40 epochs, one seed; GPU: the full data, three seeds) and print a "
+                                          "comparison table with each gain's 95 % interval; "
+                                          "the report (plots, index.html) goes to <out>/report. With --task "
+                                          "segmentation: ce and frskd segment scenes composed from Fashion-MNIST.")
+    p.add_argument("--task", choices=list(RECIPES), default="classification",
+                   help="segmentation: ce and frskd on fmnist_scenes, Fashion-MNIST items composed into scenes "
+                        "(default %(default)s)")
     p.add_argument("--setting", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="recipe configs/demo/fashion_mnist.yaml (cpu) or fashion_mnist_gpu.yaml (gpu); "
-                        "auto: gpu when CUDA is available")
-    p.add_argument("--out", help="sweep folder (default runs/demo_<setting>)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default %(default)s)")
+                   help="recipe configs/demo/fashion_mnist.yaml (cpu) or fashion_mnist_gpu.yaml (gpu), for "
+                        "segmentation fmnist_scenes[_gpu].yaml; auto: gpu when CUDA is available")
+    p.add_argument("--out", help="sweep folder (default runs/demo_<setting>, runs/demo_segmentation_<setting>)")
+    p.add_argument("--methods", help=f"comma-separated methods (default {','.join(METHODS['classification'])}; "
+                                     f"segmentation: {','.join(METHODS['segmentation'])})")
+    p.add_argument("--seeds", help=f"comma-separated seeds (default {SEEDS['cpu']} on a CPU, {SEEDS['gpu']} on a GPU); "
+                                   "with two or more the report gives each gain over ce a 95 %% interval")
     p.add_argument("--data-dir", help="folder holding fashion-mnist (default: ./data, /usr/share/datasets)")
     p.set_defaults(func=cmd_demo)

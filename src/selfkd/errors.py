@@ -26,3 +26,9 @@ class TrainingError(SelfKDError):
     """Training stopped on purpose (non-finite loss, full disk); the last good checkpoint is intact."""
 
     exit_code = 3
+
+
+class Interrupted(SelfKDError):
+    """Stopped by a signal (Ctrl-C, SIGTERM); the message says what was saved and how to continue."""
+
+    exit_code = 130

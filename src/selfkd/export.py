@@ -1,7 +1,8 @@
-"""``selfkd export RUN_DIR --format safetensors|torchscript|onnx``: the deployable backbone, checked.
+"""``selfkd export RUN_DIR --format safetensors|torchscript|onnx``: the module the run evaluated, checked.
 
-The backbone is rebuilt from ``model.safetensors`` (its metadata names the model, class count, input
-channels and model options), wrapped so it returns the logits only, and written in the chosen format
+That module (the backbone, or the whole method for methods that predict with more) is rebuilt from
+``model.safetensors`` (its metadata names the model, class count, input channels, model and method
+options), wrapped so it returns the logits only, and written in the chosen format
 to a temporary file. That file is loaded back and run on a batch next to the original; only when the
 largest absolute difference of the logits is within tolerance is it moved to its final name, so a
 file that does not reproduce the model is never left behind.
@@ -9,7 +10,9 @@ file that does not reproduce the model is never left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import os
 import warnings
 from pathlib import Path
@@ -17,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, SelfKDError
-from .runfolder import WEIGHTS
-from .weights import load_backbone, save_weights
+from .atomic import write_failure
+from .errors import CheckpointError, ConfigError, SelfKDError, TrainingError
+from .runfolder import EXPORT, WEIGHTS
+from .weights import load_eval_model, weights_bytes
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
@@ -33,14 +37,15 @@ class ExportMismatch(SelfKDError):
 
 
 class LogitsOnly(nn.Module):
-    """A backbone that returns its logits alone (backbones return ``(logits, features)``)."""
+    """An eval model that returns its logits alone (backbones return ``(logits, features)``, methods logits)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.backbone = backbone
+        self.module = module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)[0]
+        out = self.module(images)
+        return out[0] if isinstance(out, tuple) else out
 
 
 def weights_file(source: Path) -> Path:
@@ -52,9 +57,9 @@ def weights_file(source: Path) -> Path:
 
 
 def rebuild(weights: Path) -> tuple[nn.Module, dict]:
-    """``(LogitsOnly(backbone) in eval mode on the CPU, metadata)`` from a weights file written by selfkd."""
-    backbone, meta = load_backbone(weights)
-    return LogitsOnly(backbone).eval(), meta
+    """``(LogitsOnly(eval model) in eval mode on the CPU, metadata)`` from a weights file written by selfkd."""
+    module, meta = load_eval_model(weights)
+    return LogitsOnly(module).eval(), meta
 
 
 def input_size(meta: dict, given: int | None) -> int:
@@ -76,7 +81,7 @@ def require_onnx() -> None:
 # Each format: write(model, meta, example, path) and load(path, meta) -> a function images -> logits.
 
 def _write_safetensors(model, meta, example, path):
-    save_weights(path, model.backbone, meta)
+    path.write_bytes(weights_bytes(model.module, meta))
 
 
 def _load_safetensors(path, meta):
@@ -88,7 +93,9 @@ def _write_torchscript(model, meta, example, path):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is deprecated", category=FutureWarning)
         # trace's own check re-traces and compares graphs (slow); the numerical check below replaces it
-        torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
+        buffer = io.BytesIO()  # in memory: writing to a full disk, torch.jit.save aborts the process
+        torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def _load_torchscript(path, meta):
@@ -130,11 +137,14 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
         raise ConfigError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     if fmt == "onnx":
         require_onnx()
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"--image-size {image_size}: give the side of the input images in pixels (a positive "
+                          "number), or leave it out for the size the model was trained on.")
     source = Path(source)
     weights = weights_file(source)
     model, meta = rebuild(weights)
-    out = Path(out) if out else weights.parent / "export"
-    if out == weights.parent / "export" or out.is_dir():  # a folder: the file goes in it under its usual name
+    out = Path(out) if out else weights.parent / EXPORT
+    if out == weights.parent / EXPORT or out.is_dir():  # a folder: the file goes in it under its usual name
         out = out / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
@@ -151,7 +161,12 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
                           f"({str(err).splitlines()[0][:200]}); pass --image-size with the size it was trained on.") from None
 
     write, load = WRITERS[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        raise ConfigError(f"Cannot write {out}: its folder {out.parent} cannot be made ({reason}). Pass --out with a "
+                          "writable place.") from None
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with torch.no_grad():
@@ -164,8 +179,12 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
                 f"{out}. Report this with the model name ('{meta['model']}') and the selfkd/torch versions."
             )
         os.replace(tmp, out)
+    except OSError as err:
+        raise TrainingError(f"Could not write {out}: {write_failure(err, out.parent)}. Nothing was written; free some "
+                            "space, or pass --out with a writable place.") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
             "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": diff, "tolerance": tolerance}
 
@@ -181,7 +200,7 @@ def cmd_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a run's deployable backbone (logits only) and check it",
+    p = subparsers.add_parser("export", help="export the module a run evaluated (logits only) and check it",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", metavar="RUN_DIR", help="finished run folder (or its model.safetensors)")
     p.add_argument("--format", required=True, choices=list(FORMATS))

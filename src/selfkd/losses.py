@@ -1,4 +1,4 @@
-"""Loss maths shared by all methods (float32 even under autocast; see baselines.md §0).
+"""Loss maths shared by all methods, computed in float32 even under autocast.
 
 Conventions: ``KD_T(t, s) = T² · (1/B) Σ_b KL(σ(sg(t_b)/T) ‖ σ(s_b/T))`` — teacher first, student
 second, Hinton direction, "batchmean" (sum over classes, mean over the batch).
@@ -61,3 +61,22 @@ def non_target_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch
     is_target = F.one_hot(targets, logits.shape[1]).bool()
     masked = logits.float().masked_fill(is_target, float("-inf"))
     return F.log_softmax(masked, dim=1).masked_fill(is_target, 0.0)
+
+
+def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel CE of ``(B, K, H, W)`` logits against ``(B, H, W)`` targets, averaged over the labelled pixels
+    (``targets != ignore_index``); 0 for a batch without any."""
+    total = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
+
+
+def pixel_kd_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel-wise ``KD_T``: ``T² · Σ_pixels KL(σ(sg(t)/T) ‖ σ(s/T)) / (B·H·W)`` over ``(B, K, H, W)`` logits; with a
+    ``(B, H, W)`` boolean ``mask`` the sum runs over the masked pixels and is divided by their number."""
+    q = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
+    if mask is None:
+        return kl.mean() * temperature**2
+    return (kl * mask).sum() / mask.sum().clamp(min=1) * temperature**2

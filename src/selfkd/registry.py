@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from typing import Annotated, Callable, Generic, TypeVar
+
+from pydantic import Field
 
 from .errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
+
+# Constrained option types for method and model signatures: checked_call enforces the limits.
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+TASK_NAMES = ("classification", "segmentation")  # what a dataset's labels are: one class per image, or one per pixel
 
 
 def closest(name: str, choices, n: int = 1) -> str:
@@ -16,8 +27,8 @@ def closest(name: str, choices, n: int = 1) -> str:
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, task: str | None = None):
+        self.kind, self.task = kind, task
         self._entries: dict[str, F] = {}
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
@@ -32,9 +43,12 @@ class Registry(Generic[F]):
 
     def get(self, name: str) -> F:
         if name not in self._entries:
+            other_task = self.task not in (None, "classification")
+            what = f"{self.task} {self.kind}" if other_task else self.kind
+            listing = f"selfkd list {self.kind}s" + (f" --task {self.task}" if other_task else "")
             raise ConfigError(
-                f"Unknown {self.kind} '{name}'.{closest(name, self._entries)} "
-                f"Run `selfkd list {self.kind}s` to see the {len(self._entries)} available names."
+                f"Unknown {what} '{name}'.{closest(name, self._entries)} "
+                f"Run `{listing}` to see the {len(self._entries)} available names."
             )
         return self._entries[name]
 
@@ -52,7 +66,7 @@ def _annotations(fn: Callable) -> dict:
 
     target = fn.__init__ if isinstance(fn, type) else fn
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)  # keep Annotated limits
     except Exception:  # a forward reference that cannot be resolved: resolve one by one
         module = vars(sys.modules.get(target.__module__)) if target.__module__ in sys.modules else {}
         hints = {}
@@ -67,8 +81,10 @@ def _annotations(fn: Callable) -> dict:
 def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple = ()):
     """Call ``fn(*fixed, **kwargs)`` after checking every keyword against its signature and types.
 
-    Unknown keywords name the closest valid one; wrong types say what was expected. Values are
-    converted the way a YAML/CLI user expects ("1e-4" -> 0.0001, "false" -> False).
+    Unknown keywords name the closest valid one; wrong types and values outside the limits of a
+    constrained annotation (:data:`Positive`, :data:`Fraction`, ...) name the option, what it must be, the
+    value given and the default. Values are converted the way a YAML/CLI user expects ("1e-4" -> 0.0001,
+    "false" -> False).
     """
     import inspect
     from typing import Any
@@ -98,8 +114,17 @@ def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple 
     try:
         checked = options(**kwargs)
     except pydantic.ValidationError as err:
-        problems = "; ".join(
-            f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']} (got {e.get('input')!r})" for e in err.errors()
-        )
+        problems = "; ".join(_problem(e, params) for e in err.errors())
         raise ConfigError(f"Bad option for {kind} '{name}': {problems}.") from None
     return fn(*fixed, **{key: getattr(checked, key) for key in kwargs})
+
+
+def _problem(error: dict, params) -> str:
+    """One pydantic error as "'option' must be ... (got value); the default is ..."."""
+    key = str(error["loc"][0])
+    where = "".join(f"[{p}]" for p in error["loc"][1:])
+    what = error["msg"].replace("Input should be", "must be", 1)
+    default = params[key].default
+    hint = ("" if default is params[key].empty else "; leave it out for the default" if default is None
+            else f"; the default is {default!r}")
+    return f"'{key}{where}' {what} (got {error.get('input')!r}){hint}"

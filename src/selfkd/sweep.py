@@ -10,12 +10,15 @@ another). A process per run keeps runs independent: a crash, an out-of-memory or
 that run only and the sweep goes on; process-wide state set by one run (deterministic algorithms,
 cuDNN autotuning, compiled graphs, cached GPU memory) cannot leak into the next; and a sequential
 sweep takes the same path as a multi-GPU one. The price is a few seconds of start-up per run.
+
+The runs started at once share the machine's cores: each child gets ``cores // runs at once`` compute threads
+(:func:`selfkd.threads.child_thread_env`), so the sweep never runs more CPU threads than cores. After each run a
+progress line says how many are done, the time so far and, when the caller estimated the runs' durations (the
+demo does), the time left.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import os
 import queue
 import signal
@@ -28,8 +31,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .runfolder import CHECKPOINT, CONFIG, SUMMARY
-
-RUN_FLAGS = ("model", "dataset", "data_dir", "epochs", "batch_size", "device")  # passed on to `selfkd train`
+from .threads import child_thread_env
 
 
 @dataclass
@@ -78,28 +80,25 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
 
     Each run's config is built (and so validated) here exactly as the child ``selfkd train`` builds it.
     """
-    from .cli import config_from_args
-    from .config import read_yaml
-    from .methods import METHODS
+    from .config import make_config, read_yaml
+    from .engine.setup import run_task
+    from .methods import method_class
     from .report.runs import differing_settings
 
-    for method in methods:
-        METHODS.get(method)  # unknown names fail here, with a "did you mean", before anything runs
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if on_gpus:
         flags["device"] = "cuda"  # each child sees only its own GPU (CUDA_VISIBLE_DEVICES)
+    task = run_task(make_config(config, flags, overrides, quiet=True))
+    for method in methods:
+        method_class(method, task)  # unknown names fail here, with a "did you mean", before anything runs
     jobs = []
     for seed in seeds:
         for method in methods:
             run_dir = out / f"{method}_s{seed}"
-            name = f"{out.name}_{run_dir.name}"
-            ns = argparse.Namespace(config=config, overrides=list(overrides), method=method, seed=seed,
-                                    run_dir=str(run_dir), name=name, **flags)
-            with contextlib.redirect_stderr(io.StringIO()):  # the child prints its own notes
-                cfg = config_from_args(ns)
+            per_run = {"method": method, "seed": seed, "run_dir": str(run_dir), "name": f"{out.name}_{run_dir.name}"}
+            cfg = make_config(config, {**flags, **per_run}, overrides, quiet=True)  # the child prints its own notes
             args = (["-c", str(config)] if config else [])
-            args += [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-            args += ["--method", method, "--seed", str(seed), "--run-dir", str(run_dir), "--name", name]
+            args += [a for k, v in {**flags, **per_run}.items() for a in (f"--{k.replace('_', '-')}", str(v))]
             args += [a for item in overrides for a in ("--set", item)]
             if (run_dir / SUMMARY).is_file():
                 action = "skip"
@@ -149,8 +148,26 @@ def _pump(proc, log, prefix: str, done: queue.Queue, job: Job) -> None:
     log.close()
 
 
-def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None) -> tuple[dict[str, int], bool]:
-    """Run the jobs that are not finished, one per GPU at a time (one at a time without GPUs).
+def remaining_s(estimated_left: float, actual_done: float, estimated_done: float, slots: int = 1) -> float:
+    """Seconds left: the estimates of the runs not yet finished, scaled by how long the finished runs actually took
+    against their estimates (1 before any finished), divided over the runs that go at once."""
+    scale = actual_done / estimated_done if actual_done > 0 and estimated_done > 0 else 1.0
+    return estimated_left * scale / max(1, slots)
+
+
+def progress_line(done: int, total: int, elapsed_s: float, left_s: float | None) -> str:
+    """``Progress: done 2 of 4 runs, 3.1 min elapsed, about 4.0 min remaining.``"""
+    from .report.table import format_duration
+
+    left = f", about {format_duration(left_s)} remaining" if left_s is not None and done < total else ""
+    return f"Progress: done {done} of {total} runs, {format_duration(elapsed_s)} elapsed{left}."
+
+
+def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None,
+             estimates: dict[str, float] | None = None) -> tuple[dict[str, int], bool]:
+    """Run the jobs that are not finished, one per GPU at a time (one at a time without GPUs), each with its share
+    of the CPU threads; after each, a progress line (with the time left when ``estimates`` gives each run's
+    estimated seconds by name).
 
     Returns ``({run name: exit code}, interrupted)``.
     """
@@ -162,12 +179,15 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None) -> tupl
     busy: dict[str, int] = {}  # run name -> index into slots
     codes: dict[str, int] = {}
     stop = threading.Event()
+    threads = child_thread_env(len(slots))
+    began, launched = time.monotonic(), {}  # run name -> its start time
+    took: dict[str, float] = {}  # run name -> seconds, of the runs that finished well
     with forward_signals(procs, stop):
         while busy or (pending and not stop.is_set()):
             while pending and not stop.is_set() and len(busy) < len(slots):
                 index = next(i for i in range(len(slots)) if i not in busy.values())
                 slot, job = slots[index], pending.pop(0)
-                env = dict(os.environ, PYTHONUNBUFFERED="1")
+                env = dict(os.environ, PYTHONUNBUFFERED="1", **threads)
                 if slot is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slot
                 command = [sys.executable, "-m", "selfkd", "train", *job.train_args]
@@ -179,12 +199,21 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None) -> tupl
                 proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env, start_new_session=True)
                 procs.append(proc)
-                busy[job.name] = index
+                busy[job.name], launched[job.name] = index, time.monotonic()
                 threading.Thread(target=_pump, args=(proc, log, f"[{job.name}] ", done, job), daemon=True).start()
             job, code = done.get()
             busy.pop(job.name)
             codes[job.name] = code
+            if code == 0:
+                took[job.name] = time.monotonic() - launched[job.name]
             _print_outcome(job, code, logs / f"{job.name}.log")
+            left = None
+            if estimates:
+                unfinished = [j.name for j in pending] + list(busy)  # a running run counts in full
+                left = remaining_s(sum(estimates.get(n, 0.0) for n in unfinished), sum(took.values()),
+                                   sum(estimates.get(n, 0.0) for n in took), len(slots))
+            print(progress_line(len(codes), len(codes) + len(busy) + len(pending), time.monotonic() - began, left),
+                  flush=True)
     return codes, stop.is_set()
 
 
@@ -193,9 +222,13 @@ def _print_outcome(job: Job, code: int, log: Path) -> None:
 
     if code == 0:
         try:
-            final = json.loads((job.run_dir / SUMMARY).read_text()).get("final", {})
-            print(f"[{job.name}] finished: test top-1 {final.get('top1', float('nan')):.2f}% (last epoch)", flush=True)
-        except (OSError, ValueError):
+            from .metrics import TASKS
+
+            summary = json.loads((job.run_dir / SUMMARY).read_text())
+            key = TASKS[summary.get("task", "classification")].primary  # top1, miou
+            value = summary.get("final", {}).get(key, float("nan"))
+            print(f"[{job.name}] finished: test {key} {value:.2f}% (last epoch)", flush=True)
+        except (OSError, ValueError, KeyError):
             print(f"[{job.name}] finished", flush=True)
         return
     tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
@@ -204,8 +237,10 @@ def _print_outcome(job: Job, code: int, log: Path) -> None:
 
 
 def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | Path, flags: dict | None = None,
-          overrides=(), gpus: list[str] | None = None, note: str | None = None) -> SweepResult:
-    """Plan, run and compare the grid; see the module docstring."""
+          overrides=(), gpus: list[str] | None = None, note: str | None = None,
+          estimates: dict[str, float] | None = None) -> SweepResult:
+    """Plan, run and compare the grid; see the module docstring. ``estimates``: each run's estimated seconds by
+    name, for the time left in the progress lines."""
     from .report import compare
     from .report.runs import is_run_dir
 
@@ -213,6 +248,7 @@ def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | P
     jobs = plan(config, methods, seeds, out, flags, overrides, on_gpus=bool(gpus))
     counts = {a: sum(j.action == a for j in jobs) for a in ("skip", "resume", "restart", "start")}
     where = f"{len(gpus)} at a time on GPUs {','.join(gpus)}" if gpus else "one after another"
+    where += f", {child_thread_env(len(gpus) if gpus else 1)['OMP_NUM_THREADS']} CPU thread(s) each"
     print(f"Sweep {out}: {len(jobs)} runs ({len(methods)} methods × {len(seeds)} seeds) — {counts['skip']} finished, "
           f"{counts['resume']} to resume, {counts['start'] + counts['restart']} to start; {where}.", flush=True)
     for job in jobs:
@@ -220,7 +256,7 @@ def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | P
             state = "finished and kept" if job.action == "skip" else "resumed with its own settings"
             print(f"note: {job.run_dir} was started with other settings than this sweep gives "
                   f"({', '.join(job.changed)}); it is {state}. Delete the folder to run it anew.", flush=True)
-    codes, interrupted = run_jobs(jobs, out / "logs", gpus)
+    codes, interrupted = run_jobs(jobs, out / "logs", gpus, estimates)
     existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
     report = compare(existing, out / "report", note=note, title=f"selfkd sweep {out.name}") if existing else None
     return SweepResult(jobs, codes, report, interrupted)
@@ -242,30 +278,25 @@ def print_outcome(result: SweepResult, out: Path) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .cli import run_flags
+
     out = Path(args.out) if args.out else Path("runs") / f"sweep_{Path(args.config).stem if args.config else 'default'}"
     result = sweep(args.config, parse_list(args.methods, "methods"), parse_list(args.seeds, "seeds", int), out,
-                   {k: getattr(args, k) for k in RUN_FLAGS}, args.overrides,
-                   parse_list(args.gpus, "gpus", unique=False) if args.gpus else None)
+                   run_flags(args), args.overrides, parse_list(args.gpus, "gpus", unique=False) if args.gpus else None)
     return print_outcome(result, out)
 
 
 def register(subparsers) -> None:
+    from .cli import add_run_flags
+
     p = subparsers.add_parser("sweep", help="train methods × seeds (skipping finished runs), then compare them",
                               description="Train every method with every seed from one recipe, each run in its own "
                                           "folder <out>/<method>_s<seed>; finished runs are skipped, interrupted "
                                           "ones resumed. Ends with `selfkd compare` of the grid in <out>/report.")
-    p.add_argument("-c", "--config", help="YAML recipe shared by every run (see configs/)")
+    add_run_flags(p, per_run=False)
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. ce,lightskd,frskd")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--gpus", help="comma-separated GPU ids; one run per listed id at a time (list an id twice to share "
                                   "a GPU between two runs; default: one run at a time on the recipe's device)")
     p.add_argument("--out", help="sweep folder (default runs/sweep_<recipe name>)")
-    p.add_argument("--model", help="backbone name for every run")
-    p.add_argument("--dataset", help="dataset name for every run")
-    p.add_argument("--data-dir", help="folder holding the dataset")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (ignored with --gpus)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every run, e.g. --set optim.lr=0.05 (repeatable)")
     p.set_defaults(func=cmd_sweep)

@@ -1,4 +1,9 @@
-"""Inference weights as safetensors (no pickle): the exported backbone with its model name and options."""
+"""Inference weights as safetensors (no pickle): the module a run evaluated, with what rebuilds it in the metadata.
+
+A run writes :meth:`Method.eval_model` — usually the plain backbone (``inference: backbone``), or the whole method
+when it predicts with more (e.g. ONE's ensemble, BYOT's exits; ``inference: method``, rebuilt from the method's
+name and options). Either way the file reproduces the logits the run reported.
+"""
 from __future__ import annotations
 
 import json
@@ -6,17 +11,30 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .errors import CheckpointError
+from .atomic import AGAIN, atomic_write
+from .errors import CheckpointError, SelfKDError
 
 
-def save_weights(path: Path, module: torch.nn.Module, metadata: dict) -> None:
-    """The deployable backbone as safetensors, with model name/options in the metadata."""
-    from safetensors.torch import save_file
+def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
+    """``module``'s state as a safetensors file, with ``metadata`` (JSON values) in the header."""
+    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def save_weights(path: Path, module: torch.nn.Module, metadata: dict, then: str = AGAIN) -> None:
+    """:func:`weights_bytes` written atomically to ``path``; ``then``: what to do if the write fails."""
+    data = weights_bytes(module, metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), then)
+
+
+def save_eval_model(path: Path, method, metadata: dict, then: str = AGAIN) -> None:
+    """The module ``method`` evaluates with (:meth:`~selfkd.methods.Method.eval_model`), marked in the metadata
+    as a plain backbone or a whole method."""
+    module = method.eval_model()
+    inference = "backbone" if module is method.backbone else "method"
+    save_weights(path, module, {**metadata, "inference": inference}, then)
 
 
 def load_weights(path: Path) -> tuple[dict, dict]:
@@ -29,30 +47,88 @@ def load_weights(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"No weights file at {path}.")
     try:
         with safe_open(str(path), "pt") as fh:
-            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
-        return load_file(str(path)), meta
+            meta = {k: _json(v) for k, v in (fh.metadata() or {}).items()}
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
+    wrong = [f"'{key}' is {meta[key]!r}" for key, kind in METADATA.items() if key in meta and meta[key] is not None
+             and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)
+                  or (key in POSITIVE and meta[key] < 1) or (key == "inference" and meta[key] not in INFERENCE))]
+    if wrong:
+        raise CheckpointError(f"{path} has metadata selfkd does not write ({'; '.join(wrong)[:300]}): the file was "
+                              "damaged or edited. Use the model.safetensors of a selfkd run.")
+    return state, meta
+
+
+# The metadata selfkd writes and its types (written as JSON values; a file of another program may lack them).
+METADATA = {"model": str, "num_classes": int, "in_channels": int, "model_options": dict, "method": str,
+            "method_options": dict, "task": str, "image_size": int, "mean": list, "std": list, "classes": list,
+            "inference": str}
+POSITIVE = ("num_classes", "in_channels", "image_size")
+INFERENCE = ("backbone", "method")
+
+
+def _json(text: str):
+    """A metadata value: JSON as selfkd writes it; another program's plain text is kept as it is."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fill(path: Path, module: torch.nn.Module, state: dict, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit {what} ({str(err).splitlines()[0][:300]}).") from None
 
 
 def load_backbone(path: Path, model: str | None = None, num_classes: int | None = None,
                   in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """``(backbone, metadata)`` from a weights file written by selfkd; ``model``, ``num_classes`` and
-    ``in_channels`` override what its metadata says."""
-    from .models import create_model
+    """``(backbone, metadata)`` from a weights file of a plain backbone written by selfkd; ``model``,
+    ``num_classes`` and ``in_channels`` override what its metadata says."""
+    state, meta = load_weights(path)
+    if meta.get("inference", "backbone") != "backbone":
+        raise CheckpointError(f"{path} holds a whole '{meta.get('method')}' method (it predicts with more than its "
+                              "backbone), not a plain backbone; give the weights of a run that evaluates its backbone.")
+    return _backbone(path, state, meta, model, num_classes, in_channels)
+
+
+def _backbone(path, state, meta, model, num_classes, in_channels):
+    net, spec = _model(path, meta, model, num_classes, in_channels)
+    _fill(path, net, state, f"model '{spec['model']}' with {spec['num_classes']} classes")
+    return net, {**meta, **spec}
+
+
+def load_eval_model(path: Path, model: str | None = None, num_classes: int | None = None,
+                    in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """``(module, metadata)``: the module a run evaluated, rebuilt from a weights file written by selfkd and in
+    eval mode; ``module(images)`` returns the logits (a backbone returns ``(logits, features)``)."""
+    from .methods import create_method, per_sample_args
 
     state, meta = load_weights(path)
+    if meta.get("inference", "backbone") == "backbone":
+        net, spec = _backbone(path, state, meta, model, num_classes, in_channels)
+        return net.eval(), spec
+    net, spec = _model(path, meta, model, num_classes, in_channels)
+    name, options = meta.get("method"), meta.get("method_options", {})
+    try:
+        method = create_method(name, net, **options, **per_sample_args(name, 1, getattr(net, "task", "classification")))
+    except SelfKDError as err:
+        raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: {err}") \
+            from None
+    _fill(path, method, state, f"method '{name}' on model '{spec['model']}' with {spec['num_classes']} classes")
+    return method.eval(), {**meta, **spec}
+
+
+def _model(path: Path, meta: dict, model: str | None, num_classes: int | None, in_channels: int | None):
+    from .models import create_model
+
     spec = {"model": model or meta.get("model"), "num_classes": num_classes or meta.get("num_classes"),
             "in_channels": in_channels or meta.get("in_channels")}
     missing = [key for key, value in spec.items() if value is None]
     if missing:
         raise CheckpointError(f"{path} lacks the metadata {', '.join(missing)} that selfkd writes; use the "
                               "model.safetensors of a selfkd run (or name the model with --model).")
-    net = create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                       **meta.get("model_options", {}))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit model '{spec['model']}' with {spec['num_classes']} classes "
-                              f"({str(err).splitlines()[0][:300]}).") from None
-    return net, {**meta, **spec}
+    return create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        **meta.get("model_options", {})), spec

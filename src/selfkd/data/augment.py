@@ -81,7 +81,49 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Label masks ``(B, H, W)`` to ``size`` x ``size`` by the nearest pixel (labels are never blended)."""
+    if masks.shape[-1] == size and masks.shape[-2] == size:
+        return masks
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 or [0, 255] float -> (x/255 − mean)/std, channels_last."""
     x = x.float().contiguous(memory_format=torch.channels_last)
     return (x * (1 / 255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def seg_scale_crop_flip(images: torch.Tensor, masks: torch.Tensor, size: int, scale: tuple[float, float], flip: bool,
+                        gen: torch.Generator, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint random scale, crop and flip of uint8 images ``(B, C, H, W)`` and masks ``(B, H, W)``, per sample.
+
+    Each sample is scaled by ``s ~ U(scale)`` (to ``round(H·s) × round(W·s)``), a ``size × size`` window is cut
+    at a random offset (a scaled image smaller than the window lands at a random place inside it) and mirrored
+    with probability 0.5. Images are sampled bilinearly with 0 outside the image, masks by the nearest pixel
+    with ``ignore_index`` outside. Returns float images in [0, 255] ``(B, C, size, size)`` and int64 masks.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    s = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen)
+    u = torch.rand(b, 2, device=dev, generator=gen)
+    ar = torch.arange(size, device=dev, dtype=torch.float32)
+
+    def source(extent: int, draw: torch.Tensor) -> torch.Tensor:
+        """(B, size) source coordinates (pixel-edge units: [0, extent) is inside) of the window's pixel centres."""
+        scaled = (extent * s).round().clamp(min=1)
+        span = scaled - size
+        offset = span.clamp(max=0) + torch.floor(draw * (span.abs() + 1))
+        return (offset[:, None] + ar + 0.5) * (extent / scaled)[:, None]
+
+    ys, xs = source(h, u[:, 0]), source(w, u[:, 1])
+    if flip:
+        xs = torch.where(torch.rand(b, 1, device=dev, generator=gen) < 0.5, xs.flip(1), xs)
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    grid = torch.stack([(2 * xs / w - 1)[:, None, :].expand(b, size, size),
+                        (2 * ys / h - 1)[:, :, None].expand(b, size, size)], dim=-1)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rows = ys.floor().long().clamp(0, h - 1)[:, :, None]
+    cols = xs.floor().long().clamp(0, w - 1)[:, None, :]
+    labels = masks[torch.arange(b, device=dev)[:, None, None], rows, cols].long()
+    return out * inside[:, None], torch.where(inside, labels, ignore_index)

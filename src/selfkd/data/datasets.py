@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from ..registry import Registry, checked_call
+from ..registry import NonNegativeInt, PositiveInt, Registry, checked_call
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -34,7 +34,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @dataclass
 class ImageTensors:
     images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,); for segmentation, masks: uint8 (N, H, W) class indices, 255 = ignore
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,10 +50,21 @@ class ImageFiles:
 
 
 @dataclass
+class SegmentationFiles:
+    """Images and their label PNGs (one class index per pixel, 255 = ignore), decoded by loader workers."""
+
+    paths: list[str]
+    mask_paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
 class DatasetSplits:
     name: str
-    train: ImageTensors | ImageFiles
-    test: ImageTensors | ImageFiles
+    train: ImageTensors | ImageFiles | SegmentationFiles
+    test: ImageTensors | ImageFiles | SegmentationFiles
     num_classes: int
     in_channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -62,6 +73,8 @@ class DatasetSplits:
     augment: str = "crop_flip"  # the usual training augmentation
     classes: list[str] = field(default_factory=list)
     padding: int = 4  # crop_flip padding of the usual recipe
+    task: str = "classification"  # or "segmentation": labels are per-pixel masks
+    ignore_index: int = 255  # mask value of unlabelled pixels (segmentation)
 
     @property
     def in_memory(self) -> bool:
@@ -73,6 +86,7 @@ class DatasetEntry:
     reader: Callable[..., DatasetSplits]
     folders: tuple[str, ...]  # names to look for under each root (empty = none needed)
     layout: str  # the published layout, quoted in errors
+    task: str = "classification"  # what its labels are for (selfkd.registry.TASK_NAMES)
 
 
 class MissingFiles(DatasetError):
@@ -82,9 +96,9 @@ class MissingFiles(DatasetError):
 DATASETS: Registry = Registry("dataset")
 
 
-def register_dataset(name: str, folders: tuple[str, ...], layout: str):
+def register_dataset(name: str, folders: tuple[str, ...], layout: str, task: str = "classification"):
     def add(reader):
-        DATASETS.register(name)(DatasetEntry(reader, folders, layout))
+        DATASETS.register(name)(DatasetEntry(reader, folders, layout, task))
         return reader
 
     return add
@@ -94,14 +108,15 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    roots = []
-    if data_dir:
-        roots.append(Path(data_dir).expanduser())
-    if os.environ.get("SELFKD_DATA"):
-        roots.append(Path(os.environ["SELFKD_DATA"]).expanduser())
-    roots += [Path("data"), Path("/usr/share/datasets")]
-    return roots
+def dataset_task(name: str) -> str:
+    """The task of a registered dataset (classification or segmentation), known without reading it."""
+    return DATASETS.get(name).task
+
+
+def search_roots() -> list[Path]:
+    """Where a dataset is looked for when no --data-dir is given."""
+    roots = [Path(os.environ["SELFKD_DATA"]).expanduser()] if os.environ.get("SELFKD_DATA") else []
+    return roots + [Path("data"), Path("/usr/share/datasets")]
 
 
 # Errors that mean "these files are damaged": turned into a DatasetError naming the folder and layout.
@@ -110,20 +125,26 @@ READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, pickle.Unpic
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options) -> DatasetSplits:
-    """Find ``name`` under the search roots and read it. ``data_dir`` may also be the dataset folder itself."""
+    """Find ``name`` and read it: in ``data_dir`` only, when it is given (it may also be the dataset folder itself:
+    an explicit folder is used or refused, never skipped), else under :func:`search_roots`. The splits are checked
+    (:func:`check_splits`)."""
     entry: DatasetEntry = DATASETS.get(name)
     if not entry.folders:
-        return checked_call(entry.reader, "dataset", name, options, fixed=(None,))
-    candidates = [root / folder for root in search_roots(data_dir) for folder in entry.folders]
+        return check_splits(checked_call(entry.reader, "dataset", name, options, fixed=(None,)))
     itself = Path(data_dir).expanduser() if data_dir else None
-    if itself is not None:  # --data-dir may also name the dataset folder itself; it comes before other roots
-        candidates.insert(len(entry.folders), itself)
+    elsewhere = f"leave --data-dir out to search {', '.join(map(str, search_roots()))}"
+    if itself is not None and not itself.is_dir():
+        raise DatasetError(f"Dataset '{name}' was not found: --data-dir {itself} "
+                           f"{'is not a folder' if itself.exists() else 'does not exist'}. Give the folder that holds "
+                           f"it (expected layout: {entry.layout}), or {elsewhere}.")
+    roots = [itself] if itself is not None else search_roots()
+    candidates = [root / folder for root in roots for folder in entry.folders] + ([itself] if itself else [])
     note = ""
     for path in candidates:
         if not path.exists():
             continue
         try:
-            return checked_call(entry.reader, "dataset", name, options, fixed=(path,))
+            return check_splits(checked_call(entry.reader, "dataset", name, options, fixed=(path,)))
         except MissingFiles as err:
             if path != itself:
                 raise DatasetError(f"{err} The expected layout of '{name}' is: {entry.layout}.") from None
@@ -134,10 +155,26 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
                 f"The expected layout is: {entry.layout}. Re-download or re-extract it."
             ) from None
     searched = ", ".join(str(p) for p in candidates)
-    raise DatasetError(
-        f"Dataset '{name}' was not found. Expected layout: {entry.layout}. Looked in: {searched}{note}. "
-        "Put it under one of these places or pass --data-dir (or set $SELFKD_DATA)."
-    )
+    where = (f"Put it there, or {elsewhere}" if itself is not None
+             else "Put it under one of these places or pass --data-dir (or set $SELFKD_DATA)")
+    raise DatasetError(f"Dataset '{name}' was not found. Expected layout: {entry.layout}. Looked in: "
+                       f"{searched}{note}. {where}.")
+
+
+def check_splits(splits: DatasetSplits) -> DatasetSplits:
+    """Refuse a dataset a run cannot learn from or be measured on: an empty split, or (classification) fewer than
+    two classes among the training labels."""
+    for split, data in (("training", splits.train), ("test", splits.test)):
+        if len(data) == 0:
+            raise DatasetError(f"Dataset '{splits.name}' has no {split} images; give it some (check the folder or the "
+                               "dataset options).")
+    if splits.task == "classification":
+        present = torch.unique(splits.train.labels).numel()
+        if splits.num_classes < 2 or present < 2:
+            raise DatasetError(f"Dataset '{splits.name}' has {splits.num_classes} class(es) and its training images "
+                               f"show {present}: a classifier needs at least two classes to learn anything (with one, "
+                               "the loss is 0 and the accuracy 100 % from the start). Give it more classes.")
+    return splits
 
 
 # --------------------------------------------------------------------------- helpers shared by readers
@@ -315,8 +352,9 @@ def read_fashion_mnist(path: Path) -> DatasetSplits:
 # --------------------------------------------------------------------------- synthetic
 
 @register_dataset("synthetic", (), "generated in memory; no files")
-def read_synthetic(path=None, num_classes: int = 10, train_size: int = 512, test_size: int = 256,
-                   image_size: int = 32, channels: int = 3, seed: int = 0) -> DatasetSplits:
+def read_synthetic(path=None, num_classes: PositiveInt = 10, train_size: NonNegativeInt = 512,
+                   test_size: NonNegativeInt = 256, image_size: PositiveInt = 32, channels: PositiveInt = 3,
+                   seed: NonNegativeInt = 0) -> DatasetSplits:
     """Learnable random data: each class has its own colour and smooth pattern; images add per-pixel noise."""
     gen = torch.Generator().manual_seed(seed)
     pattern = torch.rand(num_classes, channels, image_size, image_size, generator=gen)

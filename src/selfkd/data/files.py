@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DatasetError
 from . import augment as aug
-from .datasets import ImageFiles, decode_rgb
-from .pipeline import AugmentSpec, Batch, DeviceLoader
+from .datasets import ImageFiles, SegmentationFiles, decode_rgb
+from .loaders import AugmentSpec, Batch, DeviceLoader
 from .samplers import Batches
+from .segmentation import build_seg_transform, read_pair
 
 
 def build_transform(spec: AugmentSpec, train: bool):
@@ -79,32 +80,65 @@ class _Images(Dataset):
         return i, torch.stack(copies)
 
 
+class _Pairs(Dataset):
+    """``dataset[(epoch, i)]`` = (i, uint8 image ``(1, 3, H, W)``, uint8 mask ``(H, W)``) transformed jointly, or an
+    error message for a bad pair (checked by :func:`~selfkd.data.segmentation.read_pair`)."""
+
+    def __init__(self, data: SegmentationFiles, transform, num_classes: int, seed: int):
+        self.data, self.transform, self.num_classes, self.seed = data, transform, num_classes, seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        try:
+            image, mask = read_pair(self.data.paths[i], self.data.mask_paths[i], self.num_classes)
+        except DatasetError as err:
+            return i, str(err), None
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, i, 0))  # CPU only
+            image, mask = self.transform(image, mask)
+        return i, image[None], mask
+
+
 def _collate(samples):
-    """(index, images) with images view-major: ``[x¹ of every sample; x² of every sample; ...]``."""
-    for _, images in samples:
-        if isinstance(images, str):
-            return None, images
-    index = torch.tensor([i for i, _ in samples], dtype=torch.int64)
-    images = torch.stack([images for _, images in samples])  # (B, V, C, H, W)
-    return index, images.transpose(0, 1).reshape(-1, *images.shape[2:])
+    """(index, images, masks or None) with images view-major: ``[x¹ of every sample; x² of every sample; ...]``."""
+    for sample in samples:
+        if isinstance(sample[1], str):
+            return None, sample[1], None
+    index = torch.tensor([s[0] for s in samples], dtype=torch.int64)
+    images = torch.stack([s[1] for s in samples])  # (B, V, C, H, W)
+    masks = torch.stack([s[2] for s in samples]) if len(samples[0]) == 3 else None
+    return index, images.transpose(0, 1).reshape(-1, *images.shape[2:]), masks
 
 
 class FileLoader(DeviceLoader):
-    """Same interface as :class:`~selfkd.data.pipeline.ResidentLoader`, for :class:`ImageFiles`."""
+    """Same interface as :class:`~selfkd.data.resident.ResidentLoader`, for :class:`ImageFiles` and, with their
+    masks as targets, :class:`SegmentationFiles`."""
 
-    def __init__(self, data: ImageFiles, sampler: Batches, device: torch.device, mean, std, spec: AugmentSpec,
-                 views: int = 1, workers: int = 8, train: bool = True, seed: int = 0):
-        super().__init__(sampler, data.labels, device, mean, std, views if train else 1)
+    def __init__(self, data: ImageFiles | SegmentationFiles, sampler: Batches, device: torch.device, mean, std,
+                 spec: AugmentSpec, views: int = 1, workers: int = 8, train: bool = True, seed: int = 0,
+                 num_classes: int = 0):
+        masks = isinstance(data, SegmentationFiles)
+        super().__init__(sampler, None if masks else data.labels, device, mean, std, views if train else 1)
         self.steps = _Steps(sampler)
-        images = _Images(data.paths, build_transform(spec, train), self.views, seed, train)
-        self.loader = DataLoader(images, batch_sampler=self.steps, num_workers=workers, collate_fn=_collate,
+        if masks:  # without augmentation, training images are resized to size² so that they can share a batch
+            plain = not train or spec.kind == "none"
+            transform = build_seg_transform(not plain, spec.size, spec.short_side, spec.pad_label, spec.blur,
+                                            spec.eval_size if not train else spec.size if plain else None)
+            dataset = _Pairs(data, transform, num_classes, seed)
+        else:
+            dataset = _Images(data.paths, build_transform(spec, train), self.views, seed, train)
+        self.loader = DataLoader(dataset, batch_sampler=self.steps, num_workers=workers, collate_fn=_collate,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
     def iter_from(self, step: int = 0):
         self.steps.start = step
-        for index, images in self.loader:
+        for index, images, masks in self.loader:
             if index is None:
                 raise DatasetError(images)
             index = index.to(self.device, non_blocking=True).repeat(self.views)
             images = images.to(self.device, non_blocking=True)
-            yield Batch(aug.normalize(images, self.mean, self.std), self.labels[index], index)
+            targets = self.labels[index] if masks is None else masks.to(self.device, non_blocking=True).long()
+            yield Batch(aug.normalize(images, self.mean, self.std), targets, index)

@@ -272,15 +272,29 @@ def read_mit67(path: Path) -> DatasetSplits:
 
 # --------------------------------------------------------------------------- any class-folder tree
 
+def _images_below(folder: Path, seen: dict[str, str]) -> list[str]:
+    """Sorted image files below ``folder``, following links to folders. ``seen`` (real path -> path, shared by the
+    calls of one split): a folder reached a second time (a link loop, or two links to one folder) is refused, as
+    its images would be counted twice."""
+    found = []
+    for top, _, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            raise DatasetError(f"{top} is the folder {seen[real]} again (through a symbolic link), so its images would "
+                               "be counted twice. Remove the link (a link loop, or a second link to one folder).")
+        seen[real] = top
+        found += [os.path.join(top, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
 def _class_folders(folder: Path) -> tuple[list[str], list[str], list[int]]:
     """Sorted class folder names, and every image below each of them with its class index."""
     classes = _subfolders(folder)
     if not classes:
         raise DatasetError(f"{folder} has no class folders; put each class's images in {folder}/<class>/.")
-    paths, labels = [], []
+    paths, labels, seen = [], [], {}
     for k, name in enumerate(classes):
-        found = sorted(os.path.join(top, f) for top, _, files in os.walk(folder / name, followlinks=True)
-                       for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        found = _images_below(folder / name, seen)
         if not found:
             raise DatasetError(f"{folder / name} holds no images (JPEG, PNG, GIF or WebP).")
         paths += found

@@ -10,26 +10,44 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 
 def _generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + salt) % (2**63))
 
 
 class Batches:
-    """Shuffled pass over ``n`` samples in global batches of ``batch_size`` (the last one smaller)."""
+    """Shuffled pass over ``n`` samples in global batches of ``batch_size`` (the last one smaller).
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
+    ``min_batch``: the fewest samples a process may get in a step (a method that normalises or pairs over the
+    batch cannot train on one). A last batch that would give a process fewer is dropped (``dropped`` samples per
+    epoch, a different random few each epoch); a ``batch_size`` that would is refused.
+    """
+
+    what = "images"  # what batch_size counts, for messages
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True,
+                 min_batch: int = 1):
         if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+            raise ConfigError(f"A global batch of {batch_size} {self.what} cannot be split evenly over {world} "
+                              f"processes; choose data.batch_size so that the {self.what} per step are a multiple "
+                              f"of {world}.")
+        if batch_size // world < min_batch:
+            raise ConfigError(f"The method needs at least {min_batch} {self.what} per process in a training step (it "
+                              f"normalises or pairs over the batch), but a global batch of {batch_size} over {world} "
+                              f"process(es) gives {batch_size // world}. Raise data.batch_size.")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.shuffle = shuffle
         self.epoch = 0
+        last = n % batch_size
+        self.dropped = last if last and math.ceil(last / world) < min_batch else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil((self.n - self.dropped) / self.batch_size)
 
     def _order(self) -> torch.Tensor:
         if self.shuffle:
@@ -66,9 +84,14 @@ class ClassPartnerBatches(Batches):
     Sharding keeps every anchor's group on one rank.
     """
 
+    what = "anchors"
+
     def __init__(self, labels: torch.Tensor, anchors_per_batch: int, partners: int, seed: int = 0,
-                 rank: int = 0, world: int = 1, exclude_self: bool = False, replace: bool = True):
-        super().__init__(len(labels), anchors_per_batch, seed, rank, world)
+                 rank: int = 0, world: int = 1, exclude_self: bool = False, replace: bool = True, min_batch: int = 1):
+        if anchors_per_batch < 1:
+            raise ConfigError(f"The batch holds no anchor: each anchor comes with {partners} same-class partner(s) in "
+                              f"data.batch_size, so it must be at least {partners + 1}.")
+        super().__init__(len(labels), anchors_per_batch, seed, rank, world, min_batch=min_batch)
         self.partners, self.exclude_self, self.replace = partners, exclude_self, replace
         labels = labels.cpu().long()
         order = torch.argsort(labels, stable=True)
@@ -122,3 +145,13 @@ class ClassPartnerBatches(Batches):
             keep = self._shard(torch.arange(len(anchors)))  # each anchor's partners stay on its rank
             anchors, partners = anchors[keep], partners[:, keep]
             yield torch.cat([anchors, partners.reshape(-1)])
+
+
+class ShardedSequential(Batches):
+    """Evaluation order: rank ``r`` takes samples ``r, r+world, ...`` in batches, no padding, no shuffle."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        super().__init__(n, batch_size * world, 0, rank, world, shuffle=False)
+
+    def _shard(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[self.rank::self.world]

@@ -18,28 +18,59 @@ from ..errors import CheckpointError, ConfigError
 
 FORMAT = "selfkd-checkpoint"
 FORMAT_VERSION = 1
+# What resuming reads, with its type: a file with the marker but other entries was damaged or edited.
+ENTRIES = {"config": dict, "method": str, "model": str, "num_classes": int, "epoch": int, "step_in_epoch": int,
+           "global_step": int, "method_state": dict, "optimizer": dict, "rng": dict}
+OPTIONAL = {"scaler": dict, "best": dict, "train_time": (int, float), "images_seen": int, "window": dict,
+            "world_size": int}
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
+# What load_state_dict raises on a state that does not fit (wrong shapes, keys or types).
+LOAD_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+def save_checkpoint(path: Path, payload: dict, then: str) -> None:
+    """Write ``payload`` atomically; ``then`` says what to do if the write fails (see :func:`atomic_write`)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "selfkd_version": __version__, **payload}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), then)
+
+
+def _problems(ckpt: dict) -> list[str]:
+    """What is missing or of the wrong type in a checkpoint that has the selfkd marker."""
+    found = [f"no '{key}'" for key in ENTRIES if key not in ckpt]
+    for key, kind in {**ENTRIES, **OPTIONAL}.items():
+        if ckpt.get(key) is not None and (not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool)):
+            found.append(f"'{key}' is a {type(ckpt[key]).__name__}")
+    if not found:
+        found += [f"'{key}' is negative" for key in ("epoch", "step_in_epoch", "global_step") if ckpt[key] < 0]
+        if not isinstance(ckpt["rng"].get("torch"), torch.Tensor) or ckpt["rng"]["torch"].dtype != torch.uint8:
+            found.append("'rng' holds no torch generator state")
+    return found
 
 
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}. Pass a run folder that holds last.pt.")
+    again = "Put an intact checkpoint there, or start the run over with --overwrite."
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): its writing was cut off. {again}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = (str(err).splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path} is not a readable selfkd checkpoint: it is corrupt, truncated or of another program "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Use an intact checkpoint or start a new run."
+            f"({type(err).__name__}: {first}). {again}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a selfkd checkpoint (no '{FORMAT}' marker); refusing to load it.")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(ckpt.get("format_version", 0), int) or ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer selfkd ({ckpt.get('selfkd_version')}); upgrade selfkd.")
+    problems = _problems(ckpt)
+    if problems:
+        raise CheckpointError(f"{path} has the selfkd checkpoint marker but {'; '.join(problems)}: it was damaged or "
+                              f"edited. {again}")
     return ckpt
 
 
@@ -59,7 +90,7 @@ def load_run_checkpoint(path: Path, method: torch.nn.Module, method_name: str, m
     check_compatible(ckpt, method_name, model_name, num_classes, path)
     try:
         method.load_state_dict(ckpt["method_state"])
-    except (RuntimeError, ValueError, KeyError) as err:
+    except LOAD_ERRORS as err:
         raise ConfigError(
             f"{path} does not fit this run's model or method options ({str(err).splitlines()[0][:300]}). "
             "Use the options the run was started with."

@@ -1,4 +1,5 @@
-"""torchrun integration: process group from the launcher's environment, and small collectives."""
+"""torchrun integration: process group from the launcher's environment, and the control messages every process
+must agree on (an error, a stop request), sent over a CPU side group so they never wait for the GPU."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import ConfigError, SelfKDError
+
+_CONTROL = None  # a gloo process group over all processes, for control messages (None in one process)
 
 
 @dataclass(frozen=True)
@@ -24,34 +29,94 @@ class Dist:
 
 
 def init_distributed(device: str) -> tuple[Dist, torch.device]:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); one process without them."""
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); one process without them. Under torchrun each process
+    uses the GPU of its LOCAL_RANK (``device`` cuda or auto), or the CPU."""
+    global _CONTROL
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
     if world == 1:
-        return Dist(), resolve_device(device)
+        return Dist(), dev
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise ConfigError(f"--device {device} under torchrun: each process uses the GPU of its LOCAL_RANK. Give "
+                              "--device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES.")
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started more processes on this machine than it has GPUs "
+                              f"({torch.cuda.device_count()}); lower --nproc_per_node or use --device cpu.")
         dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+    _CONTROL = dist.new_group(backend="gloo")
     return Dist(rank, world, local), dev
 
 
 def resolve_device(device: str) -> torch.device:
-    from ..errors import ConfigError
-
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here; anything else is refused."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"train.device '{device}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ConfigError(f"train.device '{device}' is not a device selfkd runs on; use auto, cpu, cuda or cuda:N.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but no GPU is visible; use --device cpu (or auto).")
+        raise ConfigError(f"train.device '{device}' asks for CUDA, but no GPU is visible; use --device cpu (or auto).")
+    if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device '{device}': this machine has {torch.cuda.device_count()} visible GPU(s), "
+                          f"numbered from 0; use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
     return dev
+
+
+def together(fn, main_only: bool = False):
+    """``fn()`` on every process (or only the main one), then every process learns whether it failed: a
+    :class:`SelfKDError` on any process is raised by all of them (the lowest rank's), so that they stop together
+    with one message instead of waiting for each other. Returns ``fn()``'s result (None where it did not run)."""
+    error, result = None, None
+    if not main_only or int(os.environ.get("RANK", "0")) == 0:
+        try:
+            result = fn()
+        except SelfKDError as err:
+            error = err
+    if _CONTROL is not None:
+        errors: list = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error, group=_CONTROL)
+        error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    return result
+
+
+class StopVote:
+    """Whether any process was asked to stop (Ctrl-C, SIGTERM: ``flag["stop"]`` names the signal), so that all stop
+    after the same step. In one process, the flag itself. Under torchrun, a sum of the flags over the CPU side
+    group, started before a step and read after it (:meth:`start`, :meth:`result`): it travels while the step runs
+    and adds no synchronisation with the GPU."""
+
+    def __init__(self, flag: dict):
+        self.flag = flag
+
+    @property
+    def name(self) -> str:
+        return self.flag["stop"] or "a stop request (Ctrl-C or SIGTERM) to another process"
+
+    def start(self):
+        if _CONTROL is None:
+            return None
+        vote = torch.tensor([float(self.flag["stop"] is not None)])
+        return vote, dist.all_reduce(vote, group=_CONTROL, async_op=True)
+
+    def result(self, started) -> bool:
+        if started is None:
+            return self.flag["stop"] is not None
+        vote, work = started
+        work.wait()
+        return vote.item() > 0
+
+    def now(self) -> bool:
+        return self.result(self.start())
 
 
 def barrier() -> None:
@@ -60,5 +125,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _CONTROL
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None

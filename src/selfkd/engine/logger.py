@@ -1,63 +1,78 @@
 """Run-folder logs: metrics.jsonl and metrics.csv per epoch, TensorBoard events, console lines."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import sys
+import threading
 from pathlib import Path
 
-from ..errors import TrainingError
-from ..runfolder import METRICS, METRICS_CSV, TENSORBOARD, read_metrics
+from ..atomic import atomic_write, write_failure
+from ..runfolder import METRICS, METRICS_CSV, TENSORBOARD, next_step, read_metrics
 
 
 class RunLogger:
-    """Only the main process writes; the others hold a logger that does nothing."""
+    """Only the main process writes; the others hold a logger that does nothing. Nothing is written before the
+    first row (the TensorBoard writer, which makes a file when it starts, starts then). A resumed run continues the
+    rows of its metrics.jsonl."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
-        self.run_dir, self.enabled = Path(run_dir), enabled
-        self.rows: list[dict] = []
-        self.tb = None
-        if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.rows = read_metrics(self.run_dir / METRICS)
-            if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, resume: bool = False):
+        self.run_dir, self.enabled, self.tensorboard = Path(run_dir), enabled, tensorboard
+        self.rows: list[dict] = read_metrics(self.run_dir / METRICS) if enabled and resume else []
+        self.tb = self.hook = None
 
-                    self.tb = SummaryWriter(str(self.run_dir / TENSORBOARD))
-                except ImportError:  # tensorboard is a dependency, but logging must never stop a run
-                    self.tb = None
+    def _tensorboard(self, write) -> None:
+        """``write(writer)`` with the TensorBoard writer, started on first use. TensorBoard is a convenience: if it
+        cannot write (a full disk), it stops with a note and the run goes on (its checkpoint will say if the disk is
+        full); its writer thread's own report of the error is silenced."""
+        if not (self.enabled and self.tensorboard):
+            return
+        try:
+            if self.tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.hook = threading.excepthook
+                threading.excepthook = lambda args: None if _tensorboard_thread(args) else self.hook(args)
+                self.tb = SummaryWriter(str(self.run_dir / TENSORBOARD))
+            write(self.tb)
+        except ImportError:  # tensorboard is a dependency, but logging must never stop a run
+            self.tensorboard = False
+        except Exception as err:  # noqa: BLE001 (any writer error: its thread re-raises what it met)
+            self.tensorboard = False
+            print(f"note: TensorBoard logging stopped ({write_failure(err, self.run_dir)}); metrics.jsonl keeps "
+                  "every epoch.", file=sys.stderr, flush=True)
 
     def log_epoch(self, row: dict, step: int) -> None:
+        """Add (or, after a resume, replace) the epoch's row; both metrics files are rewritten atomically."""
         if not self.enabled:
             return
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
-        try:
-            with open(self.run_dir / METRICS, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            self._write_csv()
-        except OSError as err:
-            raise TrainingError(f"Could not write the metrics in {self.run_dir} ({err.strerror or err}); the last "
-                                "checkpoint is intact. Free some space, then resume the run.") from None
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, step)
-            self.tb.flush()
+        lines = "".join(json.dumps(r) + "\n" for r in self.rows)
+        atomic_write(self.run_dir / METRICS, lambda tmp: tmp.write_text(lines), next_step(self.run_dir))
+        atomic_write(self.run_dir / METRICS_CSV, lambda tmp: tmp.write_text(self._csv()), next_step(self.run_dir))
+        self.log_steps({key: value for key, value in row.items() if key != "epoch"}, step, flush=True)
 
-    def log_steps(self, values: dict, step: int) -> None:
-        if self.enabled and self.tb is not None:
+    def log_steps(self, values: dict, step: int, flush: bool = False) -> None:
+        def write(tb):
             for key, value in values.items():
-                self.tb.add_scalar(key, value, step)
+                if isinstance(value, (int, float)):
+                    tb.add_scalar(key, value, step)
+            if flush:
+                tb.flush()
 
-    def _write_csv(self) -> None:
+        self._tensorboard(write)
+
+    def _csv(self) -> str:
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        with open(self.run_dir / METRICS_CSV, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return text.getvalue()
 
     def print(self, *args) -> None:
         if self.enabled:
@@ -65,7 +80,17 @@ class RunLogger:
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            with contextlib.suppress(Exception):  # already reported, if it failed
+                self.tb.close()
+        if self.hook is not None:
+            threading.excepthook = self.hook
+        self.tb = self.hook = None
+
+
+def _tensorboard_thread(args) -> bool:
+    """Whether an uncaught thread error is TensorBoard's writer thread re-raising a write error (reported by the
+    logger itself)."""
+    return type(args.thread).__name__ == "_AsyncWriterThread"
 
 
 def use_progress_bar(setting) -> bool:

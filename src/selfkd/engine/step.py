@@ -1,7 +1,7 @@
 """One training step, shared by the trainer and ``selfkd bench`` so both measure the same thing.
 
-Forward under autocast, backward, optional clipping, optimizer step. Statistics (loss terms,
-correct predictions, non-finite flags) are accumulated on the device: no host sync per step.
+Forward under autocast, backward, optional clipping, optimizer step (:class:`TrainStep`); the statistics
+of the steps (loss terms, correct predictions, non-finite flags) are kept on the device (:class:`StepStats`).
 """
 from __future__ import annotations
 
@@ -55,108 +55,69 @@ def build_optimizer(method: nn.Module, lr: float, momentum: float, nesterov: boo
                            weight_decay=weight_decay, **fused)
 
 
-class TrainStep:
-    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "auto",
-                 compile_mode: str = "off", grad_clip: float | None = None, skip_nonfinite: bool = False,
-                 ddp: bool = False):
-        self.method, self.optimizer, self.device = method, optimizer, device
-        self.dtype = amp_dtype(amp, device)
-        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
-        self.grad_clip, self.skip_nonfinite = grad_clip, skip_nonfinite
-        self.pass_index = method.data_needs.index
-        model: nn.Module = method
-        if compile_mode != "off":
-            # Static shapes: every batch size (an epoch's smaller last batch too) gets its own specialised graph.
-            # By default the second size seen would make torch.compile trace one dynamic-shape graph, and every
-            # later step, full batches included, would run that slower generic graph.
-            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
-        if ddp:
-            from torch.nn.parallel import DistributedDataParallel
+class StepStats:
+    """Running sums over a window of training steps (an epoch), kept on the device: no host sync per step.
 
-            ids = [device.index] if device.type == "cuda" else None
-            # Buffers are per rank: DSR/DLB caches must not be overwritten by rank 0's.
-            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-        self.model = model
+    Per step: every named loss term (non-finite values are kept as such, so the trainer can name them), the
+    correct predictions among the labelled targets of the primary images (``ignore_index`` excluded: the
+    pixels a segmentation mask leaves out), the primary images seen, and the first step with a non-finite loss.
+    """
+
+    def __init__(self, device: torch.device, ignore_index: int = -100):
+        self.device, self.ignore_index = device, ignore_index
         self.names: list[str] | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a new accumulation window (e.g. an epoch)."""
         self.sums: torch.Tensor | None = None
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.seen = 0
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.labelled = torch.zeros((), device=device, dtype=torch.long)
+        self.skipped = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)  # step index in the window
+        self.seen = 0  # primary images (anchors, first views): what an epoch counts
         self.steps = 0
-        self.skipped = torch.zeros((), device=self.device, dtype=torch.long)
-        self.first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # step index in the window
-        self._counter = torch.zeros((), device=self.device, dtype=torch.long)
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None = None) -> None:
-        with autocast(self.device, self.dtype):
-            out = self.model(images, targets, index if self.pass_index else None)
-        loss = out.loss
+    def add(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor,
+            losses: dict[str, torch.Tensor]) -> None:
         if self.names is None:
-            self.names = ["loss", *out.losses]
-        terms = torch.stack([loss.detach().float(), *(v.detach().float() for v in out.losses.values())])
-        if self.skip_nonfinite and self._any_rank_nonfinite(loss):  # host sync only in this opt-in mode
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
-            return
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip, foreach=True)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip, foreach=True)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        n = out.logits.shape[0]
-        self.correct += (out.logits.detach().argmax(1) == targets[:n]).sum()
+            self.names = ["loss", *losses]
+        terms = torch.stack([loss.detach().float(), *(v.detach().float() for v in losses.values())])
+        n = logits.shape[0]
+        primary = targets[:n]
+        labelled = primary != self.ignore_index
+        self.correct += ((logits.detach().argmax(1) == primary) & labelled).sum()
+        self.labelled += labelled.sum()
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]),
+                                     torch.full_like(self.first_bad, self.steps), self.first_bad)
+        self.sums = terms if self.sums is None else self.sums + terms
         self.seen += n
         self.steps += 1
-        # Non-finite terms are kept as such (sum becomes inf/nan), so the trainer can name them.
-        self.sums = terms if self.sums is None else self.sums + terms
-        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]), self._counter, self.first_bad)
-        self._counter += 1
 
-    @staticmethod
-    def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
-        """All ranks must skip together, or DDP's gradient all-reduce would hang."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        return bool(all_reduce_sum(bad).item())
+    def state(self) -> dict:
+        """What a mid-epoch checkpoint keeps, so a resumed epoch continues its statistics."""
+        return {"names": self.names, "sums": self.sums, "correct": self.correct, "labelled": self.labelled,
+                "skipped": self.skipped, "seen": self.seen, "steps": self.steps}
 
-    def window_state(self) -> dict:
-        """The running statistics of the current window, so a mid-epoch checkpoint resumes them."""
-        return {"names": self.names, "sums": self.sums, "correct": self.correct, "seen": self.seen,
-                "steps": self.steps, "skipped": self.skipped}
-
-    def load_window_state(self, state: dict) -> None:
-        self.names = state["names"]
+    def load_state(self, state: dict) -> None:
+        self.names, self.seen, self.steps = state["names"], state["seen"], state["steps"]
         self.sums = None if state["sums"] is None else state["sums"].to(self.device)
-        self.correct = state["correct"].to(self.device)
-        self.skipped = state["skipped"].to(self.device)
-        self.seen, self.steps = state["seen"], state["steps"]
+        for key in ("correct", "skipped"):
+            setattr(self, key, state[key].to(self.device))
+        # selfkd 0.1 checkpoints did not count labelled targets: for classification every primary image is one
+        self.labelled = torch.as_tensor(state.get("labelled", self.seen), device=self.device)
 
-    def summary(self) -> dict[str, float]:
-        """Mean of each loss term and training accuracy over the window (one host sync)."""
+    def summary(self, accuracy: str = "top1") -> dict[str, float]:
+        """Mean of each loss term over the window's steps and the training accuracy (in %, under
+        ``train/<accuracy>``), summed over processes first (one host sync)."""
         if self.sums is None or self.steps == 0:
             return {}
-        # One reduction over ranks: [term sums..., correct, seen, steps, skipped].
-        packed = torch.cat([self.sums.double(), torch.stack([self.correct, self.skipped]).double(),
-                            torch.tensor([self.seen, self.steps], dtype=torch.float64, device=self.device)])
+        counts = torch.stack([self.correct, self.labelled, self.skipped]).double()
+        packed = torch.cat([self.sums.double(), counts,
+                            torch.tensor([self.steps], dtype=torch.float64, device=self.device)])
         packed = all_reduce_sum(packed).tolist()
         k = len(self.names)
-        sums, (correct, skipped, seen, steps) = packed[:k], packed[k:]
-        out = {f"train/{name}" if name == "loss" else f"train/loss_{name}": v / steps
-               for name, v in zip(self.names, sums)}
-        out["train/top1"] = 100.0 * correct / max(1.0, seen)
-        skipped = int(skipped)
+        sums, (correct, labelled, skipped, steps) = packed[:k], packed[k:]
+        out = {"train/loss" if name == "loss" else f"train/loss_{name}": v / steps for name, v in zip(self.names, sums)}
+        out[f"train/{accuracy}"] = 100.0 * correct / max(1.0, labelled)
         if skipped:
-            out["train/skipped_steps"] = skipped
+            out["train/skipped_steps"] = int(skipped)
         return out
 
     def nonfinite(self) -> tuple[int, list[str]] | None:
@@ -173,3 +134,84 @@ class TrainStep:
         if step == self.steps:
             return None
         return step, [name for name, b in zip(self.names, bad) if b and name != "loss"] or ["loss"]
+
+
+class TrainStep:
+    """Forward under autocast, backward through a gradient scaler (enabled for fp16 only), optional clipping,
+    optimizer step; the method is compiled (static shapes) and wrapped in DDP as asked.
+
+    With ``accumulate = N > 1`` each call back-propagates ``loss / N`` and the optimizer steps on every N-th call
+    (and on the call marked ``last`` of an epoch); under DDP only those calls all-reduce the gradients.
+    ``pending`` counts the calls since the last optimizer step.
+    """
+
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "auto",
+                 compile_mode: str = "off", grad_clip: float | None = None, skip_nonfinite: bool = False,
+                 ddp: bool = False, ignore_index: int = -100, accumulate: int = 1,
+                 clip_mode: str = "norm", channels_last: bool = False):
+        self.method, self.optimizer, self.device = method, optimizer, device
+        self.dtype = amp_dtype(amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.grad_clip, self.skip_nonfinite, self.ignore_index = grad_clip, skip_nonfinite, ignore_index
+        self.accumulate, self.clip_mode, self.pending = accumulate, clip_mode, 0
+        # The loaders give channels_last images; the model's own layout avoids a copy inside the convolutions and a
+        # crash of PyTorch's CPU convolution backward on channels_last input (1×1, stride 2, 64+ px).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.pass_index = method.data_needs.index
+        model: nn.Module = method
+        if compile_mode != "off":
+            # Static shapes: every batch size (an epoch's smaller last batch too) gets its own specialised graph.
+            # By default the second size seen would make torch.compile trace one dynamic-shape graph, and every
+            # later step, full batches included, would run that slower generic graph.
+            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            # Buffers are per rank: DSR/DLB caches must not be overwritten by rank 0's.
+            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new statistics window (e.g. an epoch)."""
+        self.stats = StepStats(self.device, self.ignore_index)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None = None,
+                 last: bool = False) -> None:
+        images = images.contiguous(memory_format=self.memory_format)
+        with autocast(self.device, self.dtype):
+            out = self.model(images, targets, index if self.pass_index else None)
+        if self.skip_nonfinite and self._any_rank_nonfinite(out.loss):  # host sync only in this opt-in mode
+            self.optimizer.zero_grad(set_to_none=True)  # with accumulation, the window so far is dropped too
+            self.pending = 0
+            self.stats.skipped += 1
+            return
+        update = last or self.pending + 1 == self.accumulate
+        loss = out.loss / self.accumulate if self.accumulate > 1 else out.loss
+        no_sync = getattr(self.model, "no_sync", None) if not update else None  # DDP: all-reduce on updates only
+        with no_sync() if no_sync else contextlib.nullcontext():
+            self.scaler.scale(loss).backward()
+        self.pending += 1
+        if update:
+            self._update()
+        self.stats.add(out.logits, targets, out.loss, out.losses)
+
+    def _update(self) -> None:
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = self.method.parameters()
+            if self.clip_mode == "value":
+                torch.nn.utils.clip_grad_value_(params, self.grad_clip, foreach=True)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
+
+    @staticmethod
+    def _any_rank_nonfinite(loss: torch.Tensor) -> bool:
+        """All ranks must skip together, or DDP's gradient all-reduce would hang."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        return bool(all_reduce_sum(bad).item())

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -18,41 +17,39 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..atomic import atomic_write
 from ..config import Config, build_config
 from ..data.datasets import load_dataset
-from ..data.pipeline import build_test_loader, build_train_loader
-from ..errors import ConfigError, SelfKDError, TrainingError
-from ..methods import Method, create_method, per_sample_args
-from ..metrics import EvalStats
-from ..runfolder import CHECKPOINT, CONFIG, RELIABILITY, SUMMARY, WEIGHTS
-from ..models import create_model
+from ..data.resident import ResidentLoader
+from ..errors import ConfigError, Interrupted, TrainingError
+from ..metrics import TASKS, Evaluation, columns
+from ..threads import LoadWatch
+from ..runfolder import (CHECKPOINT, CONFIG, EXAMPLES, SUMMARY, WEIGHTS, check_free, check_new, check_run,
+                         next_step, open_run)
+from ..weights import save_eval_model
 from . import distributed as dist_utils
-from ..atomic import atomic_write
-from ..comm import all_gather_cat, all_reduce_sum
-from ..weights import save_weights
-from .checkpoint import load_run_checkpoint, save_checkpoint
+from .checkpoint import LOAD_ERRORS, load_run_checkpoint, save_checkpoint
+from .examples import write_examples
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
-from .step import TrainStep, autocast, build_optimizer, configure_backends
-
-
-
-class Interrupted(SelfKDError):
-    exit_code = 130
+from .setup import build_run
+from .step import autocast, configure_backends
 
 
 @contextmanager
 def stop_on_signals():
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops. A second Ctrl-C aborts."""
-    flag = {"stop": None}
+    """SIGINT/SIGTERM set ``flag["stop"]`` (the signal's name); the loop finishes its step, checkpoints and stops. A
+    second Ctrl-C aborts at once (KeyboardInterrupt: a file being written is abandoned, its previous version intact)
+    while ``flag["abortable"]``; once the stop's checkpoint is saved there is nothing left to abort."""
+    flag = {"stop": None, "abortable": True}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
-        if flag["stop"] is not None and signum == signal.SIGINT:
+        if flag["stop"] is not None and signum == signal.SIGINT and flag["abortable"]:
             raise KeyboardInterrupt
-        flag["stop"] = signal.Signals(signum).name
+        flag["stop"] = flag["stop"] or signal.Signals(signum).name
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -69,71 +66,90 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     configure_backends(deterministic)
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, main: bool) -> Path:
-    path = cfg.run_path
-    occupied = (path / CONFIG).exists() or (path / CHECKPOINT).exists()
-    if occupied and not resume:
-        if not overwrite:
-            raise ConfigError(
-                f"Run folder {path} already holds a run. Resume it with `selfkd train --resume {path}`, "
-                "start over with --overwrite, or choose another --run-dir (or name)."
-            )
-        if main:
-            shutil.rmtree(path)
-    return path
-
-
 class Trainer:
+    """One run. Everything is checked before its folder is touched (:meth:`_prepare`: the folder, the data, the
+    whole build, a forward pass, the checkpoint on resume); then the main process creates or clears the folder and
+    locks it (:meth:`_open`). Under torchrun an error on any process stops every process with that error."""
+
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.dist, self.device = dist_utils.init_distributed(cfg.train.device)
-        self.cfg = cfg
-        self.run_dir = prepare_run_dir(cfg, resume, overwrite, self.dist.main)
-        dist_utils.barrier()
-        seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
-        t = cfg.train
-
-        self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
-        self.method = build_method(cfg, self.splits)
-        if t.sync_bn and self.dist.enabled:
-            if self.device.type != "cuda":
-                raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
-                                  "turn it off for CPU runs.")
-            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-        self.method.to(self.device)
-        channels_last = self.device.type == "cuda" if t.channels_last == "auto" else t.channels_last
-        if channels_last:
-            self.method.to(memory_format=torch.channels_last)
-        d = self.dist
-        self.train_loader = build_train_loader(self.splits, cfg.data, self.method.data_needs, self.device,
-                                               cfg.seed, d.rank, d.world)
-        self.test_loader = build_test_loader(self.splits, cfg.data, self.device, cfg.seed, d.rank, d.world)
-
-        o = cfg.optim
-        lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
-        self.optimizer = build_optimizer(self.method, lr, o.momentum, o.nesterov, o.weight_decay,
-                                         o.no_decay_norm_bias, self.device)
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        compile_mode = t.compile
-        if compile_mode == "auto":  # CUDA graphs on one GPU; plain compilation under DDP, whose all-reduce
-            # hooks fire during backward and have not been validated inside captured graphs; off on CPU
-            compile_mode = "off" if self.device.type != "cuda" else "default" if self.dist.enabled else "reduce-overhead"
-        self.step = TrainStep(self.method, self.optimizer, self.device, t.amp, compile_mode, t.grad_clip,
-                              t.nonfinite == "skip", ddp=self.dist.enabled)
-        try:
-            self.logger = RunLogger(self.run_dir, self.dist.main)
-        except OSError as err:
-            raise ConfigError(f"Cannot create the run folder {self.run_dir} ({err.strerror or err}). "
-                              "Choose a writable --run-dir.") from None
+        self.run_dir, self.lock = cfg.run_path, None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: dict | None = None
         self.train_time = 0.0
         self.images_seen = 0
+        self.epoch_stats: dict = {}  # training statistics of the last finished epoch
         self.resumed_window: dict | None = None  # statistics of a partly trained epoch, from the checkpoint
-        self.reliability: dict | None = None  # of the last evaluation, for reliability diagrams
+        self.resumed_stamp: tuple | None = None  # the checkpoint file read on resume (size, time), to see it change
+        self.eval_files: dict | None = None  # documents of the last evaluation (reliability bins), for the folder
+        dist_utils.together(lambda: self._prepare(cfg, resume, overwrite))
+        self.lock = dist_utils.together(lambda: self._open(cfg, resume, overwrite), main_only=True)
+
+    def _prepare(self, cfg: Config, resume: bool, overwrite: bool) -> None:
+        check_free(self.run_dir)
+        if resume:
+            check_run(self.run_dir, "--resume")
+        else:
+            check_new(self.run_dir, overwrite)
+        seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
+        self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
+        parts = build_run(cfg, self.splits, self.device, self.dist)
+        self.cfg, self.task = parts.cfg, TASKS[parts.task]
+        self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
+        self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self._check_forward()
+        self.logger = RunLogger(self.run_dir, self.dist.main, resume=resume)  # writes nothing before a row
         if resume:
             self._restore()
-        elif self.dist.main:
-            atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())))
+
+    def _check_forward(self) -> None:
+        """Draw the first training batch (in-memory data only, where it is cheap) and run the eval model on two
+        blank images of the training size, so that data, augmentation or model settings that cannot work fail
+        before the run folder is touched. Neither changes any state of the run."""
+        data = self.cfg.data
+        if isinstance(self.train_loader, ResidentLoader):
+            try:
+                next(iter(self.train_loader), None)
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise ConfigError(f"The data settings cannot make a training batch ({_first_line(err)}); check "
+                                  "data.augment, image_size, padding and rrc_scale.") from None
+        size = data.image_size or self.splits.image_size
+        blank = torch.zeros(2, self.splits.in_channels, size, size, device=self.device)
+        module = self.method.eval_model()
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), autocast(self.device, self.step.dtype):
+                module(blank)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ConfigError(f"Model '{self.cfg.model.name}' cannot run on {self.splits.in_channels}×{size}×{size} "
+                              f"images ({_first_line(err)}); check data.image_size and the model options.") from None
+        finally:
+            module.train(was_training)
+
+    def _open(self, cfg: Config, resume: bool, overwrite: bool) -> int:
+        """Create or clear the run folder and lock it (main process); a new run writes its config first."""
+        lock = open_run(self.run_dir, resume, overwrite)
+        try:
+            if resume and _stamp(self.run_dir / CHECKPOINT) != self.resumed_stamp:
+                raise ConfigError(f"{self.run_dir / CHECKPOINT} was replaced while this process read it (another "
+                                  "process was writing the run). Run the command again.")
+            if not resume:
+                atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())),
+                             next_step(self.run_dir))
+        except BaseException:
+            os.close(lock)
+            raise
+        return lock
+
+    def close(self) -> None:
+        """Close the logs and release the run folder."""
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
     # ------------------------------------------------------------------ state
 
@@ -145,66 +161,110 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "method_state": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
+            "scaler": self.step.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "best": self.best, "train_time": self.train_time, "images_seen": self.images_seen,
-            "window": self.step.window_state() if self.step_in_epoch else None,
+            "window": self.step.stats.state() if self.step_in_epoch else None,
+            "world_size": self.dist.world,
         }
 
     def save(self) -> None:
         if self.dist.main:
-            save_checkpoint(self.run_dir / CHECKPOINT, self._payload())
+            save_checkpoint(self.run_dir / CHECKPOINT, self._payload(), next_step(self.run_dir))
         dist_utils.barrier()
 
     def _restore(self) -> None:
         path = self.run_dir / CHECKPOINT
+        self.resumed_stamp = _stamp(path)
         ckpt = load_run_checkpoint(path, self.method, self.cfg.method.name, self.cfg.model.name,
                                    self.splits.num_classes)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            if ckpt.get("scaler"):
+                self.step.scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if self.device.type == "cuda" and ckpt["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        except LOAD_ERRORS as err:
             raise ConfigError(
-                f"{path} does not fit this run's model or method options ({str(err).splitlines()[0][:300]}). "
+                f"{path} does not fit this run's model or method options ({_first_line(err)}). "
                 "Resume with the options the run was started with."
             ) from None
-        if self.step.scaler and ckpt.get("scaler"):
-            self.step.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if self.device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        saved, now = ckpt["config"], self.cfg.to_dict()
+        moved = [key for key in (("data", "batch_size"), ("data", "train_subset"), ("seed",))
+                 if _get(saved, key) != _get(now, key)]  # what decides an epoch's batches
+        if ckpt["step_in_epoch"] and moved:
+            changed = ", ".join(f"{'.'.join(key)} {_get(now, key)} (saved: {_get(saved, key)})" for key in moved)
+            raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch'] + 1} (step "
+                              f"{ckpt['step_in_epoch']}) and this resume changes {changed}: the rest of the epoch "
+                              "would not be the batches it left. Resume with the run's own values (leave those options "
+                              "out).")
+        if ckpt.get("world_size", self.dist.world) != self.dist.world:
+            self.logger.print(f"note: the run was saved by {ckpt['world_size']} processes and resumes on "
+                              f"{self.dist.world}; the global batch is the same, but per-process state (random "
+                              "streams, BatchNorm batches, per-process caches) differs from an uninterrupted run.")
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.global_step = ckpt["global_step"]
         self.best, self.train_time = ckpt.get("best"), ckpt.get("train_time", 0.0)
         self.images_seen = ckpt.get("images_seen", 0)
         self.resumed_window = ckpt.get("window")
-        self.logger.print(f"Resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}.")
+        self.logger.print(f"Resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}."
+                          if self.epoch < self.cfg.train.epochs else
+                          f"Resuming {self.run_dir}: its {self.epoch} epochs are trained; writing its final files.")
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self) -> dict:
-        t = self.cfg.train
+    def fit(self, signal_flag: dict | None = None) -> dict:
+        """Train the remaining epochs and write the final files; ``signal_flag``: see :func:`stop_on_signals`."""
         self.logger.print(f"selfkd {__version__}: {self.cfg.method.name} on {self.cfg.model.name}, "
                           f"{self.cfg.data.dataset} ({len(self.train_loader)} steps/epoch), device {self.device}, "
                           f"run folder {self.run_dir}")
-        with stop_on_signals() as signal_flag:
-            while self.epoch < t.epochs:
-                self._train_epoch(signal_flag)
-                row = {"epoch": self.epoch + 1, **self.epoch_stats}
-                if (self.epoch + 1) % t.eval_every == 0 or self.epoch + 1 == t.epochs:
-                    test = self.evaluate()
-                    self.reliability = test.pop("reliability")
-                    row.update({f"test/{k}": v for k, v in test.items() if k != "n"})
-                    if self.best is None or test["top1"] > self.best["top1"]:
-                        self.best = {"epoch": self.epoch + 1, "top1": test["top1"]}
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.logger.log_epoch(row, self.global_step)
-                self.logger.print(_epoch_line(row, t.epochs))
-                self.save()
+        needs, sampler = self.method.data_needs, self.train_loader.sampler
+        if needs.class_partners:
+            self.logger.print(
+                f"note: a step holds {sampler.batch_size} anchor(s), each with {needs.class_partners} same-class "
+                f"partner(s): {sampler.batch_size * (needs.class_partners + 1)} images (data.batch_size counts "
+                f"{'all of them' if needs.partners_in_batch else 'the anchors'}).")
+        if sampler.dropped:
+            self.logger.print(
+                f"note: {self.cfg.method.name} needs at least {needs.min_batch} images per process in a step, so the "
+                f"last batch of each epoch ({sampler.dropped} image(s), a different random few each epoch) is left "
+                "out.")
+        self.load_watch = LoadWatch(self.device.type == "cpu")  # says once if the CPU is oversubscribed
+        try:
+            return self._loop(dist_utils.StopVote(signal_flag or {"stop": None}))
+        except KeyboardInterrupt:  # the second Ctrl-C
+            raise Interrupted(
+                f"Aborted by a second Ctrl-C at epoch {self.epoch + 1}, step {self.step_in_epoch}: the steps since "
+                "the last checkpoint are lost, and a file being written was abandoned (its previous version is "
+                f"intact). {next_step(self.run_dir)}") from None
+
+    def _loop(self, stop: dist_utils.StopVote) -> dict:
+        t = self.cfg.train
+        while self.epoch < t.epochs:
+            self._train_epoch(stop)
+            row = {"epoch": self.epoch + 1, **self.epoch_stats}
+            if (self.epoch + 1) % t.eval_every == 0 or self.epoch + 1 == t.epochs:
+                test = self.evaluate()
+                row.update({f"test/{k}": v for k, v in test.items() if k != "n"})
+                primary = self.task.primary
+                if self.best is None or test[primary] > self.best[primary]:
+                    self.best = {"epoch": self.epoch + 1, primary: test[primary]}
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.logger.log_epoch(row, self.global_step)
+            self.logger.print(epoch_line(row, t.epochs, self.method.task))
+            if (note := self.load_watch.note()) is not None:
+                self.logger.print(note)
+            self.save()
+            if self.epoch < t.epochs and stop.now():  # asked during the evaluation or the save
+                stop.flag["abortable"] = False
+                raise Interrupted(f"Stopped by {stop.name} after epoch {self.epoch}; checkpoint saved in "
+                                  f"{self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}")
         return self.finish()
 
-    def _train_epoch(self, signal_flag) -> None:
+    def _train_epoch(self, stop: dist_utils.StopVote) -> None:
         t = self.cfg.train
         self.method.train()
         if self.step_in_epoch == 0:  # resuming mid-epoch: the method's state comes from the checkpoint
@@ -213,7 +273,7 @@ class Trainer:
         steps = len(self.train_loader)
         self.step.reset()
         if self.resumed_window:  # resuming mid-epoch: keep the epoch's statistics so far
-            self.step.load_window_state(self.resumed_window)
+            self.step.stats.load_state(self.resumed_window)
             self.resumed_window = None
         window_start = self.global_step
         bar = None
@@ -222,33 +282,35 @@ class Trainer:
 
             bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                        leave=False, dynamic_ncols=True)
-        started, seen_before = time.perf_counter(), self.step.seen
+        started, seen_before = time.perf_counter(), self.step.stats.seen
         try:
             for batch in self.train_loader.iter_from(self.step_in_epoch):
+                vote = stop.start()  # runs while the step does
                 factor = lr_factor(self.cfg.schedule, self.global_step, steps, t.epochs)
                 for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                     group["lr"] = base * factor
-                self.step(batch.images, batch.targets, batch.index)
+                self.step(batch.images, batch.targets, batch.index, last=self.step_in_epoch + 1 == steps)
                 self.global_step += 1
                 self.step_in_epoch += 1
                 if self.step_in_epoch % t.log_every == 0 or self.step_in_epoch == steps:
                     self._check_finite(window_start)
-                    stats = self.step.summary()  # running means over the epoch so far
+                    stats = self._train_summary()  # running means over the epoch so far
                     self.logger.log_steps({"step/loss": stats.get("train/loss", math.nan),
                                            "step/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{stats.get('train/loss', math.nan):.3f}",
-                                        acc=f"{stats.get('train/top1', 0):.1f}")
+                                        acc=f"{stats.get('train/' + self.task.train_accuracy, 0):.1f}")
                 if bar is not None:
                     bar.update(1)
-                if self._stop_requested(signal_flag):
+                # Stops and checkpoints fall between optimizer steps (accumulated gradients are not checkpointed).
+                if stop.result(vote) and self.step.pending == 0:
                     self._check_finite(window_start)
                     self._account(started, seen_before)
                     self.save()
+                    stop.flag["abortable"] = False
                     raise Interrupted(
-                        f"Stopped by {signal_flag['stop'] or 'a signal'} at epoch {self.epoch + 1}, step "
-                        f"{self.step_in_epoch}; checkpoint saved in {self.run_dir / CHECKPOINT}. Continue with "
-                        f"`selfkd train --resume {self.run_dir}`."
+                        f"Stopped by {stop.name} at epoch {self.epoch + 1}, step {self.step_in_epoch}; checkpoint "
+                        f"saved in {self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}"
                     )
         finally:
             if bar is not None:
@@ -257,106 +319,105 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         elapsed, seen = self._account(started, seen_before)
         self._check_finite(window_start)
-        self.epoch_stats = {**self.step.summary(), "lr": self.optimizer.param_groups[0]["lr"],
+        self.epoch_stats = {**self._train_summary(), "lr": self.optimizer.param_groups[0]["lr"],
                             "time/epoch_s": elapsed, "time/img_per_s": seen * self.dist.world / max(elapsed, 1e-9)}
 
     def _account(self, started: float, seen_before: int) -> tuple[float, int]:
         """Add the time and images since ``started`` to the run's totals; returns them (images on this rank:
         primary images, i.e. anchors and first views, as an epoch counts them)."""
-        elapsed, seen = time.perf_counter() - started, self.step.seen - seen_before
+        elapsed, seen = time.perf_counter() - started, self.step.stats.seen - seen_before
         self.train_time += elapsed
         self.images_seen += seen * self.dist.world
         return elapsed, seen
 
-    def _stop_requested(self, signal_flag) -> bool:
-        if not self.dist.enabled:
-            return signal_flag["stop"] is not None
-        if self.step_in_epoch % self.cfg.train.log_every:
-            return False
-        # Every rank must stop at the same step: agree every log_every steps.
-        stop = torch.tensor([1.0 if signal_flag["stop"] else 0.0], device=self.device)
-        return bool(all_reduce_sum(stop).item())
+    def _train_summary(self) -> dict:
+        return self.step.stats.summary(self.task.train_accuracy)
 
     def _check_finite(self, window_start: int) -> None:
-        bad = self.step.nonfinite()
+        bad = self.step.stats.nonfinite()
         if bad is None:
             return
         step, terms = bad
         raise TrainingError(
             f"Non-finite loss ({', '.join(terms)}) at training step {window_start + step + 1} "
-            f"(epoch {self.epoch + 1}). Stopped without overwriting the last good checkpoint in {self.run_dir}. "
-            "Lower the learning rate, enable train.grad_clip, use --set train.amp=off, or set "
-            "train.nonfinite=skip to skip such steps."
+            f"(epoch {self.epoch + 1}); nothing from that step on was saved. Lower the learning rate, enable "
+            "train.grad_clip, turn train.amp off, or set train.nonfinite=skip to skip such steps (each as --set "
+            f"KEY=VALUE added to the command below). {next_step(self.run_dir)}"
         )
 
     def evaluate(self) -> dict:
-        return evaluate(self.method, self.test_loader, self.device, self.step.dtype)
+        """The task's metrics of the module the run exports, on the test split; keeps the evaluation's files."""
+        evaluation = evaluate(self.method.eval_model(), self.test_loader, self.device, self.step.dtype,
+                              Evaluation(self.method.task, self.splits.num_classes, self.device))
+        result = evaluation.result()  # combines the processes' states first
+        self.eval_files = evaluation.files()
+        return result
 
     def finish(self) -> dict:
+        if self.eval_files is None:  # resumed after the last epoch: evaluate again for the evaluation's files
+            self.evaluate()
         final = self.logger.rows[-1] if self.logger.rows else {}
+        exported = self.method.eval_model()
         summary = {
-            "selfkd_version": __version__,
+            "selfkd_version": __version__, "task": self.method.task,
             "name": self.cfg.run_name, "method": self.cfg.method.name, "model": self.cfg.model.name,
             "dataset": self.cfg.data.dataset, "seed": self.cfg.seed, "epochs": self.cfg.train.epochs,
             "final": {k[len("test/"):]: v for k, v in final.items() if k.startswith("test/")},
             "best_on_test": dict(self.best or {}, note="selected on the test set; report 'final' instead"),
             "train_time_s": self.train_time,
             "img_per_s": self.images_seen / self.train_time if self.train_time else None,
-            "params": sum(p.numel() for p in self.method.deployable().parameters()),
+            "params": sum(p.numel() for p in exported.parameters()),
             "extra_params": self.method.extra_parameters(),
             "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "world_size": self.dist.world,
+            "settings": {k: getattr(self.cfg.train, k) for k in ("amp", "channels_last", "compile")},
         }
+        if self.method.task == "segmentation":
+            summary["classes"] = list(self.splits.classes)  # the names of final's iou_per_class
         if self.dist.main:
-            d = self.cfg.data
+            data = self.cfg.data
             meta = {"model": self.cfg.model.name, "num_classes": self.splits.num_classes,
                     "in_channels": self.splits.in_channels, "model_options": self.cfg.model.options(),
-                    "method": self.cfg.method.name, "selfkd_version": __version__,
-                    "image_size": d.image_size or self.splits.image_size,  # what a deployer must feed it
-                    "mean": list(d.mean or self.splits.mean), "std": list(d.std or self.splits.std),
+                    "method": self.cfg.method.name, "method_options": self.cfg.method.options(),
+                    "task": self.method.task, "selfkd_version": __version__,
+                    "image_size": data.image_size or self.splits.image_size,  # what a deployer must feed it
+                    "mean": list(data.mean or self.splits.mean), "std": list(data.std or self.splits.std),
                     "classes": list(self.splits.classes)}
-            save_weights(self.run_dir / WEIGHTS, self.method.deployable(), meta)
-            if self.reliability:
-                atomic_write(self.run_dir / RELIABILITY, lambda tmp: tmp.write_text(json.dumps(self.reliability)))
-            atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+            then = next_step(self.run_dir)
+            save_eval_model(self.run_dir / WEIGHTS, self.method, meta, then)
+            for stem, document in self.eval_files.items():
+                atomic_write(self.run_dir / f"{stem}.json", lambda tmp, d=document: tmp.write_text(json.dumps(d)), then)
+            if self.method.task == "segmentation":  # a few test predictions for the report's figure
+                write_examples(self.run_dir / EXAMPLES, exported, self.test_loader, self.splits.classes, self.device,
+                               self.step.dtype, then=then)
+            atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)), then)
         self.logger.close()
         return summary
 
 
-def build_method(cfg: Config, splits) -> Method:
-    """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
-    of training images the run uses)."""
-    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                         **cfg.model.options())
-    num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
-    return create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
-                         **per_sample_args(cfg.method.name, num_train))
-
-
-def evaluate(module: torch.nn.Module, loader, device: torch.device, dtype: torch.dtype | None) -> dict:
-    """Top-1/5, NLL, ECE and AURC of ``module`` (a method, or a backbone returning ``(logits, features)``) in
-    eval mode over ``loader``, summed over ranks, with the reliability-diagram bins under ``reliability``."""
+def evaluate(module: torch.nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
+             evaluation: Evaluation) -> Evaluation:
+    """Feed ``module`` (a method's eval model: a backbone returning ``(logits, features)``, or a method returning
+    logits) in eval mode every batch of ``loader`` into ``evaluation``; returns it."""
     was_training = module.training
     module.eval()
-    stats = EvalStats(device)
     with torch.no_grad(), autocast(device, dtype):
         for batch in loader:
             out = module(batch.images)
-            stats.update(out[0] if isinstance(out, tuple) else out, batch.targets)
-    all_reduce_sum(stats.sums)
-    all_reduce_sum(stats.bins)
-    if stats.confidence:
-        stats.confidence = [all_gather_cat(torch.cat(stats.confidence))]
-        stats.correct = [all_gather_cat(torch.cat(stats.correct))]
+            evaluation.update(out[0] if isinstance(out, tuple) else out, batch.targets)
     module.train(was_training)
-    return {**stats.result(), "reliability": stats.reliability()}
+    return evaluation
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict, epochs: int, task: str) -> str:
+    """``epoch 3/10  loss 0.4212  train 91.20%  test 88.10%  nll 0.351  ece 2.10%  5123 img/s``: the task's test
+    metrics that have a console label (:class:`selfkd.metrics.Column`), in their order."""
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', math.nan):.4f}",
-             f"train {row.get('train/top1', math.nan):.2f}%"]
-    if "test/top1" in row:
-        parts += [f"test {row['test/top1']:.2f}%", f"nll {row['test/nll']:.3f}", f"ece {row['test/ece']:.2f}"]
+             f"train {row.get('train/' + TASKS[task].train_accuracy, math.nan):.2f}%"]
+    for column in columns(task):
+        value = row.get(f"test/{column.key}")
+        if column.line and isinstance(value, (int, float)):
+            parts.append(f"{column.line} {value:.{column.digits}f}" + ("%" if "%" in column.header else ""))
     parts.append(f"{row.get('time/img_per_s', 0):.0f} img/s")
     return "  ".join(parts)
 
@@ -367,17 +428,61 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def finished(cfg: Config) -> dict | None:
+    """The summary of the run ``cfg`` describes when it trained all of ``cfg``'s epochs and saved nothing since
+    (None otherwise: there is more to train, or ``cfg`` is another run, which resuming refuses)."""
+    summary, checkpoint = cfg.run_path / SUMMARY, cfg.run_path / CHECKPOINT
+    try:
+        done = json.loads(summary.read_text())
+        newer = not checkpoint.exists() or summary.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    same = isinstance(done, dict) and [done.get("method"), done.get("model"), done.get("dataset")] == [
+        cfg.method.name, cfg.model.name, cfg.data.dataset]
+    return done if same and newer and isinstance(done.get("epochs"), int) and done["epochs"] >= cfg.train.epochs \
+        else None
+
+
 def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train one run and return its summary (the Python API behind ``selfkd train``)."""
+    """Train one run and return its summary (the Python API behind ``selfkd train``). Resuming a finished run
+    changes nothing and returns its summary."""
     if isinstance(cfg, dict):
         cfg = build_config(cfg)
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and (cfg.run_path / CHECKPOINT).exists():
         resume, overwrite = True, False  # torchrun restarted the workers: continue from the last checkpoint
+    if resume and (done := finished(cfg)) is not None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"The run in {cfg.run_path} is finished ({done['epochs']}/{done['epochs']} epochs); nothing was "
+                  f"changed. Evaluate it with `selfkd eval --run {cfg.run_path}`, or train it further with "
+                  f"`selfkd train --resume {cfg.run_path} --epochs N`.", flush=True)
+        return done
     try:
         trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-        try:
-            return trainer.fit()
-        finally:
-            trainer.logger.close()
+    except KeyboardInterrupt:  # Ctrl-C before the training loop
+        dist_utils.shutdown()
+        raise Interrupted("Interrupted while the run was being prepared; nothing was written. Run the same "
+                          "command again.") from None
+    try:
+        with stop_on_signals() as signal_flag:  # until the folder is released: a late Ctrl-C cuts nothing short
+            try:
+                return trainer.fit(signal_flag)
+            finally:
+                signal_flag["abortable"] = False
+                trainer.close()
     finally:
         dist_utils.shutdown()
+
+
+def _get(config: dict, key: tuple):
+    for part in key:
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns

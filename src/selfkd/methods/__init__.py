@@ -1,12 +1,14 @@
 import importlib
 import pkgutil
 
-from .base import DataNeeds, Method, MethodOutput
-from .registry import METHODS, create_method, list_methods, per_sample_args, register_method
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
+from .registry import METHODS, create_method, list_methods, method_class, model_task, per_sample_args, register_method
 
 # Every module of this package registers its methods on import.
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("base", "registry"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["DataNeeds", "Method", "MethodOutput", "METHODS", "create_method", "list_methods", "per_sample_args", "register_method"]
+__all__ = ["DataNeeds", "Method", "MethodOutput", "METHODS", "create_method", "list_methods", "method_class",
+           "model_task", "per_sample_args", "register_method"]

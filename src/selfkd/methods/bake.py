@@ -1,21 +1,19 @@
-"""BAKE: batch knowledge ensembling (baselines.md §14).
-
-Ge, Choi, Zhang, Zhao, Zhu, Zhao, Li, "Self-distillation with Batch Knowledge Ensembling Improves
-ImageNet Classification", arXiv:2104.13298, 2021.
-"""
+"""BAKE: batch knowledge ensembling (:class:`BAKE`)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from .. import comm
-from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss, kd_prob_loss
 from ..models.base import Backbone
-from .base import DataNeeds, Method, MethodOutput
+from ..registry import NonNegative, Positive, PositiveInt
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
 from .registry import register_method
 
 
@@ -49,27 +47,31 @@ def doubling_rounds(omega: float, tolerance: float = 1e-8) -> int:
 
 @register_method("bake")
 class BAKE(Method):
-    """``L = CE(z, y) + weight·KDp_T(Q, z)`` with ``Q`` the batch knowledge ensemble (teacher, no grad).
+    """BAKE: Ge, Choi, Zhang, Zhao, Zhu, Zhao, Li, "Self-distillation with Batch Knowledge Ensembling
+    Improves ImageNet Classification", arXiv:2104.13298, 2021.
 
-    Batches hold ``batch_size`` images in total: anchors, each followed by 3 other images of its class
-    (``DataNeeds(class_partners=3, partners_in_batch=True, partners_replace=False, exclude_self=True)``);
-    every image is a training sample for both terms. Under DDP ``global_ke=True`` (the official code)
-    all-gathers ĥ and P, ensembles over the global batch and keeps this rank's rows.
+    Each sample's teacher is an ensemble of the predictions of the similar samples in its batch::
 
-    Fixed by default (Self-KD-Lib bugs, reproduced by ``compat="selfkdlib"``): Q is used directly as the
-    target (SKL applies ``σ(·/T)`` to Q again), and the batch is ``batch_size`` images in total (SKL draws
-    ``batch_size`` anchors plus 3 partners each).
+        A = softmax_row(ĥĥᵀ − 10⁹·I)      ĥ = h/‖h‖₂ (cosine similarities, self excluded)
+        Q = (1−ω)·(I − ω·A)⁻¹·σ(z/T)       (no gradient; rows sum to 1)
+        L = CE(z, y) + λ·KDp_T(Q, z)       T = 4, ω = 0.5, λ = ``weight`` = 1
+
+    ``KDp_T(q, s) = T²·(1/B) Σ_b KL(q_b ‖ σ(s_b/T))``: Q is the target distribution itself. Batches hold
+    ``batch_size`` images in total: anchors, each followed by ``partners`` = 3 other images of its class
+    (drawn without replacement); every image is a training sample for both terms. Under DDP
+    ``global_ke=True`` (the official code) all-gathers ĥ and the logits, ensembles over the global batch and
+    keeps this rank's rows; ``global_ke=False`` ensembles each rank's batch alone.
+
+    The default is the official code. ``compat="selfkdlib"`` reproduces Self-KD-Lib's two bugs: it applies
+    ``σ(·/T)`` to Q again (a near-uniform target) and draws ``batch_size`` anchors plus 3 partners each
+    (batches of 4× the size).
     """
 
-    def __init__(self, model: Backbone, num_classes: int, temperature: float = 4.0, omega: float = 0.5,
-                 weight: float = 1.0, partners: int = 3, global_ke: bool = True,
+    def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 4.0,
+                 omega: Annotated[float, Field(ge=0, lt=1)] = 0.5, weight: NonNegative = 1.0,
+                 partners: PositiveInt = 3, global_ke: bool = True,
                  compat: Literal["official", "selfkdlib"] = "official"):
         super().__init__(model, num_classes)
-        if not 0 <= omega < 1:
-            raise ConfigError(f"omega must be in [0, 1) so that I − ω·A is invertible, got {omega}. BAKE uses 0.5.")
-        if temperature <= 0 or weight < 0 or partners < 1:
-            raise ConfigError(f"BAKE needs temperature > 0, weight >= 0 and partners >= 1, got temperature="
-                              f"{temperature}, weight={weight}, partners={partners}. Defaults: 4, 1, 3.")
         self.temperature, self.omega, self.weight, self.global_ke, self.compat = (
             temperature, omega, weight, global_ke, compat)
         self.data_needs = DataNeeds(class_partners=partners, partners_in_batch=compat == "official",

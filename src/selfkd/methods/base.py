@@ -1,9 +1,10 @@
 """The method contract.
 
-A method is an ``nn.Module`` that holds the backbone and whatever it adds (heads, self-teacher,
-per-sample tables). In training mode ``method(images, targets, index=None)`` returns a
-:class:`MethodOutput`; in eval mode ``method(images)`` returns the logits used for inference.
-The engine only sums nothing, logs ``losses`` and back-propagates ``loss``.
+A method is an ``nn.Module`` that holds the model (a classification backbone or a segmenter) and
+whatever it adds (heads, self-teacher, per-sample tables). In training mode
+``method(images, targets, index=None)`` returns a :class:`MethodOutput`; in eval mode ``method(images)``
+returns the logits used for inference. The engine sums nothing itself: it logs every term of ``losses``
+and back-propagates ``loss``. A method belongs to one task (``task``, the registry it is registered in).
 
 Batch layout: the data pipeline gathers a batch from a vector of sample indices that the method's
 :class:`DataNeeds` shapes — several views are concatenated view-major (``[x¹; x²]``), same-class
@@ -13,12 +14,13 @@ are the first ``len(logits)`` rows of the batch; training accuracy is computed o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..data.needs import DataNeeds
 from ..models.base import Backbone
 
 
@@ -28,21 +30,10 @@ class MethodOutput(NamedTuple):
     losses: dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class DataNeeds:
-    """What a method needs from the data pipeline (the trainer itself knows none of this)."""
-
-    index: bool = False  # pass dataset sample indices as ``index=``
-    views: int = 1  # independently augmented views of each sample, concatenated view-major
-    class_partners: int = 0  # same-class partners per anchor; batch = [anchors; partners_1; ...]
-    partners_in_batch: bool = False  # batch_size counts anchors + partners (BAKE), not anchors only (CS-KD)
-    exclude_self: bool = False  # a partner is never its own anchor
-    partners_replace: bool = True  # draw an anchor's partners with replacement
-
-
 class Method(nn.Module):
     """Base class: plain backbone inference, no extra state. Subclasses implement :meth:`compute_loss`."""
 
+    task = "classification"
     data_needs = DataNeeds()
     # Buffers whose shape can change between steps (e.g. a cached previous batch): they are
     # resized when a checkpoint is loaded instead of failing the shape check.
@@ -72,9 +63,17 @@ class Method(nn.Module):
         in the middle of an epoch (the method's buffers come from the checkpoint). Keep per-epoch values in
         tensors (buffers) so compiled graphs do not recompile when they change."""
 
-    def deployable(self) -> nn.Module:
-        """The module to export for inference (the plain backbone unless a method says otherwise)."""
+    def eval_model(self) -> nn.Module:
+        """The module that evaluation runs and export writes: the backbone, or the method itself when it
+        predicts with more than the backbone (then ``method(images)`` in eval mode gives the logits).
+        One module serves both, so the exported weights are exactly what was evaluated."""
         return self.backbone
+
+    @classmethod
+    def example_options(cls, model: nn.Module, folder: Path) -> dict:
+        """Options this method cannot be built without (e.g. a teacher file), made up for tests and benchmarks;
+        files it needs are written in ``folder``."""
+        return {}
 
     def extra_parameters(self) -> int:
         """Trainable parameters the method adds to the backbone."""

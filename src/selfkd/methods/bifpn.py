@@ -1,4 +1,4 @@
-"""FRSKD's self-teacher network: a BiFPN over the classifier's stage features (seed-methods.md §2.1).
+"""FRSKD's self-teacher network: a BiFPN over the classifier's stage features.
 
 Two variants:
 
@@ -8,7 +8,7 @@ Two variants:
 - ``bifpn``: one width ``d`` (256) at every level. The lateral projections ``L_i``/``L'_i`` still map
   ``c_i → d`` (nothing else could bring the stage features to a common width), but ``Up``/``Down`` are
   plain resampling without projection convs. 681,581 parameters on WRN-16-2 (K = 100), ≈ 0.97× the
-  703,060 of the classifier, as the spec states.
+  703,060 of FRSKD's WRN-16-2 classifier, as the paper reports.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ class TeacherOutput(NamedTuple):
 
 
 class SelfTeacher(nn.Module):
-    """The BiFPN self-teacher (§2.1) over ``n ≥ 2`` stage features with channels ``stage_channels``.
+    """The BiFPN self-teacher over ``n ≥ 2`` stage features with channels ``stage_channels``.
 
     ``widths`` are the level widths ``d_i``; ``resample_convs`` puts a ``k1`` into ``Up``/``Down``
     (BiFPNc) or leaves them plain resampling (uniform-width BiFPN). Forward (1-indexed)::
@@ -183,13 +183,9 @@ def build_self_teacher(variant: str, stage_channels: list[int], stage_reductions
             raise ConfigError("Option 'channels' sets the uniform width of teacher='bifpn'; for teacher='bifpnc' "
                               "set the width factor 'width' instead (default 2).")
         width = 2 if width is None else width
-        if width < 1:
-            raise ConfigError(f"width must be a positive integer factor, got {width}. The paper uses width=2.")
         return SelfTeacher(stage_channels, [width * c for c in stage_channels], num_classes, resample_convs=True)
     if width is not None:
         raise ConfigError("Option 'width' is the channel factor of teacher='bifpnc'; for teacher='bifpn' set the "
                           "uniform width 'channels' instead (default 256).")
     channels = 256 if channels is None else channels
-    if channels < 1:
-        raise ConfigError(f"channels must be a positive integer, got {channels}. The paper uses channels=256.")
     return SelfTeacher(stage_channels, [channels] * len(stage_channels), num_classes, resample_convs=False)

@@ -1,4 +1,4 @@
-"""Stage-copy branches (baselines.md §0), shared by ONE, DKS and MixSKD.
+"""Stage-copy branches, shared by ONE, DKS, MixSKD and BYOT's ``stage_copy`` variant.
 
 A branch from ``F_i`` is a new, randomly initialised copy of stages ``i+1..n`` (the first block of each
 copied stage keeps its down-sampling), then GAP and a new ``Linear(c_n → K)``. No weight is copied from

@@ -1,9 +1,4 @@
-"""BYOT: Be Your Own Teacher (baselines.md §7).
-
-Zhang, Song, Gao, Chen, Bao, Ma, "Be Your Own Teacher: Improve the Performance of Convolutional Neural
-Networks via Self Distillation", ICCV 2019. No official code; the default follows the paper's design as
-luanyunteng/pytorch-be-your-own-teacher implements it (its CIFAR-100 ResNet-18 results match the paper).
-"""
+"""BYOT: shallow exits taught by the deepest classifier (:class:`BYOT`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -15,13 +10,14 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
 from ..models.base import init_weights
+from ..registry import NonNegative, Positive, PositiveInt
 from .base import Method, MethodOutput
 from .branches import StageCopyBranch
 from .registry import register_method
 
 
 class ShallowClassifier(nn.Module):
-    """Bottleneck exit on a stage output (§7): conv1×1 C→w → BN → ReLU → conv k×k stride k w→w → BN → ReLU →
+    """Bottleneck exit on a stage output: conv1×1 C→w → BN → ReLU → conv k×k stride k w→w → BN → ReLU →
     conv1×1 w→d → BN → ReLU → GAP → FC(d→K); all convs with bias. ``k`` brings the feature to the
     resolution of the last stage (k = 8, 4, 2 for stages 1–3 of a CIFAR ResNet-18); ``d`` is the backbone's
     embedding size, so ``h_i`` and ``h`` can be compared."""
@@ -44,34 +40,37 @@ class ShallowClassifier(nn.Module):
 
 @register_method("byot")
 class BYOT(Method):
-    """Shallow exits after every stage but the last, taught by the deepest classifier (the backbone).
+    """BYOT: Zhang, Song, Gao, Chen, Bao, Ma, "Be Your Own Teacher: Improve the Performance of Convolutional
+    Neural Networks via Self Distillation", ICCV 2019.
 
-    Default (``branch="bottleneck"``, α = 0.1, T = 3, λ = 1e-6), with ``z_4 = z`` and ``h_4 = h``::
+    Shallow classifiers after every stage but the last are taught by the deepest classifier (the backbone).
+    Default (``branch="bottleneck"``, :class:`ShallowClassifier` exits), with ``z_4 = z`` and ``h_4 = h``::
 
         L = (1−α)·Σ_{i≤4} CE(z_i, y) + α·Σ_{i≤3} KD_T(z_4, z_i) + λ·Σ_{i≤3} Σ_{b,c} 1[h_i>0 ∨ h_4>0]·(h_i − sg h_4)²
+        α = 0.1, T = 3, λ = 1e-6
 
-    ``branch="stage_copy"`` (Self-KD-Lib): exits from ``F_2`` and ``F_3`` made of one-block stage copies;
-    ``L = Σ_3 CE + Σ_aux KD_4(z, z_aux) + 0.05·Σ_aux MSE(G_aux, sg F_4)`` on the final feature maps.
-    ``ce_weight``, ``kd_weight``, ``temperature``, ``feature_weight`` left at ``None`` take the chosen
-    branch's values (bottleneck: 1−α = 0.9, α = 0.1, 3, 1e-6; stage_copy: 1, 1, 4, 0.05).
+    (``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``; the feature term is a sum over batch and
+    channels.) The paper gives no α or λ and no official code was released: the default is the design of
+    luanyunteng/pytorch-be-your-own-teacher, whose CIFAR-100 ResNet-18 results match the paper's.
+    ``branch="stage_copy"`` is Self-KD-Lib's variant: exits from ``F_2`` and ``F_3`` made of one-block stage
+    copies, ``L = Σ_3 CE + Σ_aux KD_4(z, z_aux) + 0.05·Σ_aux MSE(G_aux, sg F_4)`` on the final feature maps.
+    ``ce_weight``, ``kd_weight``, ``temperature``, ``feature_weight`` left out take the chosen branch's
+    values (bottleneck: 1−α = 0.9, α = 0.1, 3, 1e-6; stage_copy: 1, 1, 4, 0.05).
 
     Inference uses the backbone; ``eval="exitN"`` uses auxiliary exit N (numbered from the shallowest)
     and ``eval="ensemble"`` the mean of the logits of all exits, backbone included (the paper's extras).
     """
 
     def __init__(self, model, num_classes, *, branch: Literal["bottleneck", "stage_copy"] = "bottleneck",
-                 ce_weight: float | None = None, kd_weight: float | None = None, temperature: float | None = None,
-                 feature_weight: float | None = None, bottleneck_width: int = 128,
+                 ce_weight: NonNegative | None = None, kd_weight: NonNegative | None = None,
+                 temperature: Positive | None = None, feature_weight: NonNegative | None = None,
+                 bottleneck_width: PositiveInt = 128,
                  eval: Literal["backbone", "ensemble", "exit1", "exit2", "exit3"] = "backbone"):
         super().__init__(model, num_classes)
         defaults = {"bottleneck": (0.9, 0.1, 3.0, 1e-6), "stage_copy": (1.0, 1.0, 4.0, 0.05)}[branch]
         given = (ce_weight, kd_weight, temperature, feature_weight)
         self.ce_weight, self.kd_weight, self.temperature, self.feature_weight = (
             d if v is None else v for v, d in zip(given, defaults))
-        if self.temperature <= 0 or min(self.ce_weight, self.kd_weight, self.feature_weight) < 0:
-            raise ConfigError(f"byot needs temperature > 0 and non-negative weights, got temperature="
-                              f"{self.temperature}, ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, "
-                              f"feature_weight={self.feature_weight}.")
         n = len(model.stage_channels)
         if branch == "bottleneck":
             self.sources = list(range(n - 1))
@@ -105,6 +104,9 @@ class BYOT(Method):
             feature = sum(F.mse_loss(g.float(), last.detach().float()) for _, g in aux)
         losses = {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd, "feature": self.feature_weight * feature}
         return MethodOutput(logits, sum(losses.values()), losses)
+
+    def eval_model(self) -> nn.Module:
+        return self.backbone if self.eval_mode == "backbone" else self
 
     def predict(self, images):
         if self.eval_mode == "backbone":

@@ -1,9 +1,10 @@
-"""Plain cross-entropy and label smoothing (baselines.md §1–2)."""
+"""Plain cross-entropy and label smoothing."""
 from __future__ import annotations
 
 from typing import Literal
 
 from ..losses import cross_entropy, smoothed_targets, soft_cross_entropy
+from ..registry import Fraction
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -20,12 +21,15 @@ class CrossEntropy(Method):
 
 @register_method("ls")
 class LabelSmoothing(Method):
-    """Label smoothing (Szegedy et al., CVPR 2016): SCE(z, q) with q = (1−ε)·1_y + ε/(K−1)·(1−1_y).
+    """Label smoothing: Szegedy, Vanhoucke, Ioffe, Shlens, Wojna, "Rethinking the Inception Architecture for
+    Computer Vision", CVPR 2016.
 
-    ``ls_style="uniform"`` gives the paper's/PyTorch's (1−ε)·1_y + ε/K instead.
+    ``L = SCE(z, q) = −(1/B) Σ_b Σ_k q_bk log σ(z_b)_k`` with ``q = (1−ε)·1_y + ε/(K−1)·(1−1_y)``, ε = 0.1: the
+    form of the Self-KD-Lib, TF-KD and Zipf's LS code (the true class gets exactly 1−ε).
+    ``ls_style="uniform"`` gives the paper's and PyTorch's ``(1−ε)·1_y + ε/K`` instead.
     """
 
-    def __init__(self, model, num_classes, epsilon: float = 0.1, ls_style: Literal["others", "uniform"] = "others"):
+    def __init__(self, model, num_classes, epsilon: Fraction = 0.1, ls_style: Literal["others", "uniform"] = "others"):
         super().__init__(model, num_classes)
         self.epsilon, self.ls_style = epsilon, ls_style
 

@@ -1,35 +1,38 @@
-"""CS-KD: class-wise self-knowledge distillation (baselines.md §3).
-
-Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Distillation", CVPR 2020.
-"""
+"""CS-KD: class-wise self-knowledge distillation (:class:`CSKD`)."""
 from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
-from .base import DataNeeds, Method, MethodOutput
+from ..registry import NonNegative, Positive
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
 from .registry import register_method
 
 
 @register_method("cskd")
 class CSKD(Method):
-    """``CE(z_a, y) + λ·KD_T(z_p, z_a)``: each anchor is distilled from another image of its class.
+    """CS-KD: Yun, Park, Lee, Shin, "Regularizing Class-wise Predictions via Self-knowledge Distillation",
+    CVPR 2020.
 
-    The batch is ``[anchors; partners]`` (one partner per anchor, drawn uniformly from the anchor's
-    class by the data pipeline). Two forwards, as the official code: the anchors with gradient, the
-    partners under ``no_grad`` in train mode (so BN running statistics are updated by both halves).
-    No CE on partners. ``exclude_self=True`` never pairs an anchor with itself (the official sampler
-    may, with probability 1/500 on CIFAR-100). Defaults T = 4, λ = 1 (official CIFAR and Self-KD-Lib).
-    The official sampler is not DDP-aware; selfkd's shards the anchors and keeps each pair on one rank.
+    Each anchor is distilled from another image of its class::
+
+        L = CE(z_a, y) + λ·KD_T(z_p, z_a)        T = 4, λ = ``kd_weight`` = 1
+
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``, ``z_a`` the anchors' logits and ``z_p``
+    the partners'. The batch is ``[anchors; partners]`` (one partner per anchor, drawn uniformly from the
+    anchor's class by the data pipeline). Two forwards, as the official code: the anchors with gradient,
+    the partners under ``no_grad`` in train mode (so BN running statistics are updated by both halves).
+    No CE on partners. T and λ are the official CIFAR values (also Self-KD-Lib's).
+
+    Reference code: its sampler may pair an anchor with itself (probability 1/500 on CIFAR-100); the
+    default keeps that, ``exclude_self=True`` never does. Its sampler is not DDP-aware; selfkd's shards
+    the anchors and keeps each pair on one rank (one process gives the official batches).
     """
 
-    def __init__(self, model, num_classes, *, temperature: float = 4.0, kd_weight: float = 1.0,
+    def __init__(self, model, num_classes, *, temperature: Positive = 4.0, kd_weight: NonNegative = 1.0,
                  exclude_self: bool = False):
         super().__init__(model, num_classes)
-        if temperature <= 0 or kd_weight < 0:
-            raise ConfigError(f"cskd needs temperature > 0 and kd_weight >= 0, got temperature={temperature}, "
-                              f"kd_weight={kd_weight}. The paper uses temperature=4, kd_weight=1.")
         self.temperature, self.kd_weight = temperature, kd_weight
         self.data_needs = DataNeeds(class_partners=1, exclude_self=exclude_self)
 

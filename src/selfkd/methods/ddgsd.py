@@ -1,38 +1,38 @@
-"""DDGSD: data-distortion guided self-distillation (baselines.md §8).
-
-Xu, Liu, "Data-Distortion Guided Self-Distillation for Deep Neural Networks", AAAI 2019. No official code;
-this follows Self-KD-Lib (the only CIFAR-100 ResNet-18 source) with its two scaling slips fixed by default.
-"""
+"""DDGSD: data-distortion guided self-distillation (:class:`DDGSD`)."""
 from __future__ import annotations
 
 from typing import Literal
 
-from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
-from .base import DataNeeds, Method, MethodOutput
+from ..registry import NonNegative, Positive
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
 from .registry import register_method
 
 
 @register_method("ddgsd")
 class DDGSD(Method):
-    """Two distorted views ``[x¹; x²]`` of each image in one forward (BN over both views)::
+    """DDGSD: Xu, Liu, "Data-Distortion Guided Self-Distillation for Deep Neural Networks", AAAI 2019.
 
-        L = CE([z¹; z²], [y; y]) + KD_T(z², z¹) + KD_T(z¹, z²) + μ·‖mean_b h¹ − mean_b h²‖²      T = 4, μ = 5e-4
+    Two distorted views ``[x¹; x²]`` of each image in one forward (BN over both views)::
 
-    The last term is a linear-kernel MMD between the batch means of the embeddings.
-    ``compat="selfkdlib"`` reproduces Self-KD-Lib's slips: the CE term halved once more, and the MMD
-    taken between the scalar means of all entries of ``h¹`` and ``h²``; the default ``"official"`` is the
-    fixed form above (there is no official code). Inference: one clean view.
+        L = CE([z¹; z²], [y; y]) + λ·[KD_T(z², z¹) + KD_T(z¹, z²)] + μ·‖mean_b h¹ − mean_b h²‖²
+        T = 4, λ = ``kd_weight`` = 1, μ = ``mmd_weight`` = 5e-4
+
+    (``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``; each view is the other's detached teacher.)
+    The last term is a linear-kernel MMD between the batch means of the embeddings ``h``. Inference: one
+    clean view.
+
+    Reference code: none was released; Self-KD-Lib's is the only CIFAR-100 ResNet-18 source, and the
+    default is its loss with two scaling slips fixed. ``compat="selfkdlib"`` reproduces them: the CE term
+    halved once more, and the MMD taken between the scalar means of all entries of ``h¹`` and ``h²``.
     """
 
     data_needs = DataNeeds(views=2)
 
-    def __init__(self, model, num_classes, *, temperature: float = 4.0, kd_weight: float = 1.0,
-                 mmd_weight: float = 5e-4, compat: Literal["official", "selfkdlib"] = "official"):
+    def __init__(self, model, num_classes, *, temperature: Positive = 4.0, kd_weight: NonNegative = 1.0,
+                 mmd_weight: NonNegative = 5e-4, compat: Literal["official", "selfkdlib"] = "official"):
         super().__init__(model, num_classes)
-        if temperature <= 0 or kd_weight < 0 or mmd_weight < 0:
-            raise ConfigError(f"ddgsd needs temperature > 0 and non-negative weights, got temperature={temperature}, "
-                              f"kd_weight={kd_weight}, mmd_weight={mmd_weight}.")
         self.temperature, self.kd_weight, self.mmd_weight, self.compat = temperature, kd_weight, mmd_weight, compat
 
     def compute_loss(self, images, targets, index=None):

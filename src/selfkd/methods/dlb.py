@@ -1,45 +1,46 @@
-"""DLB: self-distillation from the last mini-batch (baselines.md §9).
-
-Shen, Xu, Yang, Li, Guo, "Self-Distillation from the Last Mini-Batch for Consistency Regularization", CVPR 2022.
-"""
+"""DLB: self-distillation from the last mini-batch (:class:`DLB`)."""
 from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
-from .base import DataNeeds, Method, MethodOutput
+from ..registry import NonNegative, Positive
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
 from .registry import register_method
 
 
 @register_method("dlb")
 class DLB(Method):
-    """Each batch brings two views ``[v⁰; v¹]``; ``v¹`` is trained one step later, distilled from the
+    """DLB: Shen, Xu, Yang, Li, Guo, "Self-Distillation from the Last Mini-Batch for Consistency
+    Regularization", CVPR 2022.
+
+    Each batch brings two views ``[v⁰; v¹]``; ``v¹`` is trained one step later, distilled from the
     prediction on ``v⁰`` made one update earlier::
 
         z = f(v⁰_t);  z' = f(x_prev)
-        L = CE([z'; z], [y_prev; y_t]) + α·KD_T(z_prev, z')            T = 3, α = 1
+        L = CE([z'; z], [y_prev; y_t]) + α·KD_T(z_prev, z')            T = 3, α = ``kd_weight`` = 1
         cache (x_prev, y_prev, z_prev) ← (v¹_t, y_t, sg z)
 
-    The CE averages over all rows of both halves. The cache lives in buffers (so checkpoints carry it)
-    and is carried across epoch boundaries: only the very first training step, when the cache is still
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``. T and α are the paper's (the official
+    script has no defaults). The CE averages over all rows of both halves. The cache lives in buffers (so
+    checkpoints carry it) and is carried across epoch boundaries: only the very first training step, when the cache is still
     empty, is plain ``CE(z, y_t)`` (its ``kd`` term is 0). Whether the cache exists is read from the
     buffers' shape (empty before the first step), never from a tensor value, so the step needs no host
     sync; it runs one forward on the first step and two afterwards. The cache is copied into storage the
-    method owns and the logits are detached (the official code keeps the previous graph alive).
-    Two separate B-image forwards (separate BN batches, as official); ``joint_forward=True`` runs one
-    2B forward instead.
+    method owns. Two separate B-image forwards (separate BN batches, as the official code);
+    ``joint_forward=True`` runs one 2B forward instead.
+
+    Reference code: it caches the previous logits with their graph, keeping it alive until the next step
+    (memory only; the same numbers): here they are detached.
     """
 
     data_needs = DataNeeds(views=2)
     resizable_buffers = ("prev_images", "prev_targets", "prev_logits")
 
-    def __init__(self, model, num_classes, *, temperature: float = 3.0, kd_weight: float = 1.0,
+    def __init__(self, model, num_classes, *, temperature: Positive = 3.0, kd_weight: NonNegative = 1.0,
                  joint_forward: bool = False):
         super().__init__(model, num_classes)
-        if temperature <= 0 or kd_weight < 0:
-            raise ConfigError(f"dlb needs temperature > 0 and kd_weight >= 0, got temperature={temperature}, "
-                              f"kd_weight={kd_weight}. The paper uses temperature=3, kd_weight=1.")
         self.temperature, self.kd_weight, self.joint_forward = temperature, kd_weight, joint_forward
         self.register_buffer("prev_images", torch.zeros(0))
         self.register_buffer("prev_targets", torch.zeros(0, dtype=torch.long))

@@ -1,14 +1,4 @@
-"""FRSKD: "Refine Myself by Teaching Myself: Feature Refinement via Self-Knowledge Distillation"
-(Ji, Shin, Hwang, Park, Moon, CVPR 2021); behaviour as in seed-methods.md §2.
-
-A BiFPN self-teacher (:mod:`.bifpn`) refines the classifier's stage features ``F_i`` into ``T_i`` and
-classifies ``GAP(ReLU(T_n))``. Loss (§2.2)::
-
-    L = CE(z, y) + CE(t, y) + α·KD_T(t, z) + β·L_feat        α = 2, β = 100, T = 4
-
-Both distillation targets are detached; the teacher's CE reaches the backbone through the
-non-detached ``F_i``. Inference and export use the classifier alone.
-"""
+"""FRSKD: a BiFPN self-teacher refines the classifier's stage features and teaches it (:class:`FRSKD`)."""
 from __future__ import annotations
 
 import math
@@ -21,17 +11,19 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import attention_map, cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone, init_weights
+from ..registry import NonNegative, Positive, PositiveInt
 from .batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from .base import Method, MethodOutput
 from .bifpn import TeacherOutput, build_self_teacher
 from .registry import register_method
 
-MIX_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # §2.3: Beta(0.2, 0.2) / Beta(1, 1)
+MIX_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # the paper's Beta(0.2, 0.2) / Beta(1, 1)
 
 
 def attention_transfer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-    """``L_AT = Σ_i mean over batch and positions of (AT(F_i) − AT(sg(T_i)))²`` (§2.2);
-    ``teacher`` holds ``ReLU(T_i)``."""
+    """``L_AT = Σ_i mean over batch and positions of (AT(F_i) − AT(sg(T_i)))²`` with ``AT(f)`` the L2-normalised
+    channel mean of ``f²`` (:func:`~selfkd.losses.attention_map`); ``teacher`` holds ``ReLU(T_i)``. The mean of
+    squares follows the official code (the paper's text writes a norm)."""
     return sum((attention_map(s) - attention_map(t.detach())).pow(2).mean() for s, t in zip(student, teacher))
 
 
@@ -71,7 +63,18 @@ def make_adapters(stage_channels: list[int], widths: list[int], relu: bool) -> n
 
 @register_method("frskd")
 class FRSKD(Method):
-    """FRSKD (§2) with its ablations and combinations as options.
+    """FRSKD: Ji, Shin, Hwang, Park, Moon, "Refine Myself by Teaching Myself: Feature Refinement via
+    Self-Knowledge Distillation", CVPR 2021.
+
+    A BiFPN self-teacher (:class:`~selfkd.methods.bifpn.SelfTeacher`) refines the classifier's stage features
+    ``F_i`` into ``T_i`` and classifies ``t = fc(GAP(ReLU(T_n)))``; it teaches the classifier with soft labels
+    and attention maps::
+
+        L = CE(z, y) + CE(t, y) + α·KD_T(t, z) + β·L_AT        α = 2, β = 100, T = 4, teacher "bifpnc", width 2
+
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))`` and :func:`attention_transfer_loss`. Both
+    distillation targets are detached; the teacher's CE also trains the backbone through the undetached
+    ``F_i``. Inference and export use the classifier alone. Options (the paper's ablations and combinations):
 
     - ``teacher``: ``bifpnc`` (widths ``width·c_i``, width 2) or ``bifpn`` (``channels`` = 256 at every level).
     - ``feature_loss`` (term named after it, weighted by ``beta``):
@@ -80,38 +83,38 @@ class FRSKD(Method):
       ``overhaul`` — Σ_i partial L2 (:func:`partial_l2`) between connector_i(F_i) (1×1 conv + BN) and the
       pre-ReLU ``T_i`` against :func:`overhaul_margin` of the BN that produced ``T_i``. The classifier side
       uses the backbone's stage outputs ``F_i`` (post-ReLU for post-activation ResNets), since the backbone
-      contract exposes no pre-ReLU features. All three are means over elements, summed over levels (the FRSKD
-      code reduces overhaul as a per-sample sum with level weights 2^−(n−i), which ties its weight to the
-      feature sizes). β = 100 is the paper's value for ``at``; weights for the other two are not known.
-    - ``sla`` (§2.3, FRSKD+SLA): the 4 rotations of each image go through the classifier and the teacher in a
+      contract exposes no pre-ReLU features. All three are means over elements, summed over levels.
+      β = 100 is the paper's value for ``at``; weights for the other two are not known.
+    - ``sla`` (FRSKD+SLA): the 4 rotations of each image go through the classifier and the teacher in a
       second forward; joint heads ``Linear(c_n, 4K)`` / ``Linear(d_n, 4K)`` on the pooled rotated features are
-      trained with CE on ``4y + r`` (term ``ce_joint``). Reading of §2.3's ``KD(z, agg(joint_c))``: it is
-      written in the official code's (student, teacher) argument order, as in the concatenation sentence
-      after it, so the aggregated joint logits teach the single heads (as in SLA-SD, baselines.md §10):
-      ``sla_kd = λ·[KD_T(agg(joint_c), z) + KD_T(agg(joint_t), t)]``, aggregates detached, same ``T``. The
-      FRSKD ``kd`` term becomes ``α·KD_T([t; agg(joint_t)], [z; agg(joint_c)])`` (rows concatenated, mean
-      over 2B) and the feature loss runs on the plain and the rotated features together.
-    - ``mix`` (§2.3): mixup (Beta(0.2, 0.2)) or CutMix (Beta(1, 1)) of the batch, ``mix_alpha`` overrides α;
+      trained with CE on ``4y + r`` (term ``ce_joint``). The aggregated joint logits (each rotation's own slot,
+      averaged over the rotations, detached) teach the single heads, as in SLA-SD (the official code's KD
+      takes the student first, so its ``KD(z, agg(joint_c))`` is this direction):
+      ``sla_kd = λ·[KD_T(agg(joint_c), z) + KD_T(agg(joint_t), t)]``, λ = ``sla_weight`` = 1, same ``T``. The
+      ``kd`` term becomes ``α·KD_T([t; agg(joint_t)], [z; agg(joint_c)])`` (rows concatenated, mean over 2B)
+      and the feature loss runs on the plain and the rotated features together.
+    - ``mix``: mixup (Beta(0.2, 0.2)) or CutMix (Beta(1, 1)) of the batch, ``mix_alpha`` overrides α;
       ``ce``/``ce_teacher`` become mixed-target CE; KD and the feature loss use the mixed images.
+
+    Reference code: its overhaul margin was computed once at construction, from the untrained teacher (so a
+    constant −√(2/π) ≈ −0.80 for every channel); here it follows the teacher's BNs (:func:`overhaul_margin`).
+    It reduced overhaul as a per-sample sum with level weights 2^−(n−i), which ties the term's weight to the
+    feature sizes; here every feature loss is a mean. Neither is an option (they only concern the
+    ``overhaul`` ablation, whose weight is unknown anyway).
     """
 
-    def __init__(self, model: Backbone, num_classes: int, alpha: float = 2.0, beta: float = 100.0,
-                 temperature: float = 4.0, teacher: Literal["bifpnc", "bifpn"] = "bifpnc", width: int | None = None,
-                 channels: int | None = None, feature_loss: Literal["at", "fitnet", "overhaul"] = "at",
-                 sla: bool = False, sla_weight: float = 1.0, mix: Literal["none", "mixup", "cutmix"] = "none",
-                 mix_alpha: float | None = None):
+    def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 2.0, beta: NonNegative = 100.0,
+                 temperature: Positive = 4.0, teacher: Literal["bifpnc", "bifpn"] = "bifpnc",
+                 width: PositiveInt | None = None, channels: PositiveInt | None = None,
+                 feature_loss: Literal["at", "fitnet", "overhaul"] = "at", sla: bool = False,
+                 sla_weight: NonNegative = 1.0, mix: Literal["none", "mixup", "cutmix"] = "none",
+                 mix_alpha: Positive | None = None):
         super().__init__(model, num_classes)
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {temperature}. The paper uses temperature=4.")
-        for name, weight in (("alpha", alpha), ("beta", beta), ("sla_weight", sla_weight)):
-            if weight < 0:
-                raise ConfigError(f"{name} must be non-negative, got {weight}. The paper uses alpha=2, beta=100, "
-                                  "sla_weight=1.")
         if sla and mix != "none":
             raise ConfigError("FRSKD combines with either SLA (sla=true) or mixing (mix=mixup/cutmix), not both: the "
                               "paper reports them separately and defines no joint loss. Switch one of them off.")
-        if mix_alpha is not None and (mix == "none" or mix_alpha <= 0):
-            raise ConfigError(f"mix_alpha={mix_alpha} needs mix=mixup or mix=cutmix and a positive value "
+        if mix_alpha is not None and mix == "none":
+            raise ConfigError(f"mix_alpha={mix_alpha} is the Beta(α, α) of mixing, so it needs mix=mixup or mix=cutmix "
                               "(defaults: 0.2 for mixup, 1.0 for cutmix).")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.feature_loss, self.sla, self.sla_weight, self.mix = feature_loss, sla, sla_weight, mix
@@ -167,7 +170,7 @@ class FRSKD(Method):
         return MethodOutput(logits, sum(losses.values()), losses)
 
     def _rotated_forward(self, images: torch.Tensor):
-        """Second forward of the 4 rotations (§2.3): stage features, teacher output, joint logits of both."""
+        """Second forward of the 4 rotations (``sla``): stage features, teacher output, joint logits of both."""
         rot_feats = self.backbone.features(rotate_batch(images))
         rot_teacher = self.teacher(rot_feats)
         joint_c = self.joint_classifier(self.backbone.embed(rot_feats[-1]))

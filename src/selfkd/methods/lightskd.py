@@ -1,16 +1,14 @@
 """LightSKD: DRG (reverse guidance from an intermediate-stage head) and DSR (shape-wise regularisation).
 
-Xu et al., "Lightweight Self-Knowledge Distillation with Multi-source Information Fusion" (2023);
-behaviour as in seed-methods.md §1. The three registered names switch the two terms on and off:
+Xu et al., "Lightweight Self-Knowledge Distillation with Multi-source Information Fusion", 2023. The three
+registered names switch the two terms on and off (``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``,
+``z`` the backbone logits, ``a`` the auxiliary head's, ``s_t`` the sorted logits of step ``t``):
 
-- ``drg``:      CE(z) + CE(a) + α·KD_T(a, z)                          (§1.1)
-- ``dsr``:      CE(z) + β·KD_T(s_{t−1}, s_t)                          (§1.2)
-- ``lightskd``: CE(z) + CE(a) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)   (§1.3)
+- ``drg``:      CE(z) + CE(a) + α·KD_T(a, z)
+- ``dsr``:      CE(z) + β·KD_T(s_{t−1}, s_t)
+- ``lightskd``: CE(z) + CE(a) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)
 
-With several DRG heads (``stages=[2, 3]``) each head adds its CE and the teacher is the mean of
-their softened distributions: α·KDp_T(mean_j σ(a_j/T), z).
-
-None of the official code's bugs listed in §1.3 is reproduced. Inference uses the backbone alone.
+Inference uses the backbone alone.
 """
 from __future__ import annotations
 
@@ -21,12 +19,14 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_prob_loss
 from ..models.base import Backbone, init_weights
+from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
 from .registry import register_method
 
 
 class SepConv(nn.Sequential):
-    """Depthwise-separable block of §1.1: [dw 3×3 (stride) → 1×1 → BN → ReLU] → [dw 3×3 → 1×1 (cin→cout) → BN → ReLU]."""
+    """Depthwise-separable block of the DRG head: [dw 3×3 (stride) → 1×1 → BN → ReLU] → [dw 3×3 → 1×1 (cin→cout) → BN
+    → ReLU]."""
 
     def __init__(self, cin: int, cout: int, stride: int = 2):
         super().__init__(
@@ -42,7 +42,7 @@ class SepConv(nn.Sequential):
 
 
 class ReverseGuidanceHead(nn.Module):
-    """DRG auxiliary classifier on a stage output with ``c`` channels (§1.1).
+    """DRG auxiliary classifier on a stage output with ``c`` channels.
 
     Attention ``SepConv(c, c) → BN → ReLU → bilinear upsample (align_corners) → sigmoid`` gates the
     feature; ``SepConv(c, 2c) → SepConv(2c, 4c) → GAP → Linear(4c, K)`` classifies it. The ReLU before
@@ -68,17 +68,13 @@ class LightSKDTerms(Method):
     """Shared implementation of DRG and DSR; the registered subclasses choose which terms are on.
 
     DRG is on when ``stages`` is given (one head per 1-based stage number), DSR when ``beta`` is.
-    Loss terms: ``ce``, then ``drg_ce`` (sum of the heads' CE) and ``drg_kd``, then ``dsr``.
+    Loss terms: ``ce``, then ``drg_ce`` (sum of the heads' CE) and ``drg_kd``, then ``dsr``. The registered
+    subclasses' signatures carry the limits of the options (checked by ``create_method``).
     """
 
     def __init__(self, model: Backbone, num_classes: int, temperature: float,
                  alpha: float | None = None, stages: tuple[int, ...] | None = None, beta: float | None = None):
         super().__init__(model, num_classes)
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {temperature}. The paper uses temperature=4.")
-        for name, weight in (("alpha", alpha), ("beta", beta)):
-            if weight is not None and weight < 0:
-                raise ConfigError(f"{name} must be non-negative, got {weight}. The paper uses alpha=0.2, beta=1.")
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
         self.head_stages = self._check_stages(model, stages) if stages is not None else ()
         self.heads = nn.ModuleList(ReverseGuidanceHead(model.stage_channels[s - 1], num_classes) for s in self.head_stages)
@@ -102,7 +98,7 @@ class LightSKDTerms(Method):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         if self.use_dsr:
-            self.dsr_prev_rows.zero_()  # the cache starts empty each epoch (the paper's code)
+            self.dsr_prev_rows.zero_()  # the cache starts empty each epoch (as in the paper's code)
 
     def compute_loss(self, images, targets, index=None):
         logits, feats = self.backbone(images)
@@ -114,8 +110,8 @@ class LightSKDTerms(Method):
         return MethodOutput(logits, sum(losses.values()), losses)
 
     def _drg_terms(self, logits, feats, targets) -> dict[str, torch.Tensor]:
-        """§1.1: each head learns from its CE only; the final classifier is distilled from the mean of
-        the heads' softened distributions (with one head, exactly KD_T(a, z))."""
+        """DRG: each head learns from its CE only; the final classifier is distilled from the mean of the
+        heads' softened distributions, α·KDp_T(mean_j σ(a_j/T), z) (with one head, exactly α·KD_T(a, z))."""
         aux = [head(feats[s - 1]) for head, s in zip(self.heads, self.head_stages)]
         teacher = torch.stack([F.softmax(a.detach().float() / self.temperature, dim=1) for a in aux]).mean(0)
         return {
@@ -124,7 +120,7 @@ class LightSKDTerms(Method):
         }
 
     def _dsr_term(self, logits) -> torch.Tensor:
-        """§1.2: β·KD_T(s_{t−1}, s_t) with s = ascending sort of the logits (differentiable), pairing the
+        """DSR: β·KD_T(s_{t−1}, s_t) with s = ascending sort of the logits (differentiable), pairing the
         first min(B_t, B_{t−1}) rows by position; 0 on the first step of an epoch."""
         batch = logits.shape[0]
         if self.dsr_prev.shape[0] < batch:
@@ -152,25 +148,60 @@ class LightSKDTerms(Method):
 
 @register_method("drg")
 class DRG(LightSKDTerms):
-    """LightSKD's DRG alone (§1.1): CE(z) + CE(a) + α·KD_T(a, z), the auxiliary head on stage 2."""
+    """DRG, distillation with reverse guidance: LightSKD's first term alone (Xu et al., "Lightweight
+    Self-Knowledge Distillation with Multi-source Information Fusion", 2023)::
 
-    def __init__(self, model: Backbone, num_classes: int, alpha: float = 0.2, temperature: float = 4.0,
+        L = CE(z, y) + CE(a, y) + α·KD_T(a, z)        α = 0.2, T = 4, stages = [2]
+
+    ``a`` are the logits of a :class:`ReverseGuidanceHead` on stage 2: an intermediate stage, which sees
+    lower-level information, teaches the final classifier. The head's logits are detached in the KD term,
+    so the head learns from its CE only (which also trains stages 1–2 through the undetached feature).
+    ``stages=[2, 3]`` (beyond the official code, which has one head) gives each stage its own head and CE;
+    the teacher is the mean of the heads' softened distributions. Inference uses the backbone alone.
+
+    Reference code: its flags could not switch DSR off (any string given was true), and had they done so
+    the step would have crashed (the DSR cache update reads sorted logits that only DSR computes); its head
+    was hard-wired for 512 input channels, so its default ResNet-18 crashed. Nothing there to reproduce.
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.2, temperature: Positive = 4.0,
                  stages: tuple[int, ...] = (2,)):
         super().__init__(model, num_classes, temperature, alpha=alpha, stages=stages)
 
 
 @register_method("dsr")
 class DSR(LightSKDTerms):
-    """LightSKD's DSR alone (§1.2): CE(z) + β·KD_T(s_{t−1}, s_t) on sorted logits; no parameters added."""
+    """DSR, distillation with shape-wise regularisation: LightSKD's second term alone (Xu et al.,
+    "Lightweight Self-Knowledge Distillation with Multi-source Information Fusion", 2023)::
 
-    def __init__(self, model: Backbone, num_classes: int, beta: float = 1.0, temperature: float = 4.0):
+        s_t = sort(z_t) ascending (gradient flows through the sort)
+        L = CE(z, y) + β·KD_T(s_{t−1}, s_t)          β = 1, T = 4
+
+    The ranked output distribution should have the same shape for all data, so this step's sorted logits are
+    pulled towards the previous step's (detached, kept in a buffer). Rows are paired by position, the first
+    ``min(B_t, B_{t−1})`` when the sizes differ; the term is 0 on the first step of each epoch (the cache
+    starts empty each epoch, as in the paper's code). No parameters added.
+
+    Reference code: its DSR cache was only updated when DRG was on, so DSR alone compared the sorted logits
+    with a random tensor; this is not reproduced (it is no method). Its head and the head's CE were always in
+    the loss: ``lightskd`` with ``alpha=0`` gives CE(z) + CE(a) + DSR.
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, beta: NonNegative = 1.0, temperature: Positive = 4.0):
         super().__init__(model, num_classes, temperature, beta=beta)
 
 
 @register_method("lightskd")
 class LightSKD(LightSKDTerms):
-    """LightSKD = DRG + DSR (§1.3): CE(z) + CE(a) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)."""
+    """LightSKD = DRG + DSR (Xu et al., "Lightweight Self-Knowledge Distillation with Multi-source Information
+    Fusion", 2023); see :class:`DRG` and :class:`DSR` for each term::
 
-    def __init__(self, model: Backbone, num_classes: int, alpha: float = 0.2, temperature: float = 4.0,
-                 beta: float = 1.0, stages: tuple[int, ...] = (2,)):
+        L = CE(z, y) + CE(a, y) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)      α = 0.2, β = 1, T = 4, stages = [2]
+
+    Reference code: this setting matches it except that it added a constant 100 to the loss, which changes
+    no gradient and is not reproduced. Inference uses the backbone alone.
+    """
+
+    def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.2, temperature: Positive = 4.0,
+                 beta: NonNegative = 1.0, stages: tuple[int, ...] = (2,)):
         super().__init__(model, num_classes, temperature, alpha=alpha, stages=stages, beta=beta)

@@ -1,8 +1,4 @@
-"""MixSKD: self-knowledge distillation from mixup (baselines.md §15).
-
-Yang, An, Zhou, Cai, Zhi, Wu, Xu, Zhang, "MixSKD: Self-Knowledge Distillation from Mixup for Image
-Recognition", ECCV 2022 (official code in Self-KD-Lib).
-"""
+"""MixSKD: self-knowledge distillation from mixup (:class:`MixSKD`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -12,9 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..data.needs import DataNeeds
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone
+from ..registry import Positive
 from .batch_transforms import mixup
 from .base import Method, MethodOutput
 from .branches import StageCopyBranch
@@ -50,10 +48,15 @@ MIXED, INTERPOLATED = 0, 1  # D's class of mix(G_e) ([1, 0]) and of G_e(x̃) ([0
 
 @register_method("mixskd")
 class MixSKD(Method):
-    """Exits 1..n−1 are stage-copy branches from ``F_1..F_{n−1}`` (backbone block counts), exit n is the
+    """MixSKD: Yang, An, Zhou, Cai, Zhi, Wu, Xu, Zhang, "MixSKD: Self-Knowledge Distillation from Mixup for
+    Image Recognition", ECCV 2022. The official code is Self-KD-Lib's (``main_mixskd_cifar.py``).
+
+    Exits 1..n−1 are stage-copy branches from ``F_1..F_{n−1}`` (backbone block counts), exit n is the
     backbone; ``G_e`` are their final maps. Each step mixes ``x̃ = λx + (1−λ)x_π`` (λ ~ Beta(α, α), one
-    per batch) and runs ONE forward on ``[x; x̃]``; ``mix(u) = λu(x) + (1−λ)u(x_π)``. A self-teacher head
-    reads the concatenated maps: ``t̂ = head(mix(G))``, ``t̃ = head(G(x̃))``. With T = 3:
+    per batch, α = 0.4) and runs ONE forward on ``[x; x̃]``; ``mix(u) = λu(x) + (1−λ)u(x_π)``. A self-teacher
+    head reads the concatenated maps: ``t̂ = head(mix(G))``, ``t̃ = head(G(x̃))``. With
+    ``mixCE(v) = λ·CE(v, y) + (1−λ)·CE(v, y_π)``, ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``
+    and T = 3::
 
         L_cls  = Σ_e CE(z_e(x), y)
         L_mcls = Σ_e mixCE(z_e(x̃)) + mixCE(t̂) + mixCE(t̃)
@@ -63,20 +66,22 @@ class MixSKD(Method):
         L_adv  = Σ_e [BCE(D̄_e(mix G_e), [0,1]) + BCE(D̄_e(G_e(x̃)), [1,0])]   (D̄: D with detached weights)
         L_disc = Σ_e [BCE(D_e(sg mix G_e), [1,0]) + BCE(D_e(sg G_e(x̃)), [0,1])]
 
-    One backward trains the network (on everything but ``L_disc``) and the discriminators (on ``L_disc``
-    only). Fixed by default: ``L_mcls`` is included and the discriminators are trained adversarially.
-    ``compat="selfkdlib"`` reproduces Self-KD-Lib: no ``L_mcls`` (so the self-teacher head gets no gradient
-    and is frozen at its random init), discriminators frozen at random init, and the network minimises the
-    unswapped BCE. (SKL's backbone stem also lacks the ReLU; that is a backbone property, not reproduced.)
-    Inference uses the backbone exit alone (SKL reports the best of the four exits; never done here).
+    ``D_e`` is a discriminator (GAP → Linear(c→128) → ReLU → Linear(128→2)) on the exits' final maps; one
+    backward trains the network (on everything but ``L_disc``) and the discriminators (on ``L_disc`` only).
+    Inference uses the backbone exit alone.
+
+    Reference code: it computes ``L_mcls`` but leaves it out of the total, so the self-teacher head gets no
+    gradient and stays at its random init; its discriminators sit in a plain list, so they are never trained,
+    and the network minimises the unswapped BCE. The default fixes all three; ``compat="selfkdlib"``
+    reproduces them. Not reproduced: its backbone's stem lacks the ReLU (a backbone property; no selfkd
+    model has that stem), and its test reports the best of the four exits (selecting on the test set).
     """
 
-    def __init__(self, model: Backbone, num_classes: int, temperature: float = 3.0, alpha: float = 0.4,
+    data_needs = DataNeeds(min_batch=2)  # mixes each image with another of the batch
+
+    def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 3.0, alpha: Positive = 0.4,
                  compat: Literal["official", "selfkdlib"] = "official"):
         super().__init__(model, num_classes)
-        if temperature <= 0 or alpha <= 0:
-            raise ConfigError(f"MixSKD needs temperature > 0 and alpha > 0, got temperature={temperature}, "
-                              f"alpha={alpha}. The paper uses temperature=3, alpha=0.4.")
         if len(model.stages) < 2:
             raise ConfigError("MixSKD's exits branch off intermediate stages, so it needs a backbone with at "
                               f"least two stages; '{getattr(model, 'name', 'this model')}' has {len(model.stages)}.")

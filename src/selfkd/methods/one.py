@@ -1,18 +1,17 @@
-"""ONE: on-the-fly native ensemble (baselines.md §11).
-
-Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018.
-"""
+"""ONE: on-the-fly native ensemble (:class:`ONE`)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
+from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss
 from ..models.base import Backbone
+from ..registry import NonNegativeInt, Positive
 from .base import Method, MethodOutput
 from .branches import StageCopyBranch, check_source_stage
 from .registry import register_method
@@ -27,27 +26,32 @@ def rampup_weight(epoch: int, rampup_epochs: int) -> float:
 
 @register_method("one")
 class ONE(Method):
-    """ONE: stages up to ``branch_from`` are shared; ``num_branches`` branches follow it — branch 1 is the
-    backbone's own remaining stages + FC, the others are stage copies. A gate on ``GAP(F_branch_from)``
-    (Linear → BatchNorm1d → ReLU → softmax) weights the branch logits into the teacher ``z_e``:
+    """ONE: Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018.
 
-        L = Σ_i CE(z_i, y) + CE(z_e, y) + w(t)·Σ_i KD_T(z_e, z_i)
+    Stages up to ``branch_from`` (3) are shared; ``num_branches`` (3) branches follow — branch 1 is the
+    backbone's own remaining stages + FC, the others are stage copies (the official CIFAR ResNet-32/110 code
+    likewise replicates the last stage). A gate on ``GAP(F_branch_from)`` (Linear → BatchNorm1d → ReLU →
+    softmax, not detached) weights the branch logits into the teacher ``z_e = Σ_i g_i·z_i``::
 
-    ``rampup_epochs=0`` drops the official script's ramp ``w(t)`` (the paper's loss). Inference uses
-    branch 1, i.e. exactly the backbone; ``eval="ensemble"`` predicts with ``z_e`` ("ONE-E") and then
-    :meth:`deployable` is the whole method (trunk, all branches and the gate), not a plain backbone.
-    The official KL's 1e-7 added to the teacher probabilities is not reproduced.
+        L = Σ_i CE(z_i, y) + CE(z_e, y) + w(t)·Σ_i KD_T(z_e, z_i)         T = 3
+        w(t) = exp(−5·(1 − min(t, R)/R)²)                                 R = ``rampup_epochs`` = 80
+
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))`` and ``t`` the 0-based epoch. The ramp is
+    the official script's; ``rampup_epochs=0`` (w ≡ 1) is the paper's loss. Inference uses branch 1, i.e.
+    exactly the backbone (as the official code reports); ``eval="ensemble"`` predicts with ``z_e``
+    ("ONE-E") and then :meth:`eval_model` is the whole method (trunk, all branches and the gate).
+
+    Reference code: its KL adds 1e-7 to the teacher probabilities, a guard against log 0 with no effect
+    worth reproducing; not reproduced.
     """
 
-    def __init__(self, model: Backbone, num_classes: int, temperature: float = 3.0, num_branches: int = 3,
-                 branch_from: int = 3, rampup_epochs: int = 80, eval: Literal["backbone", "ensemble"] = "backbone"):
+    data_needs = DataNeeds(min_batch=2)  # the gate's BatchNorm1d normalises over the batch
+
+    def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 3.0,
+                 num_branches: Annotated[int, Field(ge=2)] = 3, branch_from: int = 3,
+                 rampup_epochs: NonNegativeInt = 80, eval: Literal["backbone", "ensemble"] = "backbone"):
         super().__init__(model, num_classes)
         check_source_stage(model, branch_from, "branch_from")
-        if num_branches < 2:
-            raise ConfigError(f"num_branches must be at least 2 (the backbone and one copy), got {num_branches}. "
-                              "ONE's default is 3.")
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {temperature}. ONE uses temperature=3.")
         self.temperature, self.branch_from, self.rampup_epochs, self.eval_mode = (
             temperature, branch_from, rampup_epochs, eval)
         self.branches = nn.ModuleList(
@@ -80,5 +84,5 @@ class ONE(Method):
             return self.branch_logits(images)[1]
         return self.backbone(images)[0]
 
-    def deployable(self) -> nn.Module:
+    def eval_model(self) -> nn.Module:
         return self if self.eval_mode == "ensemble" else self.backbone

@@ -1,7 +1,4 @@
-"""PS-KD: progressive self-knowledge distillation (baselines.md §6).
-
-Kim, Ji, Yoon, Hwang, "Self-Knowledge Distillation with Progressive Refinement of Targets", ICCV 2021.
-"""
+"""PS-KD: progressive self-knowledge distillation (:class:`PSKD`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -12,7 +9,9 @@ import torch.nn.functional as F
 from ..comm import all_gather_cat
 from ..errors import ConfigError
 from ..losses import soft_cross_entropy
-from .base import DataNeeds, Method, MethodOutput
+from ..registry import Fraction, PositiveInt
+from ..data.needs import DataNeeds
+from .base import Method, MethodOutput
 from .registry import register_method
 
 TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -20,26 +19,31 @@ TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 @register_method("pskd")
 class PSKD(Method):
-    """``SCE(z, (1−α_t)·1_y + α_t·P[idx])``, then ``P[idx] ← sg(σ(z))``.
+    """PS-KD: Kim, Ji, Yoon, Hwang, "Self-Knowledge Distillation with Progressive Refinement of Targets",
+    ICCV 2021.
 
+    Each sample is softened by its own prediction from the previous epoch::
+
+        L = SCE(z, (1−α_t)·1_y + α_t·P[idx]),  then  P[idx] ← sg(σ(z))        α_T = 0.8
+
+    with ``SCE(z, q) = −(1/B) Σ_b Σ_k q_bk log σ(z_b)_k`` and ``α_t = α_T·(t+1)/E`` for epoch t (0-based) of E.
     ``P`` (``num_samples`` × K) holds each training sample's train-mode prediction from the previous epoch
     (on that epoch's augmented view, with the weights before that step's update); it is a buffer, so
-    checkpoints carry it (Self-KD-Lib re-reads it from a file each epoch). ``α_t = α_T·(t+1)/E`` for
-    epoch t of E (official and Self-KD-Lib use t+1; the paper writes t/E), α_T = 0.8. In epoch 0 the
-    official code first writes ``1_y`` into the rows it reads, so the target is exactly ``1_y``: here the
-    table's weight is 0 in epoch 0, which is the same. ``table_dtype="float16"`` halves the table's
-    memory (targets are still computed in float32). Under DDP every rank gathers ``(σ(z), idx)`` from all
-    ranks and writes all rows, so the tables stay identical.
+    checkpoints carry it. Epoch 0 is plain CE (the table's weight is 0). ``table_dtype="float16"`` halves
+    the table's memory (targets are still computed in float32). Under DDP every rank gathers
+    ``(σ(z), idx)`` from all ranks and writes all rows, so the tables stay identical.
+
+    Reference code: the official code and Self-KD-Lib use ``t+1`` in ``α_t`` (the last epoch has exactly
+    α_T), reproduced; the paper writes ``t/E``, which is not an option. In epoch 0 the official code first
+    writes ``1_y`` into the rows it reads, the same target as a zero weight. Self-KD-Lib re-reads the table
+    from a file each epoch; the checkpoint carries it here (the same numbers).
     """
 
     data_needs = DataNeeds(index=True)
 
-    def __init__(self, model, num_classes, *, num_samples: int, alpha_T: float = 0.8,
+    def __init__(self, model, num_classes, *, num_samples: PositiveInt, alpha_T: Fraction = 0.8,
                  table_dtype: Literal["float32", "float16", "bfloat16"] = "float32"):
         super().__init__(model, num_classes)
-        if num_samples <= 0 or not 0 <= alpha_T <= 1:
-            raise ConfigError(f"pskd needs num_samples > 0 (the training-set size) and 0 <= alpha_T <= 1, got "
-                              f"num_samples={num_samples}, alpha_T={alpha_T}. The paper uses alpha_T=0.8.")
         self.alpha_T = alpha_T
         self.register_buffer("table", torch.zeros(num_samples, num_classes, dtype=TABLE_DTYPES[table_dtype]))
         self.register_buffer("alpha", torch.zeros(()))  # weight of the table in this epoch's target

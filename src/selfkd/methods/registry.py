@@ -1,15 +1,26 @@
-"""Create methods by name: ``create_method("lightskd", model, num_classes=100, **hparams)``."""
+"""Create methods by name: ``create_method("lightskd", model, num_classes=100, **hparams)``.
+
+Each task (classification, segmentation) has its own registry, so a name such as ``frskd`` or ``ce`` can
+exist in both; the model's ``task`` picks the registry.
+"""
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..registry import Registry, checked_call
+from ..registry import TASK_NAMES, Registry, checked_call
 
-METHODS: Registry = Registry("method")
-register_method = METHODS.register
+METHODS: dict[str, Registry] = {task: Registry("method", task) for task in TASK_NAMES}
+
+
+def register_method(name: str, task: str = "classification"):
+    return METHODS[task].register(name)
+
+
+def method_class(name: str, task: str = "classification"):
+    return METHODS[task].get(name)
 
 
 def create_method(name: str, model, num_classes: int | None = None, **hparams):
-    """Wrap ``model`` (a backbone, or a registered model name) in the named method.
+    """Wrap ``model`` (a backbone or segmenter, or a registered model name) in the named method of the model's task.
 
     ``hparams`` are the method's keyword arguments; unknown names and wrong types are refused.
     """
@@ -26,17 +37,21 @@ def create_method(name: str, model, num_classes: int | None = None, **hparams):
             f"num_classes={num_classes} but the model's classifier has {model.num_classes} outputs; "
             "create the model with the same number of classes."
         )
-    cls = METHODS.get(name)
+    cls = method_class(name, model_task(model))
     return checked_call(cls, "method", name, hparams, fixed=(model, num_classes))
 
 
-def per_sample_args(name: str, num_samples: int) -> dict:
+def model_task(model) -> str:
+    return getattr(model, "task", "classification")
+
+
+def per_sample_args(name: str, num_samples: int, task: str = "classification") -> dict:
     """Methods that keep per-sample state (e.g. PS-KD's table) take ``num_samples``: supply it to them."""
     import inspect
 
-    params = inspect.signature(METHODS.get(name).__init__).parameters
+    params = inspect.signature(method_class(name, task).__init__).parameters
     return {"num_samples": num_samples} if "num_samples" in params else {}
 
 
-def list_methods() -> list[str]:
-    return METHODS.names()
+def list_methods(task: str = "classification") -> list[str]:
+    return METHODS[task].names()

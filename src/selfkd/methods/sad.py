@@ -1,7 +1,4 @@
-"""SAD: self attention distillation (baselines.md §12), in Self-KD-Lib's classification form.
-
-Hou, Ma, Liu, Loy, "Learning Lightweight Lane Detection CNNs by Self Attention Distillation", ICCV 2019.
-"""
+"""SAD: self attention distillation (:class:`SAD`), in Self-KD-Lib's classification form."""
 from __future__ import annotations
 
 from typing import Literal
@@ -12,6 +9,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import cross_entropy
 from ..models.base import Backbone
+from ..registry import NonNegative, NonNegativeInt
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -25,23 +23,27 @@ def spatial_attention(feature: torch.Tensor, reduce: str = "mean") -> torch.Tens
 
 @register_method("sad")
 class SAD(Method):
-    """``L = CE(z, y) + weight·Σ_i MSE(A(F_i), A(up(sg F_{i+1})))`` over consecutive stages.
+    """SAD: Hou, Ma, Liu, Loy, "Learning Lightweight Lane Detection CNNs by Self Attention Distillation",
+    ICCV 2019 (lane detection; this is Self-KD-Lib's classification form).
 
-    The deeper stage is the teacher: its feature map is detached, bilinearly up-sampled
-    (align_corners=False) to the shallower stage's size (×2 for ResNets), then turned into an attention
-    map. ``start_epoch`` switches the term on only from that (0-based) epoch; the default 0 follows
-    Self-KD-Lib. No parameters.
+    Each stage's attention map is taught by the next deeper stage's::
+
+        A(F) = softmax over the H·W positions of mean_c F²
+        L = CE(z, y) + weight·Σ_i MSE(A(F_i), A(up(sg F_{i+1})))          weight = 1000
+
+    The deeper stage's feature map is detached, bilinearly up-sampled (align_corners=False) to the
+    shallower stage's size (×2 for ResNets), then turned into an attention map. No parameters.
+    ``reduce="sum"`` is the paper's ``Σ_c F²`` (a softmax sharper by the channel count);
+    ``start_epoch`` switches the term on only from that (0-based) epoch, as the paper does after partial
+    training; the default 0 follows Self-KD-Lib.
     """
 
-    def __init__(self, model: Backbone, num_classes: int, weight: float = 1000.0,
-                 reduce: Literal["mean", "sum"] = "mean", start_epoch: int = 0):
+    def __init__(self, model: Backbone, num_classes: int, weight: NonNegative = 1000.0,
+                 reduce: Literal["mean", "sum"] = "mean", start_epoch: NonNegativeInt = 0):
         super().__init__(model, num_classes)
         if len(model.stages) < 2:
             raise ConfigError("SAD distils attention between consecutive stages, so it needs a backbone with at "
                               f"least two stages; '{getattr(model, 'name', 'this model')}' has {len(model.stages)}.")
-        if weight < 0 or start_epoch < 0:
-            raise ConfigError(f"SAD needs weight >= 0 and start_epoch >= 0, got weight={weight}, "
-                              f"start_epoch={start_epoch}. Self-KD-Lib uses weight=1000, start_epoch=0.")
         self.weight, self.reduce, self.start_epoch = weight, reduce, start_epoch
         self.register_buffer("active", torch.tensor(float(start_epoch <= 0)))
 

@@ -1,15 +1,12 @@
-"""SLA-SD: self-supervised label augmentation with self-distillation (baselines.md §10).
-
-Lee, Hwang, Shin, "Self-supervised Label Augmentation via Input Transformations", ICML 2020 (mode ``sla+sd``).
-"""
+"""SLA-SD: self-supervised label augmentation with self-distillation (:class:`SLASD`)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from torch import nn
 
-from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
+from ..registry import Positive
 from .base import Method, MethodOutput
 from .batch_transforms import aggregate_rotations, rotate_batch, rotation_targets
 from .registry import register_method
@@ -19,24 +16,26 @@ ROTATIONS = 4
 
 @register_method("sla_sd")
 class SLASD(Method):
-    """A joint head classifies (class, rotation) pairs; the backbone's own fc (the single head) learns
+    """SLA-SD: Lee, Hwang, Shin, "Self-supervised Label Augmentation via Input Transformations", ICML 2020
+    (its mode ``sla+sd``).
+
+    A joint head classifies (class, rotation) pairs; the backbone's own fc (the single head) learns
     the class from the unrotated image and is distilled from the joint head's aggregated prediction::
 
         g = joint(h) on all 4B rotated images,  s = fc(h) on the rotation-0 rows,
         a_{b,k} = (1/M) Σ_j g_{(b,j), k·M+j}
-        L = CE(g, y·M + j) + CE(s, y) + KD_T(a, s)            T = 1, M = 4
+        L = CE(g, y·M + j) + CE(s, y) + KD_T(a, s)            T = 1 (the official default), M = 4
 
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))`` (the aggregate is the detached teacher).
     One forward on the 4B batch (BN over mixed rotations); the single head reads only the rotation-0 rows
     (computing it on all 4B rows would be wasted work). ``large_loss=True`` multiplies the joint CE
     by M (the authors' advice for ImageNet-scale data). Inference: the single head on the unrotated
     image ("SLA+SD single"); ``eval="aggregate"`` returns ``a`` (4 rotations per test image).
     """
 
-    def __init__(self, model, num_classes, *, temperature: float = 1.0, large_loss: bool = False,
+    def __init__(self, model, num_classes, *, temperature: Positive = 1.0, large_loss: bool = False,
                  eval: Literal["single", "aggregate"] = "single"):
         super().__init__(model, num_classes)
-        if temperature <= 0:
-            raise ConfigError(f"sla_sd needs temperature > 0, got {temperature}. The paper's code uses 1.")
         self.temperature, self.large_loss, self.eval_mode = temperature, large_loss, eval
         self.joint = nn.Linear(model.embed_dim, num_classes * ROTATIONS)
 
@@ -55,6 +54,9 @@ class SLASD(Method):
             "kd": kd_loss(a, logits, self.temperature),
         }
         return MethodOutput(logits, sum(losses.values()), losses)
+
+    def eval_model(self) -> nn.Module:
+        return self.backbone if self.eval_mode == "single" else self
 
     def predict(self, images):
         if self.eval_mode == "single":

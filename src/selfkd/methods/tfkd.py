@@ -1,11 +1,10 @@
-"""Teacher-free KD (baselines.md §4–5).
-
-Yuan, Tay, Li, Wang, Feng, "Revisiting Knowledge Distillation via Label Smoothing Regularization", CVPR 2020
-(arXiv: "Revisit Knowledge Distillation: a Teacher-free Framework").
+"""Teacher-free KD: a hand-designed virtual teacher (:class:`TFKDRegularization`) or a pretrained teacher of the
+student's own architecture (:class:`TFKDSelf`).
 
 The official code uses ``nn.KLDivLoss()`` with ``reduction="mean"`` (division by B·K) and compensates
 with a multiplier m; every weight here is expressed in the batchmean convention instead, so
-``(α·m/K)`` becomes one explicit weight and a different K does not silently rescale the loss.
+``(α·m/K)`` becomes one explicit weight and a different K does not silently rescale the loss (to match
+the official code at another K, set the weight to α·m/K).
 """
 from __future__ import annotations
 
@@ -18,42 +17,41 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..losses import cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy
-from ..weights import load_weights
+from ..registry import Fraction, NonNegative, Positive
+from ..weights import load_weights, save_weights
 from .base import Method, MethodOutput
 from .registry import register_method
 
 
 @register_method("tfkd_reg")
 class TFKDRegularization(Method):
-    """TF-KD with the manually designed teacher (§4), as the official ``loss_kd_regularization``.
+    """TF-KD with the manually designed teacher: Yuan, Tay, Li, Wang, Feng, "Revisiting Knowledge Distillation
+    via Label Smoothing Regularization", CVPR 2020 (arXiv: "Revisit Knowledge Distillation: a Teacher-free
+    Framework"). The default is the official ``loss_kd_regularization``.
 
     Virtual teacher ``u = a·1_y + (1−a)/(K−1)·(1−1_y)`` (a = ``correct_prob``), target ``q = σ(u/τ)``
     — the softmax of a *probability* vector divided by τ = 20, hence nearly uniform; reproduced as is::
 
         L = ce_weight·CE(z, y) + reg_weight·KL_bm(q ‖ σ(z))        defaults 0.9 and 0.1 (= α·m/K for K = 100)
 
-    Options: ``student_temperature=True`` — the paper's written form, KL against ``σ(z/τ)`` (no τ²).
-    ``compat="selfkdlib"`` — Self-KD-Lib's ``TF_KD_self_reg``: ``CE(z, y) + (1/τ)·SCE(z/τ, q_ls)`` with
-    ``q_ls`` the label-smoothing target of §2 (ε = 0.1); there ``ce_weight``/``reg_weight`` default to
-    1 and 1/τ. Leaving a weight at ``None`` picks the default of the chosen form.
+    with ``KL_bm`` summed over classes and averaged over the batch; a = 0.99, τ = 20 (the weights are the
+    official α = 0.1, m = 100). Options: ``student_temperature=True`` — the paper's written form, KL
+    against ``σ(z/τ)`` (no τ²). ``compat="selfkdlib"`` — Self-KD-Lib's ``TF_KD_self_reg``:
+    ``CE(z, y) + (1/τ)·SCE(z/τ, q_ls)`` with ``q_ls`` the label-smoothing target ``0.9·1_y + 0.1/(K−1)·(1−1_y)``;
+    there ``ce_weight``/``reg_weight`` default to 1 and 1/τ. Leaving a weight out picks the default of the
+    chosen form.
     """
 
-    def __init__(self, model, num_classes, *, ce_weight: float | None = None, reg_weight: float | None = None,
-                 correct_prob: float = 0.99, temperature: float = 20.0, student_temperature: bool = False,
-                 compat: Literal["official", "selfkdlib"] = "official"):
+    def __init__(self, model, num_classes, *, ce_weight: NonNegative | None = None,
+                 reg_weight: NonNegative | None = None, correct_prob: Fraction = 0.99, temperature: Positive = 20.0,
+                 student_temperature: bool = False, compat: Literal["official", "selfkdlib"] = "official"):
         super().__init__(model, num_classes)
-        if temperature <= 0 or not 0 <= correct_prob <= 1:
-            raise ConfigError(f"tfkd_reg needs temperature > 0 and 0 <= correct_prob <= 1, got temperature="
-                              f"{temperature}, correct_prob={correct_prob}. The paper uses 20 and 0.99.")
         if compat == "selfkdlib" and student_temperature:
             raise ConfigError("tfkd_reg: compat='selfkdlib' already scales the student by the temperature; "
                               "drop student_temperature=True (it selects the paper's form of the official loss).")
         selfkdlib = compat == "selfkdlib"
         self.ce_weight = (1.0 if selfkdlib else 0.9) if ce_weight is None else ce_weight
         self.reg_weight = (1.0 / temperature if selfkdlib else 0.1) if reg_weight is None else reg_weight
-        if self.ce_weight < 0 or self.reg_weight < 0:
-            raise ConfigError(f"tfkd_reg weights must be non-negative, got ce_weight={self.ce_weight}, "
-                              f"reg_weight={self.reg_weight}.")
         self.correct_prob, self.temperature = correct_prob, temperature
         self.student_temperature, self.compat = student_temperature, compat
 
@@ -76,27 +74,36 @@ class TFKDRegularization(Method):
 
 @register_method("tfkd_self")
 class TFKDSelf(Method):
-    """TF-KD with a pretrained teacher of the student's own architecture (§5), official ``loss_kd_self``::
+    """TF-KD with a pretrained teacher of the student's own architecture: Yuan, Tay, Li, Wang, Feng,
+    "Revisiting Knowledge Distillation via Label Smoothing Regularization", CVPR 2020. The loss is the
+    official ``loss_kd_self``::
 
         L = ce_weight·CE(z, y) + kd_weight·KD_T(z_teacher, z)      T = 6
 
-    with defaults 0.05 = 1−α and 0.475 = α·m/K (α = 0.95, m = 50, K = 100), the official ResNet-18 setting.
+    with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(t_b/T) ‖ σ(s_b/T))`` and defaults 0.05 = 1−α and 0.475 = α·m/K
+    (α = 0.95, m = 50, K = 100), the official ResNet-18 setting.
 
     ``teacher_weights`` is the ``model.safetensors`` of an earlier selfkd run of the same model and class
     count (normally plain CE). The teacher is frozen, always in eval mode (BN running statistics), run
-    under ``no_grad`` (the official code builds a graph through it for nothing), kept out of the
-    optimizer, DDP gradient sync and :meth:`deployable`. It is part of ``state_dict``, so checkpoints are
-    self-contained.
+    under ``no_grad``, kept out of the optimizer, DDP gradient sync and :meth:`eval_model`. It is part of
+    ``state_dict``, so checkpoints are self-contained.
+
+    Reference code: it runs the teacher with autograd on, building a graph for nothing (memory only; the
+    same numbers).
     """
 
-    def __init__(self, model, num_classes, *, teacher_weights: str | None = None, ce_weight: float = 0.05,
-                 kd_weight: float = 0.475, temperature: float = 6.0):
+    def __init__(self, model, num_classes, *, teacher_weights: str | None = None, ce_weight: NonNegative = 0.05,
+                 kd_weight: NonNegative = 0.475, temperature: Positive = 6.0):
         super().__init__(model, num_classes)
-        if temperature <= 0 or ce_weight < 0 or kd_weight < 0:
-            raise ConfigError(f"tfkd_self needs temperature > 0 and non-negative weights, got temperature="
-                              f"{temperature}, ce_weight={ce_weight}, kd_weight={kd_weight}.")
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
         self.teacher = self._load_teacher(model, num_classes, teacher_weights)
+
+    @classmethod
+    def example_options(cls, model, folder: Path) -> dict:
+        """A stand-in teacher for tests and benchmarks: ``model``'s own (untrained) weights, written to ``folder``."""
+        path = Path(folder) / "teacher.safetensors"
+        save_weights(path, model, {"model": model.name, "num_classes": model.num_classes})
+        return {"teacher_weights": str(path)}
 
     @staticmethod
     def _load_teacher(model, num_classes: int, path: str | None):
@@ -113,6 +120,10 @@ class TFKDSelf(Method):
         if "model" not in meta or "num_classes" not in meta:
             raise CheckpointError(f"{path} was not written by selfkd (its metadata does not name the model and "
                                   "class count); give the model.safetensors of a selfkd run.")
+        if meta.get("inference", "backbone") != "backbone":
+            raise ConfigError(f"{path} holds a whole '{meta.get('method')}' method (its run evaluated more than the "
+                              "backbone), not a plain backbone; TF-KD-self needs the weights of a run that evaluates "
+                              "its backbone (e.g. plain CE).")
         if meta["model"] != model.name or meta["num_classes"] != num_classes:
             raise ConfigError(
                 f"The teacher in {path} is a {meta['model']} with {meta['num_classes']} classes, but the student is "

@@ -1,8 +1,4 @@
-"""USKD: universal self-knowledge distillation (baselines.md §17).
-
-Yang, Zeng, Li, Zhang, Yuan, Li, "From Knowledge Distillation to Self-Knowledge Distillation: A Unified
-Approach with Normalized Loss and Customized Soft Labels", ICCV 2023 (official code: yzd-v/cls_KD).
-"""
+"""USKD: universal self-knowledge distillation (:class:`USKD`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -14,6 +10,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, non_target_log_softmax, smoothed_targets, soft_cross_entropy
 from ..models.base import Backbone
+from ..registry import NonNegative
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -22,26 +19,29 @@ WEAK_SMOOTHING = 0.1  # the weak head's target is 0.9·1_y + 0.1/K
 
 @register_method("uskd")
 class USKD(Method):
-    """``L = CE(z, y) + alpha·L_t + beta·L_n + mu·L_w`` (defaults: the official CIFAR-100 config).
+    """USKD: Yang, Zeng, Li, Zhang, Yuan, Li, "From Knowledge Distillation to Self-Knowledge Distillation: A
+    Unified Approach with Normalized Loss and Customized Soft Labels", ICCV 2023 (official code: yzd-v/cls_KD).
+
+    ``L = CE(z, y) + α·L_t + β·L_n + μ·L_w``, α = β = μ = 0.1 (the official CIFAR-100 config; its ImageNet
+    configs use α = 1, β = 0.1, μ = 0.005), with ``p = σ(z)``:
 
     - ``L_t = −(1/B) Σ_b p̃_b log p_{b,y}`` with ``p̃ = sg(p_y² + 1 − mean_batch(p_y²))``;
     - ``L_w = SCE(weak, 0.9·1_y + 0.1/K)`` for a weak ``Linear`` head on ``GAP(F_{n−1})`` (undetached);
     - ``L_n = SCE(z_{≠y}, ζ)``: softmax among the non-target logits against the customised soft label ζ
       (sg): classes sorted by ``r = w/(1 − w_y + 1e-6) + s/(1 − s_y + 1e-6)`` (w = softmax of the weak
-      logits) get ``1/position``; the target is dropped and the rest renormalised.
+      logits, s = log p by default) get ``1/position``; the target is dropped and the rest renormalised.
 
-    ``rank_on="log_prob"`` (default) reproduces the official code, where ``s`` is the log-probabilities
-    (the name of the probabilities is reused); ``rank_on="prob"`` uses ``s = p``, the evident intent.
-    The Zipf vector is a buffer (the official code hard-codes ``.cuda()``). Inference uses the backbone;
-    the weak head is dropped. Mixup/CutMix top-2 soft labels of the official code are not implemented.
+    Inference uses the backbone; the weak head is dropped.
+
+    Reference code: it computes the ranking score from the log-probabilities (it reuses the name of the
+    probabilities for them); ``rank_on="log_prob"`` (default) reproduces that, ``rank_on="prob"`` uses
+    ``s = p``, the evident intent. It hard-codes ``.cuda()`` for the Zipf vector (a buffer here). Its top-2
+    soft labels for mixup/CutMix batches are not implemented (no selfkd recipe mixes USKD's batches).
     """
 
-    def __init__(self, model: Backbone, num_classes: int, alpha: float = 0.1, beta: float = 0.1, mu: float = 0.1,
-                 rank_on: Literal["log_prob", "prob"] = "log_prob"):
+    def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.1, beta: NonNegative = 0.1,
+                 mu: NonNegative = 0.1, rank_on: Literal["log_prob", "prob"] = "log_prob"):
         super().__init__(model, num_classes)
-        if min(alpha, beta, mu) < 0:
-            raise ConfigError(f"USKD's weights must be non-negative, got alpha={alpha}, beta={beta}, mu={mu}. "
-                              "The CIFAR-100 config uses 0.1 for all three.")
         if len(model.stages) < 2:
             raise ConfigError("USKD's weak head reads the second-to-last stage, so it needs a backbone with at "
                               f"least two stages; '{getattr(model, 'name', 'this model')}' has {len(model.stages)}.")

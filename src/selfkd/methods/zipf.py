@@ -1,8 +1,4 @@
-"""Zipf's label smoothing (baselines.md §16).
-
-Liang, Li, Bing, Zhao, Tang, Lin, Fan, "Efficient One Pass Self-distillation with Zipf's Label
-Smoothing", ECCV 2022 (official code: megvii-research/zipfls).
-"""
+"""Zipf's label smoothing (:class:`ZipfLS`)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -10,9 +6,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..losses import cross_entropy, non_target_log_softmax
 from ..models.base import Backbone
+from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -43,21 +39,28 @@ def zipf_targets(scores: torch.Tensor, targets: torch.Tensor, power: float = 1.0
 
 @register_method("zipf_ls")
 class ZipfLS(Method):
-    """``L = CE(z, y) + weight·(1/B) Σ_b KL(π_b ‖ ρ_b)``, ρ = softmax of the K−1 non-target logits.
+    """Zipf's LS: Liang, Li, Bing, Zhao, Tang, Lin, Fan, "Efficient One Pass Self-distillation with Zipf's
+    Label Smoothing", ECCV 2022 (official code: megvii-research/zipfls).
 
-    π ranks the classes by dense votes (``dense=True``): the backbone FC is applied at every position of
-    the bilinearly ×2 up-sampled final map (``upsample=None``: as is) and each class counts the positions
-    it wins; ``dense=False`` ranks by the logits themselves. ``loss_mask=True`` averages the Zipf term over
-    the correctly classified samples only. The official CPU/SciPy ranking is replaced by the same ranks
-    computed on the device; the official model's unused extra heads are not created. No parameters.
+    The non-target classes are ranked by the network's own votes and the target follows Zipf's law::
+
+        r_{b,k} = 1 + #{j : v_{b,j} > v_{b,k}}          (ties share the smallest rank)
+        π_k ∝ r_k^{−p} over k ≠ y,   ρ = softmax of the K−1 non-target logits
+        L = CE(z, y) + λ·(1/B) Σ_b KL(π_b ‖ ρ_b)        λ = ``weight`` = 0.1, p = ``power`` = 1
+
+    The votes ``v`` (no gradient) are dense (``dense=True``): the backbone FC is applied at every position
+    of the bilinearly ×2 up-sampled final map (``upsample=None``: as is) and each class counts the
+    positions it wins; ``dense=False`` ranks by the logits themselves. ``loss_mask=True`` (an official
+    flag, off in its CIFAR-100 command) averages the Zipf term over the correctly classified samples only.
+    No parameters.
+
+    Reference code: it ranks on the CPU with SciPy; the same ranks are computed on the device here. Its
+    CIFAR model holds two extra heads that no loss uses; they are not created.
     """
 
-    def __init__(self, model: Backbone, num_classes: int, weight: float = 0.1, power: float = 1.0,
+    def __init__(self, model: Backbone, num_classes: int, weight: NonNegative = 0.1, power: Positive = 1.0,
                  dense: bool = True, upsample: Literal["bilinear"] | None = "bilinear", loss_mask: bool = False):
         super().__init__(model, num_classes)
-        if weight < 0 or power <= 0:
-            raise ConfigError(f"Zipf's LS needs weight >= 0 and power > 0, got weight={weight}, power={power}. "
-                              "The official CIFAR-100 setting is weight=0.1, power=1.")
         self.weight, self.power, self.dense, self.upsample, self.loss_mask = weight, power, dense, upsample, loss_mask
 
     def compute_loss(self, images, targets, index=None):

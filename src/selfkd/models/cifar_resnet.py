@@ -1,12 +1,17 @@
 """CIFAR-style ResNets: 3x3 stem, no max-pool, four stages (He et al. 2016; pre-activation variant He et al. 2016b).
 
-``cifar_resnet18`` with K=100 has 11,220,132 parameters.
+``cifar_resnet18`` with K=100 has 11,220,132 parameters. ``preact_resnet18`` is the network of the CS-KD,
+BAKE and Self-KD-Lib code (``CIFAR_ResNet18``): stem conv 3×3 → BN → ReLU, pre-activation blocks, and no
+BN/ReLU after the last stage; 11,217,444 parameters with K=100 (11,217,316 with ``stem="conv"``).
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import PositiveInt
 from .base import Backbone, init_weights
 from .registry import register_model
 
@@ -88,14 +93,16 @@ def make_stage(block: type[nn.Module], in_planes: int, planes: int, blocks: int,
 
 
 class CifarResNet(Backbone):
+    """``stem="conv_bn_relu"``: conv 3×3 → BN → ReLU; ``stem="conv"``: the conv alone."""
+
     def __init__(self, block, blocks: list[int], num_classes: int, in_channels: int = 3, width: int = 64,
-                 preact: bool = False, name: str = "cifar_resnet"):
+                 stem: Literal["conv_bn_relu", "conv"] = "conv_bn_relu", name: str = "cifar_resnet"):
         super().__init__()
         self.name, self.block, self.width = name, block, width
-        stem = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
-        if not preact:
-            stem += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        self.stem = nn.Sequential(*stem)
+        layers = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)]
+        if stem == "conv_bn_relu":
+            layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
         planes = [width * 2**i for i in range(len(blocks))]
         self.stage_channels = [p * block.expansion for p in planes]
         self.stage_reductions = [2**i for i in range(len(blocks))]
@@ -114,8 +121,8 @@ class CifarResNet(Backbone):
 
 
 def _resnet(block, blocks, name):
-    def factory(num_classes: int, in_channels: int = 3, width: int = 64) -> CifarResNet:
-        return CifarResNet(block, blocks, num_classes, in_channels, width, preact=block is PreActBlock, name=name)
+    def factory(num_classes: PositiveInt, in_channels: PositiveInt = 3, width: PositiveInt = 64) -> CifarResNet:
+        return CifarResNet(block, blocks, num_classes, in_channels, width, name=name)
 
     factory.__name__ = name
     factory.__doc__ = f"{name}: CIFAR-style ResNet, blocks {blocks}, base width `width` (64)."
@@ -126,4 +133,11 @@ cifar_resnet18 = _resnet(BasicBlock, [2, 2, 2, 2], "cifar_resnet18")
 cifar_resnet34 = _resnet(BasicBlock, [3, 4, 6, 3], "cifar_resnet34")
 cifar_resnet50 = _resnet(Bottleneck, [3, 4, 6, 3], "cifar_resnet50")
 cifar_resnet101 = _resnet(Bottleneck, [3, 4, 23, 3], "cifar_resnet101")
-preact_resnet18 = _resnet(PreActBlock, [2, 2, 2, 2], "preact_resnet18")
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: PositiveInt, in_channels: PositiveInt = 3, width: PositiveInt = 64,
+                    stem: Literal["conv_bn_relu", "conv"] = "conv_bn_relu") -> CifarResNet:
+    """preact_resnet18: pre-activation CIFAR ResNet-18 of the CS-KD/BAKE/Self-KD-Lib code, base width `width`
+    (64); `stem="conv"` drops the stem's BN and ReLU."""
+    return CifarResNet(PreActBlock, [2, 2, 2, 2], num_classes, in_channels, width, stem=stem, name="preact_resnet18")

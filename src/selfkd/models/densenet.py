@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import PositiveInt
 from .base import Backbone, init_weights
 from .registry import register_model
 
@@ -65,6 +66,6 @@ class CifarDenseNet(Backbone):
 
 
 @register_model("densenet121")
-def densenet121(num_classes: int, in_channels: int = 3, growth: int = 32) -> CifarDenseNet:
+def densenet121(num_classes: PositiveInt, in_channels: PositiveInt = 3, growth: PositiveInt = 32) -> CifarDenseNet:
     """DenseNet-121 for 32x32 inputs: blocks 6/12/24/16, growth rate ``growth`` (32)."""
     return CifarDenseNet([6, 12, 24, 16], num_classes, in_channels, growth, name="densenet121")

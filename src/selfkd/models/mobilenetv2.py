@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.ops.misc import Conv2dNormActivation
 
+from ..registry import Fraction, Positive, PositiveInt
 from .base import Backbone, init_weights
 from .registry import register_model
 
@@ -55,7 +56,7 @@ class MobileNetV2Backbone(Backbone):
 
 
 @register_model("mobilenetv2")
-def mobilenetv2(num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
-                dropout: float = 0.0) -> MobileNetV2Backbone:
+def mobilenetv2(num_classes: PositiveInt, in_channels: PositiveInt = 3, width_mult: Positive = 1.0,
+                dropout: Fraction = 0.0) -> MobileNetV2Backbone:
     """MobileNetV2 for 32x32 inputs (stem and 24-channel group at stride 1), 4 stages @32/16/8/4."""
     return MobileNetV2Backbone(num_classes, in_channels, 1, CIFAR_SETTING, width_mult, dropout, name="mobilenetv2")

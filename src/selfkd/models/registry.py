@@ -5,7 +5,17 @@ from ..registry import Registry, checked_call
 from .base import Backbone
 
 MODELS: Registry = Registry("model")
-register_model = MODELS.register
+MODEL_TASKS: dict[str, str] = {}  # model name -> task (selfkd.registry.TASK_NAMES)
+
+
+def register_model(name: str | None = None, task: str = "classification"):
+    """Register a model factory; ``task``: classification backbones or segmentation segmenters."""
+    def add(factory):
+        MODELS.register(name)(factory)
+        MODEL_TASKS[name or factory.__name__] = task
+        return factory
+
+    return add
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> Backbone:
@@ -18,5 +28,5 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
     return checked_call(factory, "model", name, dict(kwargs, num_classes=num_classes, in_channels=in_channels))
 
 
-def list_models() -> list[str]:
-    return MODELS.names()
+def list_models(task: str = "classification") -> list[str]:
+    return [name for name in MODELS.names() if MODEL_TASKS[name] == task]

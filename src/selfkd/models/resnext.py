@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from ..registry import PositiveInt
 from .cifar_resnet import CifarResNet
 from .registry import register_model
 
@@ -30,6 +31,6 @@ class ResNeXtBlock8x64d(Bottleneck):
 
 
 @register_model("resnext29_8x64d")
-def resnext29_8x64d(num_classes: int, in_channels: int = 3) -> CifarResNet:
+def resnext29_8x64d(num_classes: PositiveInt, in_channels: PositiveInt = 3) -> CifarResNet:
     """ResNeXt-29 8x64d for 32x32 inputs (stage outputs 256/512/1024, post-ReLU)."""
     return CifarResNet(ResNeXtBlock8x64d, [3, 3, 3], num_classes, in_channels, width=64, name="resnext29_8x64d")

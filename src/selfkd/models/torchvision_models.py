@@ -13,6 +13,7 @@ from typing import Callable
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from ..registry import Fraction, Positive, PositiveInt
 from .base import Backbone, init_weights
 from .mobilenetv2 import IMAGENET_SETTING, MobileNetV2Backbone
 from .registry import register_model
@@ -43,7 +44,7 @@ class TorchvisionResNet(Backbone):
 
 
 def _resnet(constructor: Callable[..., tv_resnet.ResNet], name: str):
-    def factory(num_classes: int, in_channels: int = 3) -> TorchvisionResNet:
+    def factory(num_classes: PositiveInt, in_channels: PositiveInt = 3) -> TorchvisionResNet:
         return TorchvisionResNet(constructor, num_classes, in_channels, name=name)
 
     factory.__name__ = name
@@ -58,8 +59,8 @@ resnext50_32x4d = _resnet(tv_resnet.resnext50_32x4d, "resnext50_32x4d")
 
 
 @register_model("mobilenetv2_imagenet")
-def mobilenetv2_imagenet(num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
-                         dropout: float = 0.2) -> MobileNetV2Backbone:
+def mobilenetv2_imagenet(num_classes: PositiveInt, in_channels: PositiveInt = 3, width_mult: Positive = 1.0,
+                         dropout: Fraction = 0.2) -> MobileNetV2Backbone:
     """torchvision's ImageNet MobileNetV2 (stem stride 2), stages @4/8/16/32 (see ``mobilenetv2``)."""
     return MobileNetV2Backbone(num_classes, in_channels, 2, IMAGENET_SETTING, width_mult, dropout,
                                name="mobilenetv2_imagenet")

@@ -6,7 +6,7 @@ with the final BN-ReLU, so ``GAP(F_3)`` is exactly what ``fc`` reads.
 
 ``variant="frskd"`` is the WRN of FRSKD's official code: its blocks have no pre-activation BN (ReLU of
 the raw input) and every stage ends with BN-ReLU, so every ``F_i`` is post-ReLU. That code also holds
-an unused 128-channel BN (256 parameters, counted in the spec's 703,060 for WRN-16-2, K=100); it is not
+an unused 128-channel BN (256 parameters, counted in the 703,060 FRSKD reports for WRN-16-2, K=100); it is not
 built here (a parameter without gradient breaks DDP), which leaves 702,804. With K=100 the standard
 WRN-16-2 has 703,284 parameters and WRN-28-10 36,536,884.
 """
@@ -17,6 +17,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import Fraction, PositiveInt
 from .base import Backbone, init_weights
 from .registry import register_model
 
@@ -74,14 +75,14 @@ class WideResNet(Backbone):
 
 
 @register_model("wrn_16_2")
-def wrn_16_2(num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+def wrn_16_2(num_classes: PositiveInt, in_channels: PositiveInt = 3, dropout: Fraction = 0.0,
              variant: Literal["standard", "frskd"] = "standard") -> WideResNet:
     """WRN-16-2 (stages 32/64/128 channels, 2 blocks each); ``variant="frskd"`` = FRSKD's code."""
     return WideResNet(16, 2, num_classes, in_channels, dropout, variant, name="wrn_16_2")
 
 
 @register_model("wrn_28_10")
-def wrn_28_10(num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+def wrn_28_10(num_classes: PositiveInt, in_channels: PositiveInt = 3, dropout: Fraction = 0.0,
               variant: Literal["standard", "frskd"] = "standard") -> WideResNet:
     """WRN-28-10 (stages 160/320/640 channels, 4 blocks each); the paper trains it with dropout 0.3."""
     return WideResNet(28, 10, num_classes, in_channels, dropout, variant, name="wrn_28_10")

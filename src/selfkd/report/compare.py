@@ -5,14 +5,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
 from .page import html_page
 from .plots import make_plots
 from .runs import load_runs
-from .table import Group, csv_text, markdown_table, notes, summarize, unfinished_lines
+from .table import Group, class_tables, csv_text, markdown_rows, markdown_table, notes, summarize, unfinished_lines
 
-HOW_TO_READ = ("Last-epoch test metrics (summary.json 'final'), never the best test epoch. Top-1: mean ± sample "
-               "standard deviation over seeds (n runs); other metrics: means. Δ top-1: difference of mean top-1 to "
-               "`ce` on the same dataset and model.")
+HOW_TO_READ = ("Last-epoch test metrics (summary.json 'final'), never the best test epoch. The headline metric "
+               "(top-1 for classification, mIoU for segmentation): mean ± sample standard deviation over seeds (n runs); "
+               "other metrics: means. Δ vs ce: difference of the headline metric's mean to `ce` on the same dataset "
+               "and model, with its 95 % interval [low, high]: a t-interval on the per-seed differences when the "
+               "method and ce ran the same seeds, else Welch's; 'within noise' when the interval contains 0.")
 
 
 @dataclass
@@ -30,7 +33,12 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
     ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``)."""
     runs, empty = load_runs(paths)
     out = Path(out) if out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        raise ConfigError(f"Cannot make the report folder {out} ({reason}). Pass --out with a folder (made if "
+                          "missing) in a writable place.") from None
     groups = summarize(runs)
     unfinished = unfinished_lines(runs)
     warnings = notes(groups) + [f"{p} holds no run folder; ignored." for p in empty]
@@ -38,6 +46,8 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
 
     lines = [f"# {title}", "", *header, "", markdown_table(groups) if groups else "No finished run yet.", ""]
     lines += [f"Note: {w}" for w in warnings]
+    for caption, rows in class_tables(groups):  # segmentation runs
+        lines += ["", f"## {caption}", "", markdown_rows(rows)]
     if unfinished:
         lines += ["", "## Unfinished runs", "", *(f"- {u}" for u in unfinished)]
     text = "\n".join(lines).rstrip() + "\n"

@@ -1,5 +1,6 @@
-"""PNG plots of a comparison, one set per (dataset, model): test accuracy and training loss per epoch,
-reliability diagrams, accuracy against training cost.
+"""PNG plots of a comparison, one set per (dataset, model): the headline metric (top-1, mIoU) and training loss per
+epoch, reliability diagrams, accuracy against training cost, and for segmentation a figure of test images with
+their ground truth and each method's predictions (from the runs' ``examples.npz``).
 
 Figures are drawn with matplotlib's object API on the Agg canvas, never through pyplot, so making a
 report changes no global matplotlib state (backend, open figures) of the program that calls it.
@@ -8,13 +9,22 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
+from ..metrics import Column, columns
+from ..runfolder import EXAMPLES
 from .table import Group
+
+EXAMPLE_KEYS = ("images", "masks", "predictions", "sizes", "index", "classes")
+IGNORED = 255
 
 
 def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
@@ -115,9 +125,10 @@ def plot_reliability(groups: list[Group], title: str, path: Path) -> bool:
     return True
 
 
-def plot_cost(groups: list[Group], title: str, path: Path) -> bool:
+def plot_cost(groups: list[Group], title: str, path: Path, metric: Column) -> bool:
     costs = [("train_time_s", "training time (min)", 1 / 60), ("img_per_s", "training throughput (img/s)", 1.0)]
-    points = [g for g in groups if g.mean["top1"] is not None]
+    key = metric.key
+    points = [g for g in groups if g.mean.get(key) is not None]
     if not any(getattr(g, attr) is not None for g in points for attr, _, _ in costs):
         return False
     fig, axes = _figure(9.6, 4.0, cols=2)
@@ -126,14 +137,102 @@ def plot_cost(groups: list[Group], title: str, path: Path) -> bool:
             x = getattr(g, attr)
             if x is None:
                 continue
-            ax.errorbar([x * scale], [g.mean["top1"]], yerr=[g.std["top1"] or 0.0], fmt="o", color=f"C{i}",
+            ax.errorbar([x * scale], [g.mean[key]], yerr=[g.std[key] or 0.0], fmt="o", color=f"C{i}",
                         capsize=3, label=g.method)
-            ax.annotate(g.method, (x * scale, g.mean["top1"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(g.method, (x * scale, g.mean[key]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xlabel(label)
-        ax.set_ylabel("test top-1 (%), last epoch")
+        ax.set_ylabel(f"test {metric.header}, last epoch")
         ax.grid(alpha=0.3)
     devices = sorted({d for g in points for d in g.devices})
     fig.suptitle(f"{title} — accuracy vs training cost" + (f" ({', '.join(devices)})" if devices else ""), fontsize=10)
+    fig.savefig(path)
+    return True
+
+
+def voc_palette() -> np.ndarray:
+    """``(256, 3)`` uint8: the PASCAL VOC colour map, label ``l``'s bits interleaved into R, G, B from the high bit
+    down (bit ``3j + c`` of ``l`` is bit ``7 − j`` of channel ``c``). Label 0 is black; 255, the ignored label, is
+    VOC's boundary colour (224, 224, 192), which no other label shares."""
+    labels = np.arange(256)
+    palette = np.zeros((256, 3), np.int64)
+    for j in range(8):
+        for c in range(3):
+            palette[:, c] |= ((labels >> (3 * j + c)) & 1) << (7 - j)
+    return palette.astype(np.uint8)
+
+
+def read_examples(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """A run's ``examples.npz`` (see :func:`selfkd.engine.examples.write_examples`); None when absent, damaged or
+    not of that layout."""
+    try:
+        with np.load(run_dir / EXAMPLES, allow_pickle=False) as saved:
+            ex = {key: saved[key] for key in EXAMPLE_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    images, masks, predictions = ex["images"], ex["masks"], ex["predictions"]
+    n = len(ex["index"])
+    valid = (n > 0 and images.ndim == 4 and images.shape[:3] == masks.shape == predictions.shape
+             and len(images) == n and ex["sizes"].shape == (n, 2) and ex["classes"].dtype.kind == "U"
+             and all(a.dtype == np.uint8 for a in (images, masks, predictions)))
+    return ex if valid else None
+
+
+def example_sources(groups: list[Group]) -> list[tuple[Group, dict[str, np.ndarray]]]:
+    """One run's examples per group that has any, all of one seed where possible: the seed that most groups have
+    examples of (the first in seed order among ties)."""
+    found = [(g, {r.seed: e for r in g.runs if (e := read_examples(r.path)) is not None}) for g in groups]
+    seeds = sorted({s for _, by_seed in found for s in by_seed}, key=str)
+    if not seeds:
+        return []
+    seed = max(seeds, key=lambda s: sum(s in by_seed for _, by_seed in found))  # max keeps the first among ties
+    return [(g, by_seed.get(seed, next(iter(by_seed.values())))) for g, by_seed in found if by_seed]
+
+
+def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
+    """Rows of test images: the image, its ground truth and each method's prediction, coloured with
+    :func:`voc_palette`, and a legend of the class names shown. The images are those of the first method's
+    examples; another method's prediction of one is drawn when its examples hold the same test image (same
+    index and ground truth), else its cell is left empty."""
+    sources = example_sources(groups)
+    if not sources:
+        return False
+    ref = sources[0][1]
+    palette = voc_palette()
+    names = [str(c) for c in ref["classes"]]
+    rows, cols = len(ref["index"]), 2 + len(sources)
+    fig, axes = _figure(1.9 * cols, 1.9 * rows + 0.9, cols, rows)
+    shown: set[int] = set()
+
+    def crop(examples: dict, i: int, key: str) -> np.ndarray:
+        h, w = examples["sizes"][i]
+        return examples[key][i, :h, :w]
+
+    def draw_labels(ax, labels: np.ndarray) -> None:
+        shown.update(np.unique(labels).tolist())
+        ax.imshow(palette[labels], interpolation="nearest")
+
+    for i, index in enumerate(ref["index"]):
+        row = axes[i * cols:(i + 1) * cols]
+        image = crop(ref, i, "images")
+        if image.shape[-1] == 3:
+            row[0].imshow(image, interpolation="nearest")
+        else:
+            row[0].imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        truth = crop(ref, i, "masks")
+        draw_labels(row[1], truth)
+        for ax, (_, examples) in zip(row[2:], sources):
+            at = np.flatnonzero(examples["index"] == index)
+            if len(at) and np.array_equal(crop(examples, at[0], "masks"), truth):
+                draw_labels(ax, crop(examples, at[0], "predictions"))
+    for ax, heading in zip(axes, ["test image", "ground truth", *(g.method for g, _ in sources)]):
+        ax.set_title(heading, fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    handles = [Patch(facecolor=palette[k] / 255, edgecolor="0.5",
+                     label="ignored (255)" if k == IGNORED else names[k] if k < len(names) else f"class {k}")
+               for k in sorted(shown)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.suptitle(f"{title}\ntest images, ground truth and predictions (last epoch)", fontsize=10)
     fig.savefig(path)
     return True
 
@@ -147,16 +246,20 @@ def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
     for (dataset, model), members in panels.items():
         title = f"{dataset} / {model}"
         name = slug(dataset, model)
+        metric = next(c for c in columns() if c.key == members[0].primary)  # the headline metric: top-1, mIoU
         plots = [
-            (f"{title}: test top-1 per epoch", f"accuracy_{name}.png",
-             lambda p: plot_curves(members, "test/top1", "test top-1 (%)", f"{title}: test accuracy", p)),
+            (f"{title}: test {metric.header} per epoch", f"accuracy_{name}.png",
+             lambda p: plot_curves(members, f"test/{metric.key}", f"test {metric.header}", f"{title}: test {metric.header}", p)),
             (f"{title}: training loss per epoch", f"loss_{name}.png",
              lambda p: plot_curves(members, "train/loss", "training loss (all terms)", f"{title}: training loss",
                                    p, log_y=True)),
             (f"{title}: reliability diagrams", f"reliability_{name}.png",
              lambda p: plot_reliability(members, title, p)),
-            (f"{title}: accuracy vs training cost", f"cost_{name}.png", lambda p: plot_cost(members, title, p)),
+            (f"{title}: accuracy vs training cost", f"cost_{name}.png", lambda p: plot_cost(members, title, p, metric)),
         ]
+        if members[0].task == "segmentation":
+            plots.append((f"{title}: test images, ground truth and each method's prediction", f"examples_{name}.png",
+                          lambda p: plot_examples(members, title, p)))
         for caption, filename, draw in plots:
             if draw(out / filename):
                 made.append((caption, filename))

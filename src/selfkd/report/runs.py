@@ -16,6 +16,10 @@ import yaml
 from ..errors import ConfigError
 from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics
 
+# What the report reads from summary.json, and its type.
+SUMMARY_FIELDS = {"final": dict, "train_time_s": (int, float), "img_per_s": (int, float), "params": int,
+                  "extra_params": int, "epochs": int, "classes": list, "device": str, "dataset": str, "model": str,
+                  "method": str, "task": str}
 # Keys that may differ between runs of one group without making them different experiments.
 INCIDENTAL_KEYS = ("seed", "name", "run_dir", "data.data_dir", "train.device", "train.progress")
 
@@ -52,6 +56,10 @@ class Run:
     @property
     def method(self) -> str:
         return str(self._get("method", "method", "name") or "?")
+
+    @property
+    def task(self) -> str:
+        return str(self._get("task", "task") or "classification").replace("auto", "classification")
 
     @property
     def seed(self):
@@ -129,6 +137,10 @@ def load_run(path: Path) -> Run:
         summary, problem = _read_json(path / SUMMARY)
         if summary is not None and not isinstance(summary, dict):
             summary, problem = None, "summary.json does not hold a mapping"
+        wrong = [key for key, kind in SUMMARY_FIELDS.items() if summary and summary.get(key) is not None
+                 and (not isinstance(summary[key], kind) or isinstance(summary[key], bool))]
+        if wrong:
+            summary, problem = None, f"summary.json holds values selfkd does not write ({', '.join(wrong)})"
     reliability = None
     if (path / RELIABILITY).is_file():
         reliability, _ = _read_json(path / RELIABILITY)

@@ -1,0 +1,54 @@
+"""The ``data`` section of a run's config: which dataset, how it is batched, augmented and normalised.
+
+Defined in the data layer, which reads it; :mod:`selfkd.config` includes it in the run's schema.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    dataset: str = "cifar100"
+    data_dir: str | None = Field(None, min_length=1)  # only there when given (datasets.load_dataset)
+    options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. synthetic sizes")
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 500
+    # None: the dataset's usual one. Segmentation: seg_scale_crop_flip (in memory) or seg_voc (files).
+    augment: Literal["crop_flip", "rrc_flip", "flip", "none", "seg_scale_crop_flip", "seg_voc"] | None = None
+    image_size: PositiveInt | None = None  # training crop / test size; None: the dataset's usual one
+    padding: NonNegativeInt | None = None  # crop padding; None: the dataset's usual one (4 for CIFAR)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    test_resize: PositiveInt | None = None  # file datasets: resize before the centre crop (e.g. 256 for 224)
+    # Segmentation (masks are transformed with their images):
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0)  # seg_scale_crop_flip: random scale factor
+    short_side: tuple[PositiveInt, PositiveInt] = (256, 1024)  # seg_voc: random short side before the crop
+    pad_label: int = Field(255, ge=0, le=255)  # seg_voc: mask label of padding (FRSKD's code: 0 = background)
+    blur: bool = True  # seg_voc: Gaussian blur of the image with p = 0.5
+    eval_size: PositiveInt | None = None  # evaluation: None = original resolution; FRSKD's code resizes to 512²
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle, for quick runs
+    test_subset: PositiveInt | None = None
+    loader: Literal["auto", "resident", "workers"] = "auto"
+    workers: NonNegativeInt = 8
+
+    @field_validator("rrc_scale", "scale_range", "short_side")
+    @classmethod
+    def _ordered(cls, value, info):
+        low, high = value
+        top = 1 if info.field_name == "rrc_scale" else math.inf  # rrc_scale: fractions of the image's area
+        if not 0 < low <= high <= top:
+            raise ValueError(f"must be [low, high] with 0 < low <= high{' <= 1' if top == 1 else ''}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and min(value, default=1) <= 0:
+            raise ValueError("every value must be > 0 (images are divided by it)")
+        return value

@@ -1,0 +1,80 @@
+"""From a config to the parts of a run: the method on its device, the optimizer, the training step and the
+loaders. One builder serves ``selfkd train``, ``selfkd eval --run`` and ``selfkd bench``, so the benchmark
+measures exactly what training runs (learning-rate scaling, SyncBN, channels_last, compilation included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import Config
+from ..data import DatasetSplits, build_test_loader, build_train_loader
+from ..data.datasets import dataset_task
+from ..errors import ConfigError
+from ..methods import Method, create_method, per_sample_args
+from ..models import create_model
+from ..models.registry import MODEL_TASKS
+from .distributed import Dist
+from .step import TrainStep, build_optimizer
+
+
+@dataclass
+class RunParts:
+    cfg: Config  # with every ``auto`` setting resolved for the device
+    task: str
+    method: Method
+    optimizer: torch.optim.Optimizer
+    step: TrainStep
+    train_loader: object
+    test_loader: object
+
+
+def run_task(cfg: Config) -> str:
+    """The run's task: the dataset's, which ``task`` in the config may state but not contradict."""
+    task = dataset_task(cfg.data.dataset)
+    if cfg.task not in ("auto", task):
+        raise ConfigError(f"task: {cfg.task} does not fit dataset '{cfg.data.dataset}', whose labels are for "
+                          f"{task}. Remove the task key or choose a {cfg.task} dataset (selfkd list datasets).")
+    return task
+
+
+def build_method(cfg: Config, splits: DatasetSplits) -> Method:
+    """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
+    of training images the run uses). A model or method of another task than the dataset's is refused."""
+    task = run_task(cfg)
+    model_task = MODEL_TASKS.get(cfg.model.name, "classification")  # timm:<name> models classify
+    if model_task != task:
+        kind = {"classification": "a classification backbone", "segmentation": "a segmenter"}
+        raise ConfigError(f"Model '{cfg.model.name}' is {kind[model_task]}, but dataset '{cfg.data.dataset}' is for "
+                          f"{task}, which needs {kind[task]}. Choose one with `selfkd list models --task {task}`.")
+    model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                         **cfg.model.options())
+    num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
+    return create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
+                         **per_sample_args(cfg.method.name, num_train, task))
+
+
+def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Dist = Dist()) -> RunParts:
+    """Everything a training loop needs, on ``device``, for this process of ``dist``."""
+    cfg = cfg.resolved(device.type, dist.enabled)
+    t, o = cfg.train, cfg.optim
+    method = build_method(cfg, splits)
+    task = method.task
+    if t.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
+                              "turn it off for CPU runs.")
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method.to(device)
+    if t.channels_last:
+        method.to(memory_format=torch.channels_last)
+    train_loader = build_train_loader(splits, cfg.data, method.data_needs, device, cfg.seed, dist.rank, dist.world)
+    test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world)
+    lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
+    optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device)
+    ignore = getattr(splits, "ignore_index", -100) if task == "segmentation" else -100
+    step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
+                     ddp=dist.enabled, ignore_index=ignore, accumulate=t.accumulate_steps, clip_mode=t.grad_clip_mode,
+                     channels_last=t.channels_last)
+    return RunParts(cfg, task, method, optimizer, step, train_loader, test_loader)

@@ -1,0 +1,284 @@
+"""Segmenters: ``forward(x) -> (logits, pyramid)``, ``logits`` ``(B, K, H, W)`` at the input size.
+
+The FRSKD segmenter (Ji et al., "Refine Myself by Teaching Myself", CVPR 2021, segmentation code):
+encoder stages ``C2..C5`` → FPN to six 64-channel levels ``P2..P7`` → 3 × :class:`BiFPNSeg` → pyramid ``S1``
+→ head on ``S1``'s finest level (``cbr3(64→256)``, 3×3 conv to K), upsampled bilinearly to the input size.
+``pyramid`` is ``S1`` (FRSKD's self-teacher refines it). Encoders are torchvision's EfficientNet-B0/B1/B2
+or ResNet-18/50, randomly initialised (nothing is downloaded). The reference models wrap torchvision's
+segmentation networks and return an empty pyramid.
+
+Differences from the official code (which loads an ImageNet-pretrained EfficientNet): by default the encoder
+taps are the last block of each of the 24/40/80/320-channel EfficientNet stages (the official code taps the first
+block of the 24/40/80 ones, a quirk of how it slices the block list: ``taps="official"``); torchvision's stem keeps
+its activation after the BN (the official stem drops it: ``stem_activation=False``); biases of convs that feed a BN are dropped (the BN cancels them); BN uses
+PyTorch's default momentum (the official 0.997 is TensorFlow's convention, which in PyTorch keeps almost only
+the last batch in the running statistics); the FPN's two smoothing convs, built but never used, are left out.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import PositiveInt
+from .registry import register_model
+
+EFFICIENTNET_PYRAMID_CHANNELS = {"b0": 64, "b1": 88, "b2": 112}  # the official code's width per encoder
+
+
+def cbr(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    """``cbr(k)``: k×k conv (no bias) → BN → ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def resize_to(x: torch.Tensor, like: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``x`` resampled to the spatial size of ``like`` (exactly the identity when the sizes match). No Python branch
+    on sizes, so a traced or exported model follows the sizes of any input."""
+    if mode == "nearest":
+        return F.interpolate(x, size=like.shape[-2:], mode="nearest")
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Segmenter(nn.Module):
+    """Segmenter contract: ``forward(x) -> (logits (B, K, H, W), pyramid)``.
+
+    ``pyramid_channels``/``head_channels`` are 0 for models without a feature pyramid (``pyramid == []``).
+    """
+
+    task = "segmentation"
+    name = "segmenter"
+    num_classes: int
+    pyramid_channels: int = 0
+    head_channels: int = 0
+
+
+class Encoder(nn.Module):
+    """A torchvision network cut into four stages; returns ``[C2, C3, C4, C5]``.
+
+    ``channels`` and ``reductions`` (down-sampling w.r.t. the input: 4/8/16/32, or repeated values for a
+    dilated network) are known at construction.
+    """
+
+    def __init__(self, stages: list[nn.Module], channels: list[int], reductions: list[int]):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.channels, self.reductions = channels, reductions
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def replace_first_conv(net: nn.Module, in_channels: int) -> None:
+    """Give ``net``'s first convolution ``in_channels`` inputs (e.g. 1 for grey images), freshly initialised."""
+    if in_channels == 3:
+        return
+    name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    parent, _, attr = name.rpartition(".")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out")  # as torchvision initialises its convs
+    setattr(net.get_submodule(parent), attr, new)
+
+
+def efficientnet_encoder(version: str, in_channels: int, taps: str = "stage_end",
+                         stem_activation: bool = True) -> Encoder:
+    """EfficientNet-``version`` (b0/b1/b2): stem to the end of the 24-, 40-, 80- and 320-channel stages
+    (B2: 24/48/88/352), strides 4/8/16/32; the 1280-channel head conv and the classifier are dropped.
+
+    ``taps="official"`` takes C2..C4 after the *first* block of those stages, as FRSKD's code does (the later blocks
+    of a stage then open the next encoder stage); ``stem_activation=False`` drops the stem's activation after its
+    BN, as FRSKD's code does."""
+    import torchvision.models as tvm
+
+    net = getattr(tvm, f"efficientnet_{version}")(weights=None)
+    replace_first_conv(net, in_channels)
+    f = net.features
+    if not stem_activation:
+        f[0][2] = nn.Identity()  # Conv2dNormActivation: conv, BN, activation
+    if taps == "stage_end":
+        stages = [f[:3], f[3], f[4], f[5:8]]
+    else:
+        stages = [nn.Sequential(*f[:2], f[2][0]), nn.Sequential(*f[2][1:], f[3][0]),
+                  nn.Sequential(*f[3][1:], f[4][0]), nn.Sequential(*f[4][1:], *f[5:8])]
+    return Encoder(stages, [stage[-1].out_channels for stage in (f[2], f[3], f[4], f[7])], [4, 8, 16, 32])
+
+
+def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Encoder:
+    """ResNet-``depth``: stem + layer1, layer2, layer3, layer4. ``output_stride`` 16 or 8 dilates the last one or
+    two layers instead of striding them (bottleneck ResNets only, as in torchvision)."""
+    import torchvision.models as tvm
+
+    dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+    net = getattr(tvm, f"resnet{depth}")(weights=None, replace_stride_with_dilation=dilate)
+    replace_first_conv(net, in_channels)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+    reductions = [4]
+    for dilated in dilate:
+        reductions.append(reductions[-1] * (1 if dilated else 2))
+    expansion = net.layer1[0].expansion
+    return Encoder([stem, net.layer2, net.layer3, net.layer4], [expansion * c for c in (64, 128, 256, 512)],
+                   reductions)
+
+
+class FPN(nn.Module):
+    """Six levels of ``channels`` from ``C2..C5``: ``P5 = cbr1(C5)``, ``P6 = cbr3/2(C5)``, ``P7 = cbr3/2(P6)``,
+    ``P_l = up(P_{l+1}) + cbr1(C_l)`` for l = 4, 3, 2 (bilinear, to the size of ``C_l``)."""
+
+    def __init__(self, in_channels: list[int], channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(cbr(c, channels, 1) for c in in_channels)
+        self.p6 = cbr(in_channels[-1], channels, 3, stride=2)
+        self.p7 = cbr(channels, channels, 3, stride=2)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        levels = [self.lateral[-1](feats[-1])]
+        for lateral, c in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            lat = lateral(c)
+            levels.insert(0, resize_to(levels[0], lat) + lat)
+        p6 = self.p6(feats[-1])
+        return levels + [p6, self.p7(p6)]
+
+
+def depthwise_unit(channels: int) -> nn.Sequential:
+    """A ``BiFPNSeg`` "conv": 1×1 depthwise conv (a per-channel scale, no spatial mixing) → BN → ReLU."""
+    return nn.Sequential(nn.Conv2d(channels, channels, 1, groups=channels, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU(inplace=True))
+
+
+class BiFPNSeg(nn.Module):
+    """One BiFPN layer of FRSKD's segmentation code over levels ``P_1..P_n`` (finest first), plain-sum fusion::
+
+        U_n = u_n(P_n);   U_i = u_i(P_i + up(U_{i+1}))                 i = n−1 … 1   (top-down)
+        O_1 = U_1;        O_i = d_i(P_i + U_i + down(O_{i−1}))          i = 2 … n     (bottom-up)
+
+    ``u``/``d`` are :func:`depthwise_unit` s; ``up`` is bilinear, ``down`` nearest, both to the target level's
+    size (so a dilated encoder's equal-size levels need no special case). Returns ``[O_1..O_n]``, or
+    ``[U_1..U_n]`` when ``top_down_only`` (the self-teacher's last layer).
+    """
+
+    def __init__(self, channels: int, levels: int = 6, top_down_only: bool = False):
+        super().__init__()
+        self.top_down_only = top_down_only
+        self.up = nn.ModuleList(depthwise_unit(channels) for _ in range(levels))
+        self.down = nn.ModuleList() if top_down_only else nn.ModuleList(
+            depthwise_unit(channels) for _ in range(levels - 1))
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        n = len(inputs)
+        top_down = [None] * n
+        top_down[-1] = self.up[-1](inputs[-1])
+        for i in range(n - 2, -1, -1):
+            top_down[i] = self.up[i](inputs[i] + resize_to(top_down[i + 1], inputs[i]))
+        if self.top_down_only:
+            return top_down
+        out = [top_down[0]]
+        for i in range(1, n):
+            out.append(self.down[i - 1](inputs[i] + top_down[i] + resize_to(out[-1], inputs[i], "nearest")))
+        return out
+
+
+class SegmentationHead(nn.Sequential):
+    """``cbr3(channels → hidden)`` then a 3×3 conv to K classes; the logits are upsampled to ``size`` (bilinear)."""
+
+    def __init__(self, channels: int, hidden: int, num_classes: int):
+        super().__init__(cbr(channels, hidden, 3), nn.Conv2d(hidden, num_classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
+
+
+class FRSKDSegmenter(Segmenter):
+    """Encoder → :class:`FPN` → 3 × :class:`BiFPNSeg` → :class:`SegmentationHead` on the finest level."""
+
+    def __init__(self, encoder: Encoder, num_classes: int, channels: int, head_channels: int = 256,
+                 name: str = "frskd_seg"):
+        super().__init__()
+        self.name, self.num_classes = name, num_classes
+        self.pyramid_channels, self.head_channels = channels, head_channels
+        self.encoder = encoder
+        self.fpn = FPN(encoder.channels, channels)
+        self.bifpn = nn.Sequential(*(BiFPNSeg(channels) for _ in range(3)))
+        self.head = SegmentationHead(channels, head_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pyramid = self.bifpn(self.fpn(self.encoder(x)))
+        return self.head(pyramid[0], x.shape[-2:]), list(pyramid)
+
+
+class TorchvisionSegmenter(Segmenter):
+    """A torchvision segmentation network (auxiliary head off): ``(net(x)["out"], [])``."""
+
+    def __init__(self, net: nn.Module, num_classes: int, name: str):
+        super().__init__()
+        self.net, self.num_classes, self.name = net, num_classes, name
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.net(x)["out"], []
+
+
+# --------------------------------------------------------------------------- registered models
+
+def _efficientnet_segmenter(version: str):
+    name = f"frskd_seg_eff{version}"
+
+    def factory(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt | None = None,
+                head_channels: PositiveInt = 256, taps: Literal["stage_end", "official"] = "stage_end",
+                stem_activation: bool = True) -> FRSKDSegmenter:
+        channels = channels or EFFICIENTNET_PYRAMID_CHANNELS[version]
+        encoder = efficientnet_encoder(version, in_channels, taps, stem_activation)
+        return FRSKDSegmenter(encoder, num_classes, channels, head_channels, name)
+
+    factory.__name__ = name
+    factory.__doc__ = (f"{name}: FRSKD segmenter on EfficientNet-{version.upper()} (random init); pyramid width "
+                       f"`channels` ({EFFICIENTNET_PYRAMID_CHANNELS[version]}, the official value), head width "
+                       "`head_channels` (256); `taps=\"official\"` and `stem_activation=False` reproduce the official "
+                       "encoder's taps and stem.")
+    return register_model(name, task="segmentation")(factory)
+
+
+frskd_seg_effb0 = _efficientnet_segmenter("b0")
+frskd_seg_effb1 = _efficientnet_segmenter("b1")
+frskd_seg_effb2 = _efficientnet_segmenter("b2")
+
+
+@register_model("frskd_seg_resnet18", task="segmentation")
+def frskd_seg_resnet18(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt = 64,
+                       head_channels: PositiveInt = 256) -> FRSKDSegmenter:
+    """frskd_seg_resnet18: FRSKD segmenter on ResNet-18 (random init), strides 4/8/16/32."""
+    return FRSKDSegmenter(resnet_encoder(18, in_channels), num_classes, channels, head_channels, "frskd_seg_resnet18")
+
+
+@register_model("frskd_seg_resnet50", task="segmentation")
+def frskd_seg_resnet50(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt = 64,
+                       head_channels: PositiveInt = 256, output_stride: Literal[32, 16, 8] = 32) -> FRSKDSegmenter:
+    """frskd_seg_resnet50: FRSKD segmenter on ResNet-50 (random init); `output_stride` 16 or 8 dilates the last
+    stages (several encoder levels at one stride)."""
+    return FRSKDSegmenter(resnet_encoder(50, in_channels, output_stride), num_classes, channels, head_channels,
+                          "frskd_seg_resnet50")
+
+
+def _torchvision_segmenter(name: str):
+    def factory(num_classes: PositiveInt, in_channels: PositiveInt = 3) -> TorchvisionSegmenter:
+        import torchvision.models.segmentation as tvs
+
+        options = {} if name.startswith("lraspp") else {"aux_loss": False}
+        net = getattr(tvs, name)(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+        replace_first_conv(net, in_channels)
+        return TorchvisionSegmenter(net, num_classes, name)
+
+    factory.__name__ = name
+    factory.__doc__ = f"{name}: torchvision's {name} (random init, no auxiliary head), a plain-CE reference."
+    return register_model(name, task="segmentation")(factory)
+
+
+lraspp_mobilenet_v3_large = _torchvision_segmenter("lraspp_mobilenet_v3_large")
+deeplabv3_resnet50 = _torchvision_segmenter("deeplabv3_resnet50")
+fcn_resnet50 = _torchvision_segmenter("fcn_resnet50")
+

@@ -1,0 +1,316 @@
+"""Bad input through the real CLI (issue #12): one table, one row per case.
+
+A row is a command line (``{tmp}``, ``{cfg}``, ``{run}``, ``{new}``, ``{pid}`` are filled in), an optional set-up
+that makes the files it needs, the exit code, a fragment of the message, and the paths (under the test's folder)
+that must be exactly as they were before (absent ones must stay absent: nothing was created). Every row also
+checks that there is no traceback and, for an error, one ``selfkd: error:`` paragraph. Adding a case is one line.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import fault_methods  # noqa: F401  (registers test_nan)
+from conftest import tiny_config
+
+TINY = {"data": {"options": {"num_classes": 4, "train_size": 32, "test_size": 16, "image_size": 16},
+                 "batch_size": 8, "eval_batch_size": 16},
+        "model": {"name": "cifar_resnet18", "width": 4}}
+
+
+def _config(tmp: Path) -> dict:
+    cfg = tiny_config(tmp, epochs=1, **TINY)
+    del cfg["run_dir"], cfg["name"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny run, copied by the set-ups that need it."""
+    from selfkd.engine import train
+
+    tmp = tmp_path_factory.mktemp("finished")
+    train({**_config(tmp), "run_dir": str(tmp / "run")})
+    return tmp / "run"
+
+
+# --------------------------------------------------------------------------- set-ups: (tmp, finished run) -> None
+
+def copy_run(tmp, run):
+    shutil.copytree(run, tmp / "run", symlinks=True)
+
+
+def unfinished(tmp, run):
+    """A run stopped after its first checkpoint (no summary yet): --resume reads its last.pt."""
+    copy_run(tmp, run)
+    for name in ("summary.json", "model.safetensors", "reliability.json"):
+        (tmp / "run" / name).unlink()
+
+
+def no_checkpoint(tmp, run):
+    """A run killed in its first epoch: the marker, config.yaml and TensorBoard events, no last.pt."""
+    copy_run(tmp, run)
+    for p in (tmp / "run").iterdir():
+        if p.name not in (".selfkd-run", "config.yaml", "tb"):
+            p.unlink()
+
+
+def locked(tmp, run):
+    """An unfinished run whose folder another process holds (here: this one, through a second open file)."""
+    unfinished(tmp, run)
+    fd = os.open(tmp / "run" / ".selfkd-run", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"selfkd run folder\npid {os.getpid()} on a host\n".encode())
+    return lambda: os.close(fd)
+
+
+def project(tmp, run):
+    (tmp / "project").mkdir()
+    (tmp / "project" / "config.yaml").write_text("seed: 3\n")
+    (tmp / "project" / "thesis.tex").write_text("\\chapter{Results}\n")
+
+
+def foreign(tmp, run):
+    (tmp / "foreign").mkdir()
+    (tmp / "foreign" / "metrics.csv").write_text("a,b\n1,2\n")
+    (tmp / "foreign" / "summary.json").write_text('{"mine": true}')
+
+
+def symlinked(tmp, run):
+    copy_run(tmp, run)
+    (tmp / "run" / "notes.txt").write_text("my notes")
+    (tmp / "link").symlink_to(tmp / "run")
+
+
+def checkpoint_edit(change: Callable[[dict], None]):
+    def setup(tmp, run):
+        unfinished(tmp, run)
+        ckpt = torch.load(tmp / "run" / "last.pt", weights_only=True)
+        change(ckpt)
+        torch.save(ckpt, tmp / "run" / "last.pt")
+
+    return setup
+
+
+def empty_checkpoint(tmp, run):
+    unfinished(tmp, run)
+    (tmp / "run" / "last.pt").write_bytes(b"")
+
+
+def weights_options_list(tmp, run):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    copy_run(tmp, run)
+    path = str(tmp / "run" / "model.safetensors")
+    with safe_open(path, "pt") as fh:
+        meta = fh.metadata()
+    save_file(load_file(path), path, metadata={**meta, "model_options": "[1, 2]"})
+
+
+def summary_final_number(tmp, run):
+    copy_run(tmp, run)
+    summary = tmp / "run" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "final": 5}))
+
+
+def with_file(tmp, run):
+    copy_run(tmp, run)
+    (tmp / "file").write_text("not a folder")
+
+
+def latin1_config(tmp, run):
+    (tmp / "latin.yaml").write_bytes("name: caf\xe9\n".encode("latin1"))
+
+
+def duplicate_keys(tmp, run):
+    (tmp / "dup.yaml").write_text(yaml.safe_dump(_config(tmp)) + "seed: 1\n")
+
+
+def not_a_run(tmp, run):
+    (tmp / "notrun").mkdir()
+    (tmp / "notrun" / "readme.txt").write_text("hello")
+
+
+def fashion_elsewhere(tmp, run):
+    """A copy of the dataset where the search would find it ($SELFKD_DATA), for rows that name another --data-dir."""
+    import gzip
+    import struct
+
+    folder = tmp / "env" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 8), ("t10k", 4)):
+        for kind, array in (("images", rng.integers(0, 256, (n, 28, 28))), ("labels", np.arange(n) % 2)):
+            header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+            with gzip.open(folder / f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz", "wb") as fh:
+                fh.write(header + array.astype(np.uint8).tobytes())
+    os.environ["SELFKD_DATA"] = str(tmp / "env")  # restored by the test's monkeypatch
+
+
+def image_folder_with_loop(tmp, run):
+    from torchvision.io import encode_png, write_file
+
+    for split in ("train", "val"):
+        for label, name in enumerate(("cat", "dog")):
+            folder = tmp / "images" / split / name
+            folder.mkdir(parents=True)
+            write_file(str(folder / "a.png"), encode_png(torch.full((3, 8, 8), 60 * label, dtype=torch.uint8)))
+    (tmp / "images" / "train" / "cat" / "loop").symlink_to("..")
+
+
+class Case(NamedTuple):
+    name: str
+    argv: str
+    code: int
+    message: str
+    unchanged: tuple[str, ...] = ()
+    setup: Callable | None = None
+
+
+TRAIN = "train -c {cfg} --run-dir {new}"
+CASES = [
+    # Files that were destroyed or overwritten.
+    Case("overwrite-a-project-folder", "train -c {cfg} --run-dir {tmp}/project --overwrite", 2,
+         "selfkd did not make it", ("project",), project),
+    Case("foreign-files-with-output-names", "train -c {cfg} --run-dir {tmp}/foreign", 2, "is not empty",
+         ("foreign",), foreign),
+    Case("second-process-on-a-folder-in-use", "train -c {cfg} --run-dir {run} --overwrite", 2,
+         "in use by another selfkd process (pid {pid} on a host)", ("run",), locked),
+    Case("resume-a-folder-in-use", "train --resume {run}", 2, "in use by another selfkd process", ("run",), locked),
+    Case("resume-a-finished-run", "train --resume {run}", 0, "is finished (1/1 epochs); nothing was changed",
+         ("run",), copy_run),
+    Case("overwrite-through-a-symlinked-run-folder", "train -c {cfg} --run-dir {tmp}/link --overwrite", 0,
+         "run folder {tmp}/link", ("link", "run/notes.txt"), symlinked),
+    Case("resume-mid-epoch-with-another-batch-size", "train --resume {run} --batch-size 4", 2,
+         "stopped in the middle of epoch 1 (step 2) and this resume changes data.batch_size 4 (saved: 8)", ("run",),
+         checkpoint_edit(lambda c: c.update(epoch=0, step_in_epoch=2))),
+    Case("resume-and-overwrite-together", "train --resume {run} --overwrite", 2, "give one of them", ("run",),
+         copy_run),
+    # Runs that stopped before their first checkpoint.
+    Case("rerun-after-a-crash-in-epoch-1", "train -c {cfg} --run-dir {run}", 2,
+         "stopped before its first checkpoint", ("run",), no_checkpoint),
+    Case("resume-after-a-crash-in-epoch-1", "train --resume {run}", 2,
+         "Start it over with `selfkd train -c {run}/config.yaml --run-dir {run} --overwrite`", ("run",), no_checkpoint),
+    Case("nonfinite-loss-in-epoch-1", TRAIN + " --method test_nan --set method.from_step=1", 3,
+         "No checkpoint was saved yet, so there is nothing to resume"),
+    # Tracebacks.
+    Case("device-meta", TRAIN + " --device meta", 2, "not a device selfkd runs on", ("new",)),
+    Case("device-mps", TRAIN + " --device mps", 2, "not a device selfkd runs on", ("new",)),
+    Case("seed-beyond-64-bits", TRAIN + " --seed 99999999999999999999999", 2, "'seed'", ("new",)),
+    Case("model-width-0", TRAIN + " --set model.width=0", 2, "'width'", ("new",)),
+    Case("synthetic-num-classes-0", TRAIN + " --set data.options.num_classes=0", 2, "'num_classes'", ("new",)),
+    Case("synthetic-train-size-negative", TRAIN + " --set data.options.train_size=-1", 2, "'train_size'", ("new",)),
+    Case("rrc-scale-reversed", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[1.0,0.1]", 2,
+         "'data.rrc_scale'", ("new",)),
+    Case("rrc-scale-negative", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[-0.5,1.0]", 2,
+         "'data.rrc_scale'", ("new",)),
+    Case("config-not-utf8", "train -c {tmp}/latin.yaml --run-dir {new}", 2, "is not UTF-8 text", ("new",),
+         latin1_config),
+    Case("checkpoint-missing-entries", "train --resume {run}", 2, "no 'optimizer'", ("run",),
+         checkpoint_edit(lambda c: c.pop("optimizer"))),
+    Case("checkpoint-epoch-a-string", "train --resume {run}", 2, "'epoch' is a str", ("run",),
+         checkpoint_edit(lambda c: c.update(epoch="one"))),
+    Case("checkpoint-empty", "train --resume {run}", 2, "is empty (0 bytes)", ("run",), empty_checkpoint),
+    Case("weights-options-not-a-mapping", "export {run} --format safetensors", 2, "'model_options' is [1, 2]",
+         ("run",), weights_options_list),
+    Case("export-negative-image-size", "export {run} --format torchscript --image-size -5", 2, "--image-size -5",
+         ("run",), copy_run),
+    Case("export-out-below-a-file", "export {run} --format torchscript --out {tmp}/file/m.pt", 2,
+         "a file is in its way", ("run", "file"), with_file),
+    Case("compare-out-is-a-file", "compare {run} --out {tmp}/file", 2, "Cannot make the report folder",
+         ("run", "file"), with_file),
+    Case("compare-a-malformed-summary", "compare {run} --out {tmp}/report", 0,
+         "summary.json holds values selfkd does not write (final)", ("run",), summary_final_number),
+    Case("one-with-a-last-batch-of-one", TRAIN + " --method one --set data.options.train_size=17", 0,
+         "the last batch of each epoch (1 image(s), a different random few each epoch) is left out"),
+    Case("bake-batch-without-an-anchor", TRAIN + " --method bake --batch-size 3", 2, "The batch holds no anchor",
+         ("new",)),
+    # Accepted silently.
+    Case("empty-training-set", TRAIN + " --set data.options.train_size=0", 2, "has no training images", ("new",)),
+    Case("one-class-only", TRAIN + " --set data.options.num_classes=1", 2, "at least two classes", ("new",)),
+    Case("cskd-batch-size-1", TRAIN + " --method cskd --batch-size 1 --set data.options.train_size=8", 0,
+         "a step holds 1 anchor(s), each with 1 same-class partner(s): 2 images"),
+    Case("run-dir-empty", "train -c {cfg} --run-dir ''", 2, "'run_dir'", ("runs",)),
+    Case("name-empty", "train -c {cfg} --name ''", 2, "'name'", ("runs",)),
+    Case("data-dir-missing-with-a-copy-elsewhere",
+         TRAIN + " --dataset fashion_mnist --data-dir {tmp}/nowhere --set data.options={{}}", 2,
+         "--data-dir {tmp}/nowhere does not exist", ("new",), fashion_elsewhere),
+    Case("data-dir-a-file-with-a-copy-elsewhere",
+         TRAIN + " --dataset fashion_mnist --data-dir {cfg} --set data.options={{}}", 2,
+         "--data-dir {cfg} is not a folder", ("new",), fashion_elsewhere),
+    Case("data-dir-empty", TRAIN + " --data-dir ''", 2, "'data.data_dir'", ("new",)),
+    Case("symlink-loop-in-an-image-folder",
+         TRAIN + " --dataset imagefolder --data-dir {tmp}/images --set data.options={{}} --set data.workers=0", 2,
+         "counted twice", ("new",), image_folder_with_loop),
+    Case("eval-run-with-another-dataset", "eval --run {run} --dataset cifar100 --model resnet18 --device cpu", 2,
+         "--dataset cifar100 (the run's is synthetic); --model resnet18", ("run",), copy_run),
+    Case("eval-weights-on-a-dataset-of-another-task", "eval --weights {run}/model.safetensors --dataset synthetic_seg "
+         "--device cpu", 2, "holds a classification model ('cifar_resnet18'), but dataset 'synthetic_seg' is for "
+         "segmentation", ("run",), copy_run),
+    Case("eval-batch-size-0", "eval --run {run} --batch-size 0 --device cpu", 2, "--batch-size 0", ("run",), copy_run),
+    Case("eval-run-and-weights", "eval --run {run} --weights {run}/model.safetensors --dataset synthetic", 2,
+         "either --run RUN_DIR or --weights FILE", ("run",), copy_run),
+    # Misleading.
+    Case("std-zero", TRAIN + " --set data.std=[0,0,0]", 2, "'data.std'", ("new",)),
+    Case("mean-nan", TRAIN + " --set data.mean=[.nan,0,0]", 2, "'data.mean.0': Input should be a finite number",
+         ("new",)),
+    Case("lr-infinite", TRAIN + " --set optim.lr=.inf", 2, "'optim.lr': Input should be a finite number", ("new",)),
+    Case("epochs-at-the-top-level", TRAIN + " --set epochs=3", 2, "Did you mean 'train.epochs'?", ("new",)),
+    Case("duplicate-yaml-keys", "train -c {tmp}/dup.yaml --run-dir {new}", 2, "the key 'seed' is given twice",
+         ("new",), duplicate_keys),
+    Case("resume-a-folder-that-is-not-a-run", "train --resume {tmp}/notrun", 2,
+         "{tmp}/notrun is not a selfkd run folder", ("notrun",), not_a_run),
+    Case("eval-a-folder-that-is-not-a-run", "eval --run {tmp}/notrun", 2, "{tmp}/notrun is not a selfkd run folder",
+         ("notrun",), not_a_run),
+    Case("resume-the-checkpoint-file", "train --resume {run}/last.pt", 2, "last.pt is a file, not a folder", ("run",),
+         copy_run),
+    Case("config-a-folder", "train -c {tmp} --run-dir {new}", 2, "is a folder, not a file", ("new",)),
+    Case("bench-an-unknown-method", "bench --methods ce,nosuch --steps 1 --warmup 0 --device cpu --width 4", 2,
+         "Unknown method 'nosuch'"),
+]
+
+
+def snapshot(path: Path):
+    """Every file below ``path`` (bytes; links as their target), or None when it does not exist."""
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): snapshot(p) for p in sorted(path.rglob("*")) if not p.is_dir() or p.is_symlink()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, tmp_path, finished, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default run folder would land in ./runs
+    monkeypatch.setenv("SELFKD_DATA", str(tmp_path / "no-data"))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+    cleanup = case.setup(tmp_path, finished) if case.setup else None
+    fill = {"tmp": tmp_path, "cfg": tmp_path / "cfg.yaml", "run": tmp_path / "run", "new": tmp_path / "new",
+            "pid": os.getpid()}
+    before = {p: snapshot(tmp_path / p) for p in case.unchanged}
+    try:
+        argv = [arg.format(**fill) for arg in case.argv.split()]
+        code, out, err = run_cli(*[a if a != "''" else "" for a in argv])
+    finally:
+        if cleanup:
+            cleanup()
+    assert "Traceback" not in out + err
+    assert code == case.code, err
+    assert case.message.format(**fill) in (err if code else out + err)
+    if code:
+        assert err.count("selfkd: error:") == 1 and err.strip().splitlines()[-1].startswith("selfkd: error:")
+    for p in case.unchanged:
+        assert snapshot(tmp_path / p) == before[p], p

@@ -1,0 +1,168 @@
+"""`selfkd demo`: the regime line, its time estimate (arithmetic, and a real measurement through the training
+builder), the seeds and the record it leaves; `benchmarks/results_section.py` on fixture run folders."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from test_report import write_run
+from test_segmentation_data import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_regime_and_its_line():
+    """The CPU demo trains the regime chosen from the papers, and says how it differs from a paper run."""
+    from selfkd.config import make_config
+    from selfkd.demo import describe, recipe_path
+
+    cpu = make_config(recipe_path("cpu"))
+    assert (cpu.data.train_subset, cpu.train.epochs, cpu.train.eval_every, cpu.data.batch_size) == (1000, 40, 10, 64)
+    assert (cpu.schedule.name, cpu.schedule.milestones, cpu.schedule.gamma) == ("multistep", [20, 30], 0.1)
+    assert (cpu.optim.lr, cpu.optim.weight_decay, cpu.model.options()) == (0.05, 5e-4, {"width": 16})
+    assert cpu.data.train_subset * cpu.train.epochs == 8000 * 5  # the former demo's image passes per method
+    line = describe("cpu", cpu, 60000, 10000)
+    assert line == ("Demo setting 'cpu': Fashion-MNIST, 1,000 of 60,000 training images, all 10,000 test images, "
+                    "40 epochs (lr ×0.1 after epochs 20 and 30), cifar_resnet18 (width 16), batch 64, device cpu. "
+                    "A paper run (CIFAR-100, 50,000 training images, 200 epochs, ResNet-18 of width 64) differs in "
+                    "dataset, data size, epochs, width.")
+    gpu = make_config(recipe_path("gpu"))
+    assert gpu.schedule.name == "multistep" and gpu.data.train_subset is None and "width" not in gpu.model.options()
+    assert describe("gpu", gpu, 60000, 10000).endswith("differs in dataset, data size, epochs.")
+
+
+def test_estimate_arithmetic():
+    from selfkd.demo import Speed, evaluations, run_seconds
+
+    assert evaluations(40, 10) == 4  # epochs 10, 20, 30, 40
+    assert evaluations(40, 10, done=25) == 2  # 30, 40
+    assert evaluations(7, 3) == 3  # 3, 6 and the last, 7
+    assert evaluations(5, 1) == 5 and evaluations(5, 1, done=5) == 0
+    speed = Speed(step_s=0.2, steps_per_epoch=16, eval_batch_s=0.5, eval_batches=20, startup_s=3.0)
+    # start-up 3 s + 40 epochs × 16 steps × 0.2 s + 4 evaluations × 20 batches × 0.5 s = 3 + 128 + 40
+    assert run_seconds(speed, 40, 10) == pytest.approx(171.0)
+    # resumed after 25 epochs: 3 + 15 × 16 × 0.2 + 2 × 20 × 0.5 = 3 + 48 + 20
+    assert run_seconds(speed, 40, 10, done=25) == pytest.approx(71.0)
+
+
+def tiny_fashion_mnist(root: Path) -> Path:
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 30)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkeypatch, run_cli):
+    """Real measurements through the training builder feed the estimate (per run, per method); the demo passes its
+    seeds and estimates to the sweep, prints the estimate first and records command, machine and time."""
+    import selfkd.demo
+    import selfkd.sweep
+    from selfkd.demo import measure
+    from selfkd.sweep import SweepResult
+
+    data = tiny_fashion_mnist(tmp_path / "data")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": "cifar_resnet18", "width": 4},
+        "data": {"dataset": "fashion_mnist", "train_subset": 24, "batch_size": 8, "eval_batch_size": 12},
+        "schedule": {"name": "multistep", "milestones": [2]}, "train": {"epochs": 4, "device": "cpu", "eval_every": 2,
+                                                                          "progress": False}}))
+    monkeypatch.setattr(selfkd.demo, "recipe_path", lambda setting, task="classification": recipe)
+
+    from selfkd.config import make_config
+    from selfkd.data import load_dataset
+
+    cfg = make_config(recipe, {"data_dir": str(data), "method": "cskd"})
+    speed = measure(cfg, load_dataset("fashion_mnist", str(data)), load_s=1.5)
+    assert (speed.steps_per_epoch, speed.eval_batches) == (3, 3)  # 24 images / 8, 30 test images / 12
+    assert speed.step_s > 0 and speed.eval_batch_s > 0 and speed.startup_s > 1.5
+
+    calls = []
+
+    def fake_sweep(config, methods, seeds, out, flags, note=None, estimates=None, **kwargs):
+        calls.append((methods, seeds, estimates))
+        return SweepResult([], {}, None)
+
+    monkeypatch.setattr(selfkd.sweep, "sweep", fake_sweep)
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli("demo", "--setting", "cpu", "--seeds", "0,1", "--methods", "ce,cskd", "--out", out,
+                                "--data-dir", data)
+    assert code == 0, err
+    ((methods, seeds, estimates),) = calls
+    assert methods == ["ce", "cskd"] and seeds == [0, 1]
+    assert sorted(estimates) == ["ce_s0", "ce_s1", "cskd_s0", "cskd_s1"] and min(estimates.values()) > 0
+    assert estimates["ce_s0"] == estimates["ce_s1"]  # one measurement per method
+    assert stdout.index("Demo setting 'cpu'") < stdout.index("Estimated time: about") and "for 4 run(s)" in stdout
+    record = json.loads((out / "demo.json").read_text())
+    assert record["command"] == "selfkd demo --setting cpu --seeds 0,1 --methods ce,cskd"
+    assert record["trained"] == ["ce_s0", "cskd_s0", "ce_s1", "cskd_s1"] and record["kept"] == []
+    assert record["estimate_s"] == pytest.approx(sum(estimates.values())) and record["wall_s"] > 0
+    assert record["machine"]["cores"] >= 1 and record["machine"]["torch"] and record["regime"].startswith("Demo setting")
+
+    # A finished run is not timed again, and a resumed one counts only the epochs it still lacks.
+    from selfkd.demo import Speed, estimate
+    from selfkd.sweep import plan
+
+    (out / "ce_s0").mkdir()
+    (out / "ce_s0" / "summary.json").write_text("{}")
+    (out / "ce_s1").mkdir()
+    (out / "ce_s1" / "last.pt").write_bytes(b"x")
+    (out / "ce_s1" / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    monkeypatch.setattr(selfkd.demo, "measure", lambda cfg, splits, load_s: Speed(1.0, 3, 0.5, 3, 2.0))
+    jobs = plan(str(recipe), ["ce"], [0, 1], out, {"data_dir": str(data)})
+    # ce_s1 resumed after 3 of 4 epochs: 2 s + 1 epoch × 3 steps × 1 s + 1 evaluation × 3 batches × 0.5 s
+    assert estimate(jobs, {"ce": cfg}, None, 0.0) == {"ce_s1": pytest.approx(6.5)}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_section", ROOT / "benchmarks" / "results_section.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_section_from_fixture_runs(tmp_path):
+    """The README section is rebuilt between its markers from the committed small files of the demo's runs."""
+    script = load_script()
+    demo = tmp_path / "runs" / "demo_cpu"
+    for seed, (ce, frskd) in enumerate([(70.0, 73.0), (71.0, 74.0), (72.5, 72.5)]):
+        write_run(demo, f"ce_s{seed}", method="ce", seed=seed, top1=ce, dataset="fashion_mnist", checkpoint=True)
+        write_run(demo, f"frskd_s{seed}", method="frskd", seed=seed, top1=frskd, dataset="fashion_mnist")
+    (demo / "ce_s0" / "model.safetensors").write_bytes(b"weights")
+    (demo / "demo.json").write_text(json.dumps({
+        "command": "selfkd demo --setting cpu --seeds 0,1,2", "regime": "Demo setting 'cpu': a regime.",
+        "wall_s": 1234.0, "estimate_s": 1100.0, "threads_per_run": 2, "trained": ["ce_s0"], "kept": [],
+        "date": "2026-12-01", "machine": {"cores": 2, "cpu": "AMD EPYC 7B13", "torch": "2.14.1", "selfkd": "0.1.0"}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# selfkd\n\nintro\n\n{script.BEGIN}\nold text\n{script.END}\n\n## Next\nrest\n")
+    results = tmp_path / "benchmarks" / "results" / "demo_cpu"
+
+    assert script.main(["--from", str(demo), "--results", str(results), "--readme", str(readme)]) == 0
+    kept = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
+    assert kept == sorted(["demo.json", *(f"{m}_s{s}/{f}" for m in ("ce", "frskd") for s in range(3)
+                                          for f in ("config.yaml", "metrics.jsonl", "summary.json"))])  # no checkpoint
+    text = readme.read_text()
+    assert text.startswith("# selfkd\n\nintro\n\n" + script.BEGIN) and text.endswith(script.END + "\n\n## Next\nrest\n")
+    assert "old text" not in text
+    section = text[text.index(script.BEGIN):text.index(script.END)]
+    assert "**Measured here** with `selfkd demo --setting cpu --seeds 0,1,2` on 2026-12-01: 2 cores (AMD EPYC 7B13)" in section
+    assert "took 20.6 min in all" in section and "estimated 18.3 min" in section and "Demo setting 'cpu': a regime." in section
+    # frskd - ce per seed: 3, 3, 0 -> +2.00 [-2.30, +6.30] (paired t, 2 degrees of freedom; see test_report.py)
+    assert "| frskd | 3 | 73.17 ± 0.76 | +2.00 [-2.30, +6.30] within noise |" in section
+    assert "| ce | 3 | 71.17 ± 1.26 | (baseline) |" in section and "paired by seed" in section
+    assert "reported by the paper" in section and "| frskd | 76.24 | 76.60 | +0.36 | reported by Self-KD-Lib" in section
+
+    script.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == text  # regenerating from the committed files gives the same section
+
+    empty = tmp_path / "none"
+    script.main(["--results", str(empty), "--readme", str(readme)])
+    assert "No demo run is committed yet" in readme.read_text() and "## Next\nrest\n" in readme.read_text()

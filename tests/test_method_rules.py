@@ -1,0 +1,125 @@
+"""Rules every registered method keeps, checked on each one: its loss is the sum of its named terms, a copy restored
+from its state (with its optimizer's) continues exactly as the original, and options outside their limits are
+refused with a message that names the option, the limit, the value and the default."""
+import copy
+import re
+
+import pytest
+import torch
+
+from selfkd import create_model
+from selfkd.config import DataConfig
+from selfkd.data import build_train_loader
+from selfkd.data.datasets import read_synthetic
+from selfkd.errors import ConfigError
+from conftest import own_methods
+from selfkd.methods import create_method, method_class, per_sample_args
+
+CLASSES = 4
+METHODS = own_methods()
+
+
+def _build(name, folder, seed=0):
+    """The method on a ResNet-18 of width 4, with whatever options it cannot be built without."""
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet18", num_classes=CLASSES, width=4)
+    options = method_class(name).example_options(model, folder)
+    return create_method(name, model, **options, **per_sample_args(name, 32)).train()
+
+
+def _batch(method):
+    """One batch of 8 samples (16×16 images) in the layout the method's ``data_needs`` declares (views, same-class
+    partners, dataset indices), served by the data pipeline."""
+    splits = read_synthetic(num_classes=CLASSES, train_size=32, test_size=8, image_size=16)
+    loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=8), method.data_needs,
+                                torch.device("cpu"))
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    return batch.images, batch.targets, batch.index if method.data_needs.index else None
+
+
+def _sgd(method):
+    return torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9,
+                           weight_decay=5e-4)
+
+
+def _step(method, optimizer, batch, seed):
+    torch.manual_seed(seed)  # the same random draws (mixup, CutMix) wherever this step is repeated
+    optimizer.zero_grad()
+    out = method(*batch)
+    out.loss.backward()
+    optimizer.step()
+    return out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_is_the_sum_of_its_terms_and_a_restored_copy_continues_exactly(name, tmp_path):
+    """Two training steps; after the first, the loss equals the sum of the named terms (the state-carrying terms
+    of DSR and DLB are active then). The method's and the optimizer's state restored into a fresh pair (built from
+    other weights), one more step on the same batch in both: every loss term and the new weights are equal."""
+    method = _build(name, tmp_path)
+    batch, optimizer = _batch(method), _sgd(method)
+    method.on_epoch_start(1, 3)  # past epoch 0: PS-KD reads its table, ONE's ramp is on
+    _step(method, optimizer, batch, 1)
+    out = _step(method, optimizer, batch, 2)
+    assert out.losses and all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values())
+    torch.testing.assert_close(out.loss, sum(out.losses.values()), rtol=1e-6, atol=1e-7)
+
+    restored = _build(name, tmp_path, seed=1)  # on_epoch_start is not called again, as in a mid-epoch resume
+    restored.load_state_dict(copy.deepcopy(method.state_dict()))  # copies, as a checkpoint file holds
+    restored_optimizer = _sgd(restored)
+    restored_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    original, resumed = _step(method, optimizer, batch, 3), _step(restored, restored_optimizer, batch, 3)
+    assert original.losses.keys() == resumed.losses.keys()
+    for key in original.losses:
+        assert torch.equal(original.losses[key], resumed.losses[key]), key
+    assert torch.equal(original.loss, resumed.loss)
+    after = restored.state_dict()
+    for key, value in method.state_dict().items():
+        assert torch.equal(after[key], value), key
+
+
+# (method, option, value outside its limits, other options it needs): every range the methods check
+OUT_OF_RANGE = [
+    ("drg", "alpha", -1.0, {}), ("drg", "temperature", 0.0, {}), ("dsr", "beta", -1.0, {}),
+    ("dsr", "temperature", 0.0, {}), ("lightskd", "alpha", -0.2, {}), ("lightskd", "beta", -1.0, {}),
+    ("lightskd", "temperature", 0.0, {}),
+    ("frskd", "alpha", -1.0, {}), ("frskd", "beta", -1.0, {}), ("frskd", "temperature", 0.0, {}),
+    ("frskd", "sla_weight", -1.0, {"sla": True}), ("frskd", "width", 0, {}),
+    ("frskd", "channels", 0, {"teacher": "bifpn"}), ("frskd", "mix_alpha", 0.0, {"mix": "mixup"}),
+    ("ls", "epsilon", 1.5, {}),
+    ("cskd", "temperature", 0.0, {}), ("cskd", "kd_weight", -1.0, {}),
+    ("tfkd_reg", "correct_prob", 1.2, {}), ("tfkd_reg", "temperature", 0.0, {}), ("tfkd_reg", "ce_weight", -1.0, {}),
+    ("tfkd_reg", "reg_weight", -0.1, {}),
+    ("tfkd_self", "temperature", 0.0, {}), ("tfkd_self", "ce_weight", -1.0, {}), ("tfkd_self", "kd_weight", -1.0, {}),
+    ("pskd", "alpha_T", 1.5, {"num_samples": 4}), ("pskd", "num_samples", 0, {}),
+    ("byot", "temperature", 0.0, {}), ("byot", "ce_weight", -1.0, {}), ("byot", "kd_weight", -1.0, {}),
+    ("byot", "feature_weight", -1.0, {}), ("byot", "bottleneck_width", 0, {}),
+    ("ddgsd", "temperature", -4.0, {}), ("ddgsd", "kd_weight", -1.0, {}), ("ddgsd", "mmd_weight", -1.0, {}),
+    ("dlb", "temperature", 0.0, {}), ("dlb", "kd_weight", -1.0, {}),
+    ("sla_sd", "temperature", 0.0, {}),
+    ("one", "temperature", 0.0, {}), ("one", "num_branches", 1, {}), ("one", "rampup_epochs", -1, {}),
+    ("sad", "weight", -1.0, {}), ("sad", "start_epoch", -1, {}),
+    ("dks", "temperature", 0.0, {}),
+    ("bake", "omega", 1.0, {}), ("bake", "omega", -0.5, {}), ("bake", "temperature", 0.0, {}),
+    ("bake", "weight", -1.0, {}), ("bake", "partners", 0, {}),
+    ("mixskd", "temperature", 0.0, {}), ("mixskd", "alpha", 0.0, {}),
+    ("zipf_ls", "weight", -1.0, {}), ("zipf_ls", "power", 0.0, {}),
+    ("uskd", "alpha", -1.0, {}), ("uskd", "beta", -1.0, {}), ("uskd", "mu", -1.0, {}),
+]
+
+
+@pytest.mark.parametrize("name, option, value, others", OUT_OF_RANGE)
+def test_options_outside_their_limits_are_refused(name, option, value, others, tiny_resnet):
+    with pytest.raises(ConfigError, match=rf"Bad option for method '{name}': '{option}' must be .*"
+                                          rf"\(got {re.escape(repr(value))}\)"):
+        create_method(name, tiny_resnet(), **{option: value}, **others)
+
+
+def test_the_message_names_the_option_the_limit_the_value_and_the_default(tiny_resnet):
+    with pytest.raises(ConfigError) as err:
+        create_method("lightskd", tiny_resnet(), temperature=-1)
+    assert str(err.value) == ("Bad option for method 'lightskd': 'temperature' must be greater than 0 (got -1); "
+                              "the default is 4.0.")
+    with pytest.raises(ConfigError, match=r"'alpha_T' must be less than or equal to 1 \(got '1.5'\)"):
+        create_method("pskd", tiny_resnet(), num_samples=4, alpha_T="1.5")  # a YAML/CLI string is converted first
