@@ -12,7 +12,7 @@ from conftest import tiny_config
 from selfkd import create_model
 from selfkd.config import make_config
 from selfkd.engine import train
-from selfkd.methods import create_method, per_sample_args
+from selfkd.methods import create_method, data_args
 from selfkd.models.base import Backbone
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -195,5 +195,5 @@ def assert_selfkdlib_recipe(name, tiny_resnet=None):
         "multistep", [100, 150], 5, True, 200)
     assert cfg.data.mean == (0.5071, 0.4867, 0.4408) and cfg.data.augment == "crop_flip"
     if tiny_resnet is not None:
-        create_method(name, tiny_resnet(100), **cfg.method.options(), **per_sample_args(name, 10))
+        create_method(name, tiny_resnet(100), **cfg.method.options(), **data_args(name, 10))
     return cfg

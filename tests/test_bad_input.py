@@ -74,6 +74,14 @@ def locked(tmp, run):
     return lambda: os.close(fd)
 
 
+def seg_recipe(tmp, run):
+    """A tiny segmentation recipe, seg.yaml."""
+    cfg = {**_config(tmp), "model": {"name": "frskd_seg_resnet18", "channels": 8, "head_channels": 8},
+           "data": {"dataset": "synthetic_seg", "options": {"train_size": 16, "test_size": 8, "image_size": 16},
+                    "batch_size": 8}}
+    (tmp / "seg.yaml").write_text(yaml.safe_dump(cfg))
+
+
 def project(tmp, run):
     (tmp / "project").mkdir()
     (tmp / "project" / "config.yaml").write_text("seed: 3\n")
@@ -169,6 +177,20 @@ def image_folder_with_loop(tmp, run):
     (tmp / "images" / "train" / "cat" / "loop").symlink_to("..")
 
 
+def image_folder_with_a_corrupt_image(tmp, run):
+    """Two classes of two PNGs each; one training image is cut off (it fails when a training step reads it)."""
+    from torchvision.io import encode_png, write_file
+
+    for split in ("train", "val"):
+        for label, name in enumerate(("cat", "dog")):
+            folder = tmp / "images" / split / name
+            folder.mkdir(parents=True)
+            for k in range(2):
+                write_file(str(folder / f"{k}.png"), encode_png(torch.full((3, 8, 8), 60 * label + k, dtype=torch.uint8)))
+    with open(tmp / "images" / "train" / "dog" / "1.png", "r+b") as fh:
+        fh.truncate(30)
+
+
 class Case(NamedTuple):
     name: str
     argv: str
@@ -179,6 +201,7 @@ class Case(NamedTuple):
 
 
 TRAIN = "train -c {cfg} --run-dir {new}"
+SEG = "train -c {tmp}/seg.yaml --run-dir {new}"
 CASES = [
     # Files that were destroyed or overwritten.
     Case("overwrite-a-project-folder", "train -c {cfg} --run-dir {tmp}/project --overwrite", 2,
@@ -197,6 +220,14 @@ CASES = [
          checkpoint_edit(lambda c: c.update(epoch=0, step_in_epoch=2))),
     Case("resume-and-overwrite-together", "train --resume {run} --overwrite", 2, "give one of them", ("run",),
          copy_run),
+    Case("resume-with-another-run-dir", "train --resume {run} --run-dir {new}", 2,
+         "Give either --resume RUN_DIR (the run folder it continues) or --run-dir, not both", ("run", "new"), copy_run),
+    Case("resume-a-checkpoint-past-the-epochs", "train --resume {run}", 2,
+         "was saved after epoch 2, past train.epochs=1 of this resume: a run cannot go back. Resume with --epochs 2",
+         ("run",), checkpoint_edit(lambda c: c.update(epoch=2))),
+    Case("resume-a-checkpoint-partway-past-the-epochs", "train --resume {run}", 2,
+         "was saved in epoch 2 (step 3), past train.epochs=1 of this resume", ("run",),
+         checkpoint_edit(lambda c: c.update(step_in_epoch=3))),
     # Runs that stopped before their first checkpoint.
     Case("rerun-after-a-crash-in-epoch-1", "train -c {cfg} --run-dir {run}", 2,
          "stopped before its first checkpoint", ("run",), no_checkpoint),
@@ -211,6 +242,12 @@ CASES = [
     Case("model-width-0", TRAIN + " --set model.width=0", 2, "'width'", ("new",)),
     Case("synthetic-num-classes-0", TRAIN + " --set data.options.num_classes=0", 2, "'num_classes'", ("new",)),
     Case("synthetic-train-size-negative", TRAIN + " --set data.options.train_size=-1", 2, "'train_size'", ("new",)),
+    Case("in-memory-data-read-by-workers", TRAIN + " --set data.loader=workers", 2,
+         "data.loader=workers does not fit synthetic, which is held in memory", ("new",)),
+    Case("file-augmentation-on-in-memory-scenes", SEG + " --set data.augment=seg_voc", 2,
+         "data.augment=seg_voc does not fit synthetic_seg", ("new",), seg_recipe),
+    Case("classification-augmentation-on-scenes", SEG + " --set data.augment=crop_flip", 2,
+         "use seg_scale_crop_flip, none", ("new",), seg_recipe),
     Case("rrc-scale-reversed", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[1.0,0.1]", 2,
          "'data.rrc_scale'", ("new",)),
     Case("rrc-scale-negative", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[-0.5,1.0]", 2,
@@ -222,6 +259,13 @@ CASES = [
     Case("checkpoint-epoch-a-string", "train --resume {run}", 2, "'epoch' is a str", ("run",),
          checkpoint_edit(lambda c: c.update(epoch="one"))),
     Case("checkpoint-empty", "train --resume {run}", 2, "is empty (0 bytes)", ("run",), empty_checkpoint),
+    Case("checkpoint-window-damaged", "train --resume {run} --epochs 2", 2,
+         "'window' is not the statistics of a partly trained epoch", ("run",),
+         checkpoint_edit(lambda c: c.update(step_in_epoch=1, window={"names": ["loss"]}))),
+    Case("checkpoint-cuda-rng-damaged", "train --resume {run}", 2, "'rng' holds no torch generator states", ("run",),
+         checkpoint_edit(lambda c: c["rng"].update(cuda=["not a state"]))),
+    Case("checkpoint-best-without-its-metric", "train --resume {run} --epochs 2", 2,
+         "'best' is not an epoch and a metric value", ("run",), checkpoint_edit(lambda c: c.update(best={"epoch": 1}))),
     Case("weights-options-not-a-mapping", "export {run} --format safetensors", 2, "'model_options' is [1, 2]",
          ("run",), weights_options_list),
     Case("export-negative-image-size", "export {run} --format torchscript --image-size -5", 2, "--image-size -5",
@@ -261,6 +305,15 @@ CASES = [
     Case("eval-batch-size-0", "eval --run {run} --batch-size 0 --device cpu", 2, "--batch-size 0", ("run",), copy_run),
     Case("eval-run-and-weights", "eval --run {run} --weights {run}/model.safetensors --dataset synthetic", 2,
          "either --run RUN_DIR or --weights FILE", ("run",), copy_run),
+    Case("eval-run-data-dir-empty", "eval --run {run} --data-dir '' --device cpu", 2, "'data.data_dir'", ("run",),
+         copy_run),
+    Case("eval-weights-data-dir-empty", "eval --weights {run}/model.safetensors --dataset synthetic --data-dir '' "
+         "--device cpu", 2, "'data.data_dir'", ("run",), copy_run),
+    Case("corrupt-image-while-training",
+         TRAIN + " --dataset imagefolder --data-dir {tmp}/images --set data.options={{}} --set data.workers=0 "
+         "--set data.image_size=16", 2, "re-extract the dataset. No checkpoint was saved yet, so there is nothing to "
+         "resume; start over with `selfkd train -c {new}/config.yaml --run-dir {new} --overwrite`.", (),
+         image_folder_with_a_corrupt_image),
     # Misleading.
     Case("std-zero", TRAIN + " --set data.std=[0,0,0]", 2, "'data.std'", ("new",)),
     Case("mean-nan", TRAIN + " --set data.mean=[.nan,0,0]", 2, "'data.mean.0': Input should be a finite number",

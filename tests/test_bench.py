@@ -74,7 +74,7 @@ def test_bench_segmentation_times_ce_and_frskd_on_generated_scenes(tmp_path, run
     recipe = tmp_path / "seg.yaml"
     recipe.write_text("method: {name: frskd, warmup_epochs: 0}\n"
                       "model: {name: frskd_seg_resnet18, channels: 8, head_channels: 8}\n"
-                      "data: {dataset: voc, batch_size: 2}\n")
+                      "data: {dataset: voc, batch_size: 2, augment: seg_voc}\n")  # a file augmentation
     code, out, err = run_cli("bench", "-c", recipe, "--methods", "frskd", "--image-size", "32", "--num-classes", "4",
                              "--steps", "1", "--warmup", "0", "--rounds", "1", "--device", "cpu", "--json", out_file)
     assert code == 0, err

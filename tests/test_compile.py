@@ -11,7 +11,7 @@ from selfkd.data.datasets import DatasetSplits, ImageTensors
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
 from selfkd.engine.step import TrainStep, build_optimizer
-from selfkd.methods import method_class, per_sample_args
+from selfkd.methods import method_class, data_args
 
 from conftest import own_methods, per_step_summaries
 
@@ -47,7 +47,7 @@ def traced_only(monkeypatch):
 
 def _method(name, tiny_resnet, tmp_path, num_train):
     options = method_class(name).example_options(tiny_resnet(), tmp_path)
-    return create_method(name, tiny_resnet(), num_classes=10, **options, **per_sample_args(name, num_train))
+    return create_method(name, tiny_resnet(), num_classes=10, **options, **data_args(name, num_train))
 
 
 @pytest.mark.parametrize("name", own_methods())

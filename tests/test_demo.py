@@ -116,10 +116,11 @@ def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkey
     (out / "ce_s1").mkdir()
     (out / "ce_s1" / "last.pt").write_bytes(b"x")
     (out / "ce_s1" / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
-    monkeypatch.setattr(selfkd.demo, "measure", lambda cfg, splits, load_s: Speed(1.0, 3, 0.5, 3, 2.0))
+    monkeypatch.setattr(selfkd.demo, "measure", lambda cfg, splits, load_s: Speed(1.0, 3, 0.5, 3, 2.0, 0.25))
     jobs = plan(str(recipe), ["ce"], [0, 1], out, {"data_dir": str(data)})
-    # ce_s1 resumed after 3 of 4 epochs: 2 s + 1 epoch × 3 steps × 1 s + 1 evaluation × 3 batches × 0.5 s
-    assert estimate(jobs, {"ce": cfg}, None, 0.0) == {"ce_s1": pytest.approx(6.5)}
+    # ce_s1 resumed after 3 of 4 epochs: 2 s + 1 epoch × (3 steps × 1 s + a 0.25 s checkpoint)
+    # + 1 evaluation × 3 batches × 0.5 s
+    assert estimate(jobs, {"ce": cfg}, None, 0.0) == {"ce_s1": pytest.approx(6.75)}
 
 
 def load_script():
@@ -143,9 +144,20 @@ def test_results_section_from_fixture_runs(tmp_path):
         "date": "2026-12-01", "machine": {"cores": 2, "cpu": "AMD EPYC 7B13", "torch": "2.14.1", "selfkd": "0.1.0"}}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# selfkd\n\nintro\n\n{script.BEGIN}\nold text\n{script.END}\n\n## Next\nrest\n")
-    results = tmp_path / "benchmarks" / "results" / "demo_cpu"
+    results = tmp_path / "benchmarks" / "results"
+    seg = tmp_path / "runs" / "demo_segmentation_cpu"
+    for seed, (ce, frskd) in enumerate([(40.0, 41.0), (42.0, 42.5)]):
+        for method, miou in (("ce", ce), ("frskd", frskd)):
+            run = write_run(seg, f"{method}_s{seed}", method=method, seed=seed, top1=0.0, dataset="fmnist_scenes")
+            summary = json.loads((run / "summary.json").read_text())
+            summary.update(task="segmentation", final={"miou": miou, "pixel_acc": 90.0, "ece": 1.5})
+            (run / "summary.json").write_text(json.dumps(summary))
 
-    assert script.main(["--from", str(demo), "--results", str(results), "--readme", str(readme)]) == 0
+    with pytest.raises(SystemExit, match="overlap"):  # it would delete what it copies
+        script.main(["--from", str(results / "demo_cpu"), "--results", str(results), "--readme", str(readme)])
+    assert script.main(["--from", str(demo), "--from", str(seg), "--results", str(results),
+                        "--readme", str(readme)]) == 0
+    results = results / "demo_cpu"
     kept = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
     assert kept == sorted(["demo.json", *(f"{m}_s{s}/{f}" for m in ("ce", "frskd") for s in range(3)
                                           for f in ("config.yaml", "metrics.jsonl", "summary.json"))])  # no checkpoint
@@ -158,11 +170,15 @@ def test_results_section_from_fixture_runs(tmp_path):
     # frskd - ce per seed: 3, 3, 0 -> +2.00 [-2.30, +6.30] (paired t, 2 degrees of freedom; see test_report.py)
     assert "| frskd | 3 | 73.17 ± 0.76 | +2.00 [-2.30, +6.30] within noise |" in section
     assert "| ce | 3 | 71.17 ± 1.26 | (baseline) |" in section and "paired by seed" in section
-    assert "reported by the paper" in section and "| frskd | 76.24 | 76.60 | +0.36 | reported by Self-KD-Lib" in section
+    assert "reported by the paper" in section
+    assert "| frskd | CIFAR-100, ResNet-18, top-1 | 76.24 | 76.60 | +0.36 | reported by Self-KD-Lib" in section
+    # The segmentation demo's headline metric is mIoU: frskd - ce per seed 1.0, 0.5 -> +0.75 ± t(0.975, 1)·0.354/√2
+    assert "| Method | n | Test mIoU (%) | Gain over ce [95 % interval] | Pixel acc. (%) | ECE (%) |" in section
+    assert "| frskd | 2 | 41.75 ± 1.06 | +0.75 [-2.43, +3.93] within noise | 90.00 | 1.50 |" in section
 
-    script.main(["--results", str(results), "--readme", str(readme)])
+    script.main(["--results", str(results.parent), "--readme", str(readme)])
     assert readme.read_text() == text  # regenerating from the committed files gives the same section
 
     empty = tmp_path / "none"
     script.main(["--results", str(empty), "--readme", str(readme)])
-    assert "No demo run is committed yet" in readme.read_text() and "## Next\nrest\n" in readme.read_text()
+    assert "No run is committed yet" in readme.read_text() and "## Next\nrest\n" in readme.read_text()

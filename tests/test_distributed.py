@@ -21,10 +21,21 @@ def _one_step_config(tmp_path, name):
     return path
 
 
-def _torchrun(*args, nproc=2):
+def _torchrun(*args, nproc=2, script=None, timeout=900):
+    """``selfkd ARGS`` under torchrun on the CPU; ``script``: a Python file to run instead of ``-m selfkd``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    target = [str(script)] if script else ["-m", "selfkd"]
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           "-m", "selfkd", *args], env=env, capture_output=True, text=True, timeout=900)
+                           *target, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+WITH_FAULT_METHODS = f'''
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+from selfkd.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
 
 
 def test_two_rank_run_matches_one_process_first_step(tmp_path):
@@ -185,3 +196,91 @@ def test_torchrun_on_a_folder_that_holds_a_run_is_refused_by_every_rank(tmp_path
     assert again.returncode != 0 and again.stderr.count("selfkd: error: The run folder") == 1
     assert "already holds a run" in again.stderr
     assert str(Path(selfkd.__file__).parent) not in again.stderr  # no traceback from a worker (torchrun adds its own)
+
+
+def _image_folder(root: Path, train: int, val: tuple[int, int]) -> None:
+    """The imagefolder layout with tiny PNGs: ``train`` images per class, ``val`` images of each of the 2 classes."""
+    from torchvision.io import encode_png, write_file
+
+    gen = torch.Generator().manual_seed(0)
+    for split, counts in (("train", (train, train)), ("val", val)):
+        for label, (name, count) in enumerate(zip(("cat", "dog"), counts)):
+            (root / split / name).mkdir(parents=True)
+            for k in range(count):
+                image = (torch.randint(0, 60, (3, 8, 8), generator=gen) + 120 * label).to(torch.uint8)
+                write_file(str(root / split / name / f"{k}.png"), encode_png(image))
+
+
+def test_two_rank_run_on_image_files_with_an_odd_test_set_resumes_exactly(tmp_path):
+    """LightSKD (per-process DSR cache) on image files under torchrun, evaluated one test image per process per step
+    on 3 test images (rank 1 has none in the second step: it crashed), stopped by SIGTERM mid-epoch and resumed:
+    the same weights as an uninterrupted run (each process resumes its own random streams, buffers and statistics),
+    and one final line."""
+    _image_folder(tmp_path / "images", train=16, val=(2, 1))
+    script = tmp_path / "faults.py"
+    script.write_text(WITH_FAULT_METHODS)
+    # 4 steps per epoch. SIGTERM in step 5; the processes agree on it after the next step: stopped at epoch 2, step 2.
+    for name, at_step in (("straight", 0), ("split", 5)):
+        cfg = tiny_config(tmp_path, method="test_lightskd_stop", epochs=2, model={"name": "cifar_resnet18", "width": 4},
+                          data={"dataset": "imagefolder", "data_dir": str(tmp_path / "images"), "options": {},
+                                "image_size": 16, "workers": 0, "batch_size": 8, "eval_batch_size": 1},
+                          train={"epochs": 2, "device": "cpu", "progress": False, "deterministic": True})
+        cfg.update(run_dir=str(tmp_path / name), method={"name": "test_lightskd_stop", "at_step": at_step})
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    straight = _torchrun("train", "-c", str(tmp_path / "straight.yaml"), script=script)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.stdout.count("final test top-1") == 1  # rank 1 printed one too (nan)
+    split = _torchrun("train", "-c", str(tmp_path / "split.yaml"), script=script)
+    assert split.returncode != 0 and split.stderr.count("selfkd: error: Stopped by SIGTERM at epoch 2, step 2") == 1, \
+        split.stderr[-3000:]
+    resumed = _torchrun("train", "--resume", str(tmp_path / "split"), "--set", "method.at_step=0", script=script)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert len(b["processes"]) == 2 and not torch.equal(*(p["buffers"]["dsr_prev"] for p in b["processes"]))
+    for key, value in a["method_state"].items():
+        assert torch.equal(value, b["method_state"][key]), key
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("straight", "split")]
+    assert summaries[0]["final"] == summaries[1]["final"]
+
+
+FAILS_ON_RANK_1 = '''
+import os, sys
+from selfkd.cli import main
+from selfkd.errors import ConfigError
+from selfkd.methods import register_method
+from selfkd.methods.ce import CrossEntropy
+
+
+@register_method("fails_on_rank_1")
+class FailsOnRank1(CrossEntropy):
+    """CE that cannot be built on rank 1 (as with a file only that process cannot read)."""
+
+    def __init__(self, model, num_classes):
+        if os.environ["RANK"] == "1":
+            raise ConfigError("rank 1 cannot build this method.")
+        super().__init__(model, num_classes)
+
+
+sys.exit(main(["train", "-c", sys.argv[1]]))
+'''
+
+
+def test_a_build_that_fails_on_one_rank_stops_every_rank_with_one_message(tmp_path):
+    """Rank 0 used to wrap its method in DDP (a collective) while rank 1 waited to learn whether the build failed
+    anywhere: both waited for ever."""
+    cfg = tiny_config(tmp_path, method="fails_on_rank_1", epochs=1, data={"train_subset": 64})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "fails.py").write_text(FAILS_ON_RANK_1)
+    result = _torchrun(str(tmp_path / "cfg.yaml"), script=tmp_path / "fails.py", timeout=120)
+    assert result.returncode != 0 and result.stderr.count("selfkd: error: rank 1 cannot build this method.") == 1
+    assert "] selfkd: error:" not in result.stderr and not (tmp_path / "run_fails_on_rank_1").exists()
+
+
+def test_an_error_raised_by_one_process_is_printed_by_it_with_its_rank(tmp_path, run_cli, monkeypatch):
+    """Under torchrun an error that the processes did not agree on (here: before the process group) is printed by the
+    process that raised it, which names itself; it used to be printed by rank 0 only, so rank 1's was lost."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, _, err = run_cli("train", "--resume", tmp_path, "--overwrite")
+    assert code == 2 and err.startswith("[rank 1] selfkd: error: --resume continues a run and --overwrite")

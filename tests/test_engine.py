@@ -1,6 +1,7 @@
 """End-to-end runs through the engine and the CLI: learning, resume exactness, run folders, errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,24 @@ import yaml
 from selfkd.engine import train
 from selfkd.errors import Interrupted
 from selfkd.errors import ConfigError, TrainingError
+from selfkd.methods import list_methods, register_method
 from conftest import tiny_config
 import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+
+if "test_sigterm_nan" not in list_methods():
+    @register_method("test_sigterm_nan")
+    class SigtermThenNan(fault_methods.NanFromStep):
+        """CE whose loss is NaN from training step 3 on, which sends SIGTERM to its own process in step ``at_step``
+        (1-based, both counted in its buffer, so over a resume too; 0 = never)."""
+
+        def __init__(self, model, num_classes, at_step: int = 0):
+            super().__init__(model, num_classes)
+            self.at_step = at_step
+
+        def compute_loss(self, images, targets, index=None):
+            if int(self.calls) + 1 == self.at_step:
+                signal.raise_signal(signal.SIGTERM)
+            return super().compute_loss(images, targets, index)
 
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -126,6 +143,99 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "run_test_nan" / "summary.json").exists()
 
 
+def test_nonfinite_step_number_after_a_mid_epoch_resume(tmp_path):
+    """The step a NaN is reported at counts from the run's start, also when the epoch was resumed in its middle (the
+    steps before the resume were counted twice)."""
+    cfg = tiny_config(tmp_path, method="test_sigterm_nan", epochs=1, data={"train_subset": 256})  # 8 steps per epoch
+    cfg["method"]["at_step"] = 2
+    with pytest.raises(Interrupted, match="at epoch 1, step 2"):
+        train(cfg)
+    cfg["method"]["at_step"] = 0
+    with pytest.raises(TrainingError, match=r"Non-finite loss \(poison\) at training step 3 \(epoch 1\)"):
+        train(cfg, resume=True)
+
+
+def test_a_resume_with_more_epochs_is_what_the_next_resume_continues(tmp_path, run_cli):
+    """`--resume RUN --epochs 3` writes the settings it runs with into config.yaml: stopped again, a plain `--resume`
+    trains on to epoch 3 (it used to reload 1 epoch and "finish" with epoch 2's weights as a 1-epoch run)."""
+    cfg = tiny_config(tmp_path, method="test_sigterm", epochs=1, data={"train_subset": 64})  # 2 steps per epoch
+    train(cfg)
+    run = Path(cfg["run_dir"])
+    code, _, err = run_cli("train", "--resume", run, "--epochs", "3", "--set", "method.at_step=3")
+    assert code == 130 and "Stopped by SIGTERM at epoch 3, step 1" in err
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
+    code, out, err = run_cli("train", "--resume", run)
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_open_run_refuses_a_folder_filled_after_the_checks_and_leaves_no_marker(tmp_path):
+    """Under the lock the folder is checked again; a marker this call made must not pass that check (a folder that
+    was empty when the run was checked and holds someone's files now), and is removed when it refuses."""
+    from selfkd.runfolder import open_run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="selfkd did not make it"):
+        open_run(folder, resume=False, overwrite=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_forked_processes_do_not_hold_the_run_folder(tmp_path):
+    """A DataLoader worker is a fork of the process that holds the run folder's lock: its copy of the lock must not
+    keep the folder locked once the process that took it released it (or died)."""
+    import multiprocessing
+    import time
+
+    from selfkd.runfolder import check_free, open_run, release
+
+    lock = open_run(tmp_path / "run", resume=False, overwrite=False)
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+
+    def worker():
+        started.set()
+        time.sleep(60)
+
+    child = context.Process(target=worker)
+    child.start()
+    try:
+        assert started.wait(60)
+        release(lock)
+        check_free(tmp_path / "run")  # it said "in use by another selfkd process" while the child lived
+    finally:
+        child.terminate()
+        child.join()
+
+
+def test_a_failed_start_shuts_the_process_group_down(tmp_path, monkeypatch):
+    import selfkd.engine.trainer as trainer
+
+    calls = []
+    monkeypatch.setattr(trainer.dist_utils, "shutdown", lambda: calls.append("shutdown"))
+    with pytest.raises(ConfigError, match="Unknown method"):
+        train(tiny_config(tmp_path, method="nosuch", epochs=1))
+    assert calls == ["shutdown"]
+
+
+def test_ctrl_c_right_after_the_folder_is_made_says_how_to_start_over(tmp_path, monkeypatch):
+    from selfkd.engine.trainer import Trainer
+    from selfkd.runfolder import release
+
+    real = Trainer._open
+
+    def interrupted(self, *args):
+        release(real(self, *args))  # the folder is made and config.yaml written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_open", interrupted)
+    cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 32})
+    with pytest.raises(Interrupted, match="nothing to resume; start over with `selfkd train -c .* --overwrite`"):
+        train(cfg)  # it said "nothing was written. Run the same command again", which is refused
+
+
 def test_nonfinite_skip_option_counts_skipped_steps(tmp_path):
     cfg = tiny_config(tmp_path, method="test_nan", epochs=1, data={"train_subset": 256},
                       train={"epochs": 1, "device": "cpu", "progress": False, "nonfinite": "skip"})
@@ -135,19 +245,28 @@ def test_nonfinite_skip_option_counts_skipped_steps(tmp_path):
 
 
 def test_eval_commands(tmp_path, run_cli):
-    cfg = tiny_config(tmp_path, epochs=1)
-    cfg["train"]["amp"] = "bf16"  # evaluated as trained: in bf16 too, so every metric is reproduced exactly
+    """Both evaluate as the run did: its dataset options, image size, normalisation and precision (bf16 here, so
+    every metric is reproduced exactly only in bf16 too)."""
+    cfg = tiny_config(tmp_path, epochs=1, data={"image_size": 24, "mean": [0.4, 0.5, 0.6]})
+    cfg["train"]["amp"] = "bf16"
     summary = train(cfg)
-    code, out, err = run_cli("eval", "--run", cfg["run_dir"], "--device", "cpu")
+    run = Path(cfg["run_dir"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["amp"] = "auto"  # as on a GPU, where auto trains in bf16; here auto would evaluate in float32
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = run_cli("eval", "--run", run, "--device", "cpu")
     assert code == 0, err
     result = json.loads(out)
     for key in ("top1", "top5", "nll", "ece", "aurc"):
         assert result[key] == summary["final"][key], key
     assert "reliability" not in result
-    weights = tmp_path / "run_ce" / "model.safetensors"
-    code, out, err = run_cli("eval", "--weights", weights, "--dataset", "synthetic", "--device", "cpu")
-    assert code == 0, err  # synthetic defaults differ from the run's options: only checks the file loads and runs
-    assert json.loads(out)["model"] == "cifar_resnet18"
+    code, out, err = run_cli("eval", "--weights", run / "model.safetensors", "--dataset", "synthetic", "--device", "cpu",
+                             "--batch-size", "128")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["model"] == "cifar_resnet18"
+    for key in ("top1", "top5", "nll", "ece", "aurc"):
+        assert result[key] == summary["final"][key], key
 
 
 @pytest.mark.parametrize("args, message", [
@@ -206,6 +325,19 @@ def test_a_last_batch_too_small_for_the_method_is_left_out_on_every_process():
         Batches(17, 7, world=2)
     with pytest.raises(ConfigError, match="at least 2 images per process"):
         Batches(17, 2, world=2, min_batch=2)
+
+
+@pytest.mark.parametrize("world, n, batch", [(3, 7, 6), (4, 9, 8), (4, 18, 8)])
+def test_a_last_batch_smaller_than_the_processes_gives_every_process_images(world, n, batch):
+    """The last global batch is padded by repeating it until every process has an image (it was padded once, so
+    with 1 image over 3 or 4 processes some got none)."""
+    from selfkd.data.samplers import Batches
+
+    ranks = [Batches(n, batch, rank=r, world=world) for r in range(world)]
+    last = [list(b)[-1] for b in ranks]
+    left = ranks[0]._order()[(len(ranks[0]) - 1) * batch:]
+    assert [len(x) for x in last] == [-(-len(left) // world)] * world
+    assert set(torch.cat(last).tolist()) == set(left.tolist())
 
 
 def test_torchrun_with_a_gpu_index_or_no_gpu_is_refused(monkeypatch):

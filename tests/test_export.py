@@ -81,6 +81,42 @@ def test_an_export_that_changes_the_outputs_is_refused(run_dir, monkeypatch):
     assert not list((path / "export").iterdir())  # no temporary file left either
 
 
+class BakedBatch(torch.nn.Module):
+    """Reshapes with a Python number taken from the traced batch: tracing bakes that batch size into the file."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, images):
+        logits = self.module(images)
+        return logits.reshape(int(images.shape[0]), -1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("stage", ["write", "check"])
+def test_an_export_that_fails_is_one_paragraph_and_leaves_nothing(run_dir, run_cli, monkeypatch, stage):
+    """A model the format cannot take (the writer fails), or a file that fails when run on the check's batch (a
+    batch size baked in by tracing): one paragraph, exit 3, no file (they were tracebacks)."""
+    import selfkd.export as ex
+
+    path, _, _ = run_dir
+    write, load = ex.WRITERS["torchscript"]
+
+    def cannot_trace(model, meta, example, file):
+        raise RuntimeError("Tracer cannot infer type of output\nmore detail")
+
+    def bake_batch(model, meta, example, file):
+        write(BakedBatch(model), meta, example, file)
+
+    monkeypatch.setitem(ex.WRITERS, "torchscript", (cannot_trace if stage == "write" else bake_batch, load))
+    code, _, err = run_cli("export", path, "--format", "torchscript")
+    assert code == 3 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"The torchscript export of {path / 'model.safetensors'} failed (RuntimeError: " in err
+    assert ("Tracer cannot infer type of output)" if stage == "write" else "shape '[2, -1]' is invalid") in err
+    assert not list((path / "export").iterdir())
+
+
 def test_onnx_without_its_packages_says_how_to_install_them(run_dir, run_cli, monkeypatch):
     import importlib.util
 
@@ -116,47 +152,61 @@ def test_foreign_or_mismatched_weights_are_refused_by_export_and_eval(tmp_path, 
 
 
 def _eval_variants():
-    """(method, its ``eval`` option) for every registered method and every inference variant it offers."""
+    """(task, method, its ``eval`` option) for every registered method and every inference variant it offers."""
     import inspect
     import typing
 
     from conftest import own_methods
     from selfkd.methods import method_class
 
-    for name in own_methods():
-        param = inspect.signature(method_class(name).__init__).parameters.get("eval")
-        hint = typing.get_type_hints(method_class(name).__init__).get("eval") if param else None
-        for variant in typing.get_args(hint) if hint else [None]:
-            yield name, variant
+    for task in ("classification", "segmentation"):
+        for name in own_methods(task):
+            init = method_class(name, task).__init__
+            hint = typing.get_type_hints(init).get("eval") if "eval" in inspect.signature(init).parameters else None
+            for variant in typing.get_args(hint) if hint else [None]:
+                yield pytest.param(task, name, variant, id=f"{task}-{name}-{variant}")
 
 
-@pytest.mark.parametrize("name, variant", list(_eval_variants()))
-def test_exported_weights_give_the_logits_that_were_evaluated(name, variant, tiny_resnet, tmp_path):
+# The tiny model of each task: (name, options, image size).
+TINY_MODELS = {"classification": ("cifar_resnet18", {"width": 8}, 16),
+               "segmentation": ("frskd_seg_resnet18", {"channels": 8, "head_channels": 8}, 32)}
+
+
+@pytest.mark.parametrize("task, name, variant", list(_eval_variants()))
+def test_exported_weights_give_the_logits_that_were_evaluated(task, name, variant, tmp_path):
     """One module serves the evaluation and the export: after a training step, model.safetensors rebuilds a
     module whose logits equal the evaluation path's (selfkd eval --weights and export read it the same way)."""
-    from selfkd import create_method
+    from selfkd import create_method, create_model
     from selfkd.data import DataConfig, build_train_loader
     from selfkd.data.datasets import read_synthetic
+    from selfkd.data.segmentation import read_synthetic_segmentation
     from selfkd.engine.step import TrainStep, build_optimizer
     from selfkd.engine.trainer import evaluate
-    from selfkd.methods import method_class, per_sample_args
+    from selfkd.methods import method_class, data_args
     from selfkd.weights import load_eval_model, save_eval_model
 
     cpu = torch.device("cpu")
-    splits = read_synthetic(num_classes=10, train_size=16, test_size=8, image_size=16)
+    model_name, model_options, size = TINY_MODELS[task]
+    read = read_synthetic_segmentation if task == "segmentation" else read_synthetic
+    splits = read(num_classes=10, train_size=16, test_size=8, image_size=size)
+
+    def model():
+        torch.manual_seed(0)
+        return create_model(model_name, num_classes=10, **model_options)
+
     options = {"eval": variant} if variant else {}
-    options.update(method_class(name).example_options(tiny_resnet(), tmp_path))
-    method = create_method(name, tiny_resnet(), **options, **per_sample_args(name, len(splits.train)))
+    options.update(method_class(name, task).example_options(model(), tmp_path))
+    method = create_method(name, model(), **options, **data_args(name, len(splits.train), task))
     loader = build_train_loader(splits, DataConfig(dataset="synthetic", batch_size=8), method.data_needs, cpu)
     batch = next(iter(loader))
     method.on_epoch_start(0, 1)
     TrainStep(method, build_optimizer(method, 0.05, 0.9, False, 0.0, False, cpu), cpu)(
         batch.images, batch.targets, batch.index)
-    meta = {"model": "cifar_resnet18", "num_classes": 10, "in_channels": 3, "model_options": {"width": 8},
-            "method": name, "method_options": options, "task": "classification"}
+    meta = {"model": model_name, "num_classes": 10, "in_channels": 3, "model_options": model_options,
+            "method": name, "method_options": options, "task": task}
     save_eval_model(tmp_path / "model.safetensors", method, meta)
 
-    images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     class Record:  # the evaluation loop's own call, recorded
         def update(self, logits, targets):

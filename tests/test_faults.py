@@ -91,13 +91,18 @@ def test_permission_error_on_checkpoint_is_a_clear_error(tmp_path, monkeypatch, 
     cfg = tiny_config(tmp_path, epochs=1, data={"train_subset": 64})
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    real = os.replace
 
-    def refuse(src, dst):
-        raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+    def refuse(src, dst):  # the checkpoint only: config.yaml was written before it
+        if Path(dst).name == "last.pt":
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real(src, dst)
 
     monkeypatch.setattr(os, "replace", refuse)
     code, _, err = run_cli("train", "-c", path)
-    assert code == 3 and "Permission denied" in err and "Traceback" not in err
+    run = tmp_path / "run_ce"
+    assert code == 3 and f"Could not write {run / 'last.pt'}: Permission denied" in err and "Traceback" not in err
+    assert "No checkpoint was saved yet" in err and (run / "config.yaml").is_file() and not (run / "last.pt").exists()
 
 
 def test_uncreatable_run_folder_is_a_clear_error(tmp_path, run_cli):
@@ -189,7 +194,7 @@ def test_full_disk_on_export_leaves_nothing(tmp_path, monkeypatch, run_cli, fmt)
     run = tmp_path / "run_ce"
     _fail_writing(monkeypatch, ".tmp")
     code, _, err = run_cli("export", run, "--format", fmt)
-    assert code == 3 and "Traceback" not in err and "the disk is full. Nothing was written" in err
+    assert code == 3 and "Traceback" not in err and "the disk is full. The previous file (if any) is intact" in err
     assert list((run / "export").iterdir()) == []
 
 

@@ -68,6 +68,18 @@ def test_test_batches_are_centre_crops_normalised(files):
     assert torch.allclose(first.images[1], expected, atol=1e-5)
 
 
+def test_evaluation_shards_take_only_the_steps_that_give_them_images(files):
+    """3 test images, one per process per step, over 2 processes: rank 1 has no image for the second step, which it
+    skips (the loader crashed on the empty batch); evaluation has no per-step collective."""
+    data, _ = files
+    shards = [ShardedSequential(3, 1, rank=r, world=2) for r in range(2)]
+    assert [len(s) for s in shards] == [2, 1]
+    assert [[b.tolist() for b in s] for s in shards] == [[[0], [2]], [[1]]]
+    three = ImageFiles(data.paths[:3], data.labels[:3])
+    assert [b.index.tolist() for b in loader(three, ShardedSequential(3, 1, rank=1, world=2), train=False)] == [[1]]
+    assert len(ShardedSequential(1, 4, rank=1, world=2)) == 0  # fewer images than processes: none at all
+
+
 def test_augmentation_depends_on_seed_epoch_index_only(files):
     data, _ = files
     spec = AugmentSpec("rrc_flip", 16, scale=(0.2, 1.0))

@@ -7,7 +7,7 @@ from selfkd import create_method, create_model
 from selfkd.data.datasets import read_synthetic
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
-from selfkd.methods import per_sample_args
+from selfkd.methods import data_args
 
 from conftest import per_step_summaries
 
@@ -19,7 +19,7 @@ def _per_step_losses(name: str, compile_mode: str) -> list[dict]:
     splits = read_synthetic(num_classes=100, train_size=512, test_size=128)
     torch.manual_seed(0)
     method = create_method(name, create_model("cifar_resnet18", num_classes=100),
-                           **per_sample_args(name, len(splits.train))).to(device).to(memory_format=torch.channels_last)
+                           **data_args(name, len(splits.train))).to(device).to(memory_format=torch.channels_last)
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=128), method.data_needs, device)
     return per_step_summaries(method, loader, device, "bf16", compile_mode, lr=0.05)
 

@@ -1,4 +1,4 @@
-"""Rules every registered method keeps, checked on each one: its loss is the sum of its named terms, a copy restored
+"""Rules every registered method (of both tasks) keeps, checked on each one: its loss is the sum of its named terms, a copy restored
 from its state (with its optimizer's) continues exactly as the original, and options outside their limits are
 refused with a message that names the option, the limit, the value and the default."""
 import copy
@@ -11,26 +11,39 @@ from selfkd import create_model
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
 from selfkd.data.datasets import read_synthetic
+from selfkd.data.segmentation import read_synthetic_segmentation
 from selfkd.errors import ConfigError
 from conftest import own_methods
-from selfkd.methods import create_method, method_class, per_sample_args
+from selfkd.methods import create_method, method_class, data_args
 
 CLASSES = 4
-METHODS = own_methods()
+METHODS = [pytest.param(task, name, id=f"{task}-{name}") for task in ("classification", "segmentation")
+           for name in own_methods(task)]
+ALL_TERMS_ON = {("segmentation", "frskd"): {"warmup_epochs": 0}}  # its KD and AT start after 40 epochs by default
 
 
-def _build(name, folder, seed=0):
-    """The method on a ResNet-18 of width 4, with whatever options it cannot be built without."""
+def _model(task):
+    """A ResNet-18 of width 4, or a segmenter on ResNet-18 with 8-channel pyramids."""
+    if task == "segmentation":
+        return create_model("frskd_seg_resnet18", num_classes=CLASSES, channels=8, head_channels=8)
+    return create_model("cifar_resnet18", num_classes=CLASSES, width=4)
+
+
+def _build(task, name, folder, seed=0):
+    """The method on a tiny model, with whatever options it cannot be built without."""
     torch.manual_seed(seed)
-    model = create_model("cifar_resnet18", num_classes=CLASSES, width=4)
-    options = method_class(name).example_options(model, folder)
-    return create_method(name, model, **options, **per_sample_args(name, 32)).train()
+    model = _model(task)
+    options = {**method_class(name, task).example_options(model, folder), **ALL_TERMS_ON.get((task, name), {})}
+    return create_method(name, model, **options, **data_args(name, 32, task)).train()
 
 
-def _batch(method):
-    """One batch of 8 samples (16×16 images) in the layout the method's ``data_needs`` declares (views, same-class
-    partners, dataset indices), served by the data pipeline."""
-    splits = read_synthetic(num_classes=CLASSES, train_size=32, test_size=8, image_size=16)
+def _batch(task, method):
+    """One batch of 8 samples (16×16 images, 32×32 scenes) in the layout the method's ``data_needs`` declares
+    (views, same-class partners, dataset indices), served by the data pipeline."""
+    if task == "segmentation":
+        splits = read_synthetic_segmentation(num_classes=CLASSES, train_size=32, test_size=8, image_size=32)
+    else:
+        splits = read_synthetic(num_classes=CLASSES, train_size=32, test_size=8, image_size=16)
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=8), method.data_needs,
                                 torch.device("cpu"))
     loader.set_epoch(0)
@@ -52,20 +65,20 @@ def _step(method, optimizer, batch, seed):
     return out
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_loss_is_the_sum_of_its_terms_and_a_restored_copy_continues_exactly(name, tmp_path):
+@pytest.mark.parametrize("task, name", METHODS)
+def test_loss_is_the_sum_of_its_terms_and_a_restored_copy_continues_exactly(task, name, tmp_path):
     """Two training steps; after the first, the loss equals the sum of the named terms (the state-carrying terms
     of DSR and DLB are active then). The method's and the optimizer's state restored into a fresh pair (built from
     other weights), one more step on the same batch in both: every loss term and the new weights are equal."""
-    method = _build(name, tmp_path)
-    batch, optimizer = _batch(method), _sgd(method)
+    method = _build(task, name, tmp_path)
+    batch, optimizer = _batch(task, method), _sgd(method)
     method.on_epoch_start(1, 3)  # past epoch 0: PS-KD reads its table, ONE's ramp is on
     _step(method, optimizer, batch, 1)
     out = _step(method, optimizer, batch, 2)
     assert out.losses and all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values())
     torch.testing.assert_close(out.loss, sum(out.losses.values()), rtol=1e-6, atol=1e-7)
 
-    restored = _build(name, tmp_path, seed=1)  # on_epoch_start is not called again, as in a mid-epoch resume
+    restored = _build(task, name, tmp_path, seed=1)  # on_epoch_start is not called again, as in a mid-epoch resume
     restored.load_state_dict(copy.deepcopy(method.state_dict()))  # copies, as a checkpoint file holds
     restored_optimizer = _sgd(restored)
     restored_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
@@ -107,13 +120,19 @@ OUT_OF_RANGE = [
     ("zipf_ls", "weight", -1.0, {}), ("zipf_ls", "power", 0.0, {}),
     ("uskd", "alpha", -1.0, {}), ("uskd", "beta", -1.0, {}), ("uskd", "mu", -1.0, {}),
 ]
+SEGMENTATION_OUT_OF_RANGE = [
+    ("frskd", "alpha", -1.0, {}), ("frskd", "beta", -1.0, {}), ("frskd", "temperature", 0.0, {}),
+    ("frskd", "warmup_epochs", -1, {}), ("frskd", "ramp_epochs", -2, {}),
+]
 
 
-@pytest.mark.parametrize("name, option, value, others", OUT_OF_RANGE)
-def test_options_outside_their_limits_are_refused(name, option, value, others, tiny_resnet):
+@pytest.mark.parametrize("task, name, option, value, others",
+                         [("classification", *row) for row in OUT_OF_RANGE]
+                         + [("segmentation", *row) for row in SEGMENTATION_OUT_OF_RANGE])
+def test_options_outside_their_limits_are_refused(task, name, option, value, others):
     with pytest.raises(ConfigError, match=rf"Bad option for method '{name}': '{option}' must be .*"
                                           rf"\(got {re.escape(repr(value))}\)"):
-        create_method(name, tiny_resnet(), **{option: value}, **others)
+        create_method(name, _model(task), **{option: value}, **others)
 
 
 def test_the_message_names_the_option_the_limit_the_value_and_the_default(tiny_resnet):

@@ -5,7 +5,7 @@ import torch
 
 from selfkd.engine import train
 from selfkd.errors import ConfigError
-from selfkd.methods import create_method, per_sample_args
+from selfkd.methods import create_method, data_args
 from hand import (A, RESUMABLE, PixelNet, as_images, assert_selfkdlib_recipe, ce, checkpoint_state, quick_config,
                   soft_ce, softmax)
 
@@ -42,7 +42,7 @@ def test_pskd_half_precision_table_needs_index_and_is_in_state_dict():
     method = create_method("pskd", PixelNet(3, 3), num_samples=7, table_dtype="float16")
     assert method.table.dtype == torch.float16 and method.table.shape == (7, 3)
     assert "table" in method.state_dict() and method.data_needs.index
-    assert per_sample_args("pskd", 123) == {"num_samples": 123}
+    assert data_args("pskd", 123) == {"num_samples": 123}
     with pytest.raises(ConfigError, match="index"):
         method.train()(as_images(A), torch.tensor([1, 2]))
 

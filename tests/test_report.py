@@ -245,3 +245,19 @@ def test_real_run_metrics_and_tensorboard_events(tmp_path, monkeypatch):
     (group,) = report.groups
     assert group.method == "two_terms" and group.mean["top1"] == summary["final"]["top1"] == rows[-1]["test/top1"]
     assert (tmp_path / "report" / "reliability_synthetic_cifar_resnet18.png").is_file()
+
+
+def test_a_run_without_a_finite_final_metric_is_named_and_left_out(tmp_path):
+    import json
+
+    from selfkd.report import compare
+
+    runs = tmp_path / "runs"
+    for seed, top1 in enumerate([70.0, 72.0, 90.0]):
+        write_run(runs, f"ce_s{seed}", method="ce", seed=seed, top1=top1)
+    summary = runs / "ce_s2" / "summary.json"  # a run that diverged: its last epoch's metrics are NaN
+    summary.write_text(summary.read_text().replace('"top1": 90.0', '"top1": NaN'))
+    assert json.loads(summary.read_text())["final"]["top1"] != json.loads(summary.read_text())["final"]["top1"]
+    report = compare([runs], tmp_path / "report")
+    assert "| 3 | 71.00 ± 1.41 |" in report.text  # n counts it, the mean and std do not
+    assert "1 of its 3 finished runs have no finite final top1 (ce_s2)" in report.text

@@ -39,6 +39,9 @@ def test_frskd_segmentation_run_learns_and_its_weights_evaluate_and_export(tmp_p
     assert len(final["iou_per_class"]) == 4 and 0 < final["miou"] <= 100
     assert rows[-1]["train/pixel_acc"] > rows[0]["train/pixel_acc"] and rows[-1]["train/loss_ce"] < rows[0]["train/loss_ce"]
     assert "mIoU" in out and "final test miou" in out
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test/miou" in header and "test/iou_per_class" not in header  # lists stay in metrics.jsonl
+    assert len(rows[-1]["test/iou_per_class"]) == 4
     assert summary["best_on_test"].keys() >= {"epoch", "miou"}
     # The exported module is the student segmenter, which is what was evaluated.
     code, out, err = run_cli("eval", "--run", run, "--device", "cpu")
@@ -74,7 +77,7 @@ def test_voc_layout_trains_with_file_workers_and_evaluates_at_original_resolutio
     import numpy as np
 
     rng = np.random.default_rng(0)
-    devkit = tmp_path / "VOCdevkit"
+    devkit, test_masks = tmp_path / "VOCdevkit", []
     for year, lists in {2007: {"trainval": ["a1", "a2", "a3"], "test": ["t1", "t2"]},
                         2012: {"trainval": ["b1", "b2", "b3"]}}.items():
         base = devkit / f"VOC{year}"
@@ -83,14 +86,20 @@ def test_voc_layout_trains_with_file_workers_and_evaluates_at_original_resolutio
         for split, ids in lists.items():
             (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
             for i in ids:
-                random_pair(rng, base / "JPEGImages", base / "SegmentationClass", i, 21)
+                mask = random_pair(rng, base / "JPEGImages", base / "SegmentationClass", i, 21)
+                if split == "test":
+                    test_masks.append(mask)
     cfg = seg_config(tmp_path, method="ce", epochs=1)
     cfg["data"] = {"dataset": "voc", "data_dir": str(devkit), "batch_size": 3, "image_size": 16,
                    "short_side": [12, 24], "workers": 1}
     summary = train(cfg)
-    assert summary["final"]["pixel_acc"] >= 0 and len(summary["final"]["iou_per_class"]) == 21
-    # 2 test images of at most 19x19 pixels, minus their boundary row: every labelled pixel counted once.
-    assert 2 * 12 * 11 <= summary["final"].get("n", 2 * 19 * 18) <= 2 * 19 * 18
+    assert 0 <= summary["final"]["pixel_acc"] <= 100 and len(summary["final"]["iou_per_class"]) == 21
+    # Each test image evaluated once at its own size, its boundary row (255) left out: every labelled pixel once.
+    from selfkd.evaluation import evaluate_run
+
+    whole = evaluate_run(cfg["run_dir"], device="cpu")
+    assert whole["n"] == sum(int((m != 255).sum()) for m in test_masks)
+    assert whole["miou"] == pytest.approx(summary["final"]["miou"])
 
 
 def _weights(run):
@@ -157,3 +166,18 @@ def test_two_rank_segmentation_run(tmp_path, run_cli):
     assert whole["n"] == 32 * 32 * 32  # every test pixel (none is ignored in synthetic_seg)
     for key in ("miou", "pixel_acc", "ece"):
         assert summary["final"][key] == pytest.approx(whole[key], abs=1e-3), key
+
+
+def test_the_dataset_gives_a_pixel_method_its_ignore_label(tmp_path):
+    """The label of unlabelled pixels is the dataset's: the method is built with it, and a config cannot set it."""
+    from selfkd.data.segmentation import read_synthetic_segmentation
+    from selfkd.engine.setup import build_method
+    from selfkd.config import build_config
+
+    splits = read_synthetic_segmentation(train_size=8, test_size=4)
+    splits.ignore_index = 254  # a dataset whose unlabelled pixels carry another label
+    cfg = build_config(seg_config(tmp_path, method="frskd"))
+    assert build_method(cfg, splits).ignore_index == 254
+    cfg = build_config({**seg_config(tmp_path, method="ce"), "method": {"name": "ce", "ignore_index": 0}})
+    with pytest.raises(ConfigError, match="method.ignore_index comes from the dataset"):
+        build_method(cfg, splits)

@@ -185,7 +185,7 @@ def test_segmentation_demo_recipes_methods_and_missing_dataset_message(tmp_path,
     code, out, err = run_cli("demo", "--task", "segmentation", "--setting", "cpu")
     assert code == 0, err
     assert calls == [(str(recipe_path("cpu", "segmentation")), ["ce", "frskd"], [0], Path("runs/demo_segmentation_cpu"))]
-    assert "Fashion-MNIST scenes (segmentation), all 4,000 training images" in out
+    assert "Fashion-MNIST scenes (segmentation), all 2,500 training images" in out
 
 
 def test_children_share_the_cores_and_progress_lines_count_down(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import re
 import stat
 from pathlib import Path
 
-from .errors import TrainingError
+from .errors import SelfKDError, TrainingError
 
 AGAIN = "Free some space (or make the folder writable), then run the command again."
 
@@ -16,7 +16,7 @@ def atomic_write(path: Path, write, then: str = AGAIN) -> None:
     """``write(tmp_path)``, fsync, then rename over ``path``: the old file survives any failure, and no temporary
     file is left behind, whatever the writer raises (Ctrl-C included). The file gets the permissions the umask gives
     (some writers, e.g. safetensors, make theirs private). A failed write is a :class:`TrainingError` saying why and
-    ``then`` (what to do next)."""
+    ``then`` (what to do next); a :class:`SelfKDError` of the writer's own (it explained itself) is raised as it is."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -38,7 +38,7 @@ def atomic_write(path: Path, write, then: str = AGAIN) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if not isinstance(err, Exception):  # Ctrl-C, SystemExit: stop as asked, the old file intact
+        if not isinstance(err, Exception) or isinstance(err, SelfKDError):  # Ctrl-C, SystemExit; explained already
             raise
         raise TrainingError(f"Could not write {path}: {reason}. The previous file (if any) is intact and nothing "
                             f"half-written was left. {then}") from None

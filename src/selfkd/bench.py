@@ -38,7 +38,7 @@ TASK_DEFAULTS = {
 }
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -53,7 +53,7 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _batches(loader, count: int):
+def cycle_batches(loader, count: int):
     """``count`` batches, cycling through epochs as needed."""
     epoch = 0
     while count > 0:
@@ -82,6 +82,8 @@ def bench_config(args, method: str, options: dict | None = None) -> Config:
     recipe["method"].update(options or {})
     recipe["model"].update(model)
     recipe["data"] = {**recipe["data"], **data, "train_subset": None, "test_subset": None}
+    if recipe["data"]["augment"] == "seg_voc":  # a file dataset's augmentation: the generated scenes are in memory
+        recipe["data"]["augment"] = "seg_scale_crop_flip"
     recipe["train"].update(train)
     return make_config(recipe)
 
@@ -100,12 +102,12 @@ def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: st
     method.on_epoch_start(0, cfg.train.epochs)  # the first epoch of the recipe's run
     _reset_peak(device)
     profile_steps = min(args.steps, 20) if profile_dir else 0
-    batches = _batches(loader, args.warmup + args.steps + profile_steps)
+    batches = cycle_batches(loader, args.warmup + args.steps + profile_steps)
     started = time.perf_counter()
     for _ in range(args.warmup):
         batch = next(batches)
         step(batch.images, batch.targets, batch.index)
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - started
     step.reset()
     # Timed in rounds; the median round is reported, so a stray hiccup does not move the result.
@@ -117,7 +119,7 @@ def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: st
         for _ in range(size):
             batch = next(batches)
             step(batch.images, batch.targets, batch.index)
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - started) / size)
     ms = 1000 * statistics.median(times)
     primary_per_step = step.stats.seen / step.stats.steps  # anchors / first views: the images an epoch counts
@@ -145,7 +147,7 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
         for _ in range(count):
             batch = next(batches)
             step(batch.images, batch.targets, batch.index)
-        _sync(device)
+        synchronize(device)
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=40)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{count} training steps, per-operator totals\n{table}\n")
@@ -154,13 +156,13 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
 def bench_data(cfg: Config, splits, device: torch.device, args) -> dict:
     """The input pipeline alone: the training loader's batches (gather, augmentation, normalisation)."""
     loader = build_run(cfg, splits, device).train_loader
-    for _ in _batches(loader, args.warmup):
+    for _ in cycle_batches(loader, args.warmup):
         pass
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
-    for _ in _batches(loader, args.steps):
+    for _ in cycle_batches(loader, args.steps):
         pass
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - started
     return {"what": "data", "img_per_s": cfg.data.batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps}
@@ -179,23 +181,32 @@ def bench_eval(cfg: Config, splits, device: torch.device, args) -> dict:
     _reset_peak(device)
 
     def run(count):
-        for batch in _batches(parts.test_loader, count):
+        for batch in cycle_batches(parts.test_loader, count):
             with autocast(device, parts.step.dtype):
                 forward(batch.images)
 
     run(args.warmup)
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     run(args.steps)
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - started
     return {"what": "eval", "img_per_s": cfg.data.eval_batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps, "peak_mem_mb": _peak_mb(device)}
 
 
 def environment(device: torch.device) -> dict:
+    """Where a measurement ran (the bench's JSON and the demo's record): versions, device, cores and CPU model."""
+    from .threads import cores
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     env = {"selfkd": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "device": str(device), "platform": platform.platform()}
+           "device": str(device), "platform": platform.platform(), "cores": cores(), "cpu": cpu}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

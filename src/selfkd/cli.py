@@ -1,6 +1,7 @@
 """Command line: ``selfkd train | eval | list | ...``. Parses arguments and calls the library; nothing else.
 
-User mistakes (:class:`selfkd.errors.SelfKDError`) print one paragraph and exit non-zero.
+User mistakes (:class:`selfkd.errors.SelfKDError`) print one paragraph and exit non-zero. Under torchrun an error
+every process raised alike is printed once (by rank 0), any other by the process that raised it, after ``[rank N]``.
 Each further command lives in its own module exposing ``register(subparsers)``; add it to ``EXTRA``.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ def add_run_flags(p: argparse.ArgumentParser, per_run: bool = True) -> None:
         p.add_argument("--seed", type=int)
     p.add_argument("--model", help="backbone name (selfkd list models)")
     p.add_argument("--dataset", help="dataset name (selfkd list datasets)")
-    p.add_argument("--data-dir", help="folder holding the dataset (searched before $SELFKD_DATA, ./data, /usr/share/datasets)")
+    p.add_argument("--data-dir", help="folder holding the dataset, used alone (without it: $SELFKD_DATA, ./data, "
+                                      "/usr/share/datasets are searched)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (all processes together)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -53,6 +55,9 @@ def cmd_train(args) -> int:
         if args.config:
             raise ConfigError("Give either --resume RUN_DIR (its own config is used) or -c CONFIG, not both; "
                               "use --resume auto with -c to resume that config's run if it exists.")
+        if args.run_dir is not None:
+            raise ConfigError(f"Give either --resume RUN_DIR (the run folder it continues) or --run-dir, not both: "
+                              f"--resume {run} continues the run in {run}.")
         check_run(run, "--resume")
         cfg = make_config(read_yaml(run / CONFIG), {**run_flags(args), "run_dir": str(run)}, args.overrides)
         resume = True
@@ -64,7 +69,8 @@ def cmd_train(args) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     summary = train(cfg, resume=resume, overwrite=args.overwrite)
-    print(final_line(summary, cfg.run_path))
+    if _rank() == 0:  # under torchrun, the main process's line (it holds the results)
+        print(final_line(summary, cfg.run_path))
     return 0
 
 
@@ -163,12 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except SelfKDError as err:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one message rather than one per process
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            print(f"selfkd: error: {err}", file=sys.stderr)
+        elif not err.agreed:  # under torchrun: raised by this process alone, which says so
+            print(f"[rank {_rank()}] selfkd: error: {err}", file=sys.stderr)
+        elif _rank() == 0:  # raised alike by every process: said once
             print(f"selfkd: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ RECIPES = {"classification": {"cpu": "fashion_mnist.yaml", "gpu": "fashion_mnist
            "segmentation": {"cpu": "fmnist_scenes.yaml", "gpu": "fmnist_scenes_gpu.yaml"}}
 DATA_NAMES = {"fashion_mnist": "Fashion-MNIST", "fmnist_scenes": "Fashion-MNIST scenes (segmentation)"}
 SEEDS = {"cpu": "0", "gpu": "0,1,2"}  # default --seeds (one on a CPU: `make demo` trains one run per method)
-# What a run of the seed papers' classification recipes trains (seed-methods.md, "Recipe of the paper's code").
+# What a run of the seed papers' classification recipes trains (LightSKD's and FRSKD's official code).
 PAPER_RUN = {"dataset": "CIFAR-100", "images": 50_000, "epochs": 200, "model": "cifar_resnet18", "width": 64}
 DEMO_FILE = "demo.json"
 INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make fashion-mnist` "
@@ -82,16 +84,21 @@ class Speed:
     steps_per_epoch: int
     eval_batch_s: float  # one test batch
     eval_batches: int
-    startup_s: float  # reading the dataset and building the run
+    startup_s: float  # starting the process, reading the dataset and building the run
+    epoch_s: float = 0.0  # what each epoch adds to its steps: writing the checkpoint
 
 
 def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
     """Build the run of ``cfg`` exactly as training does (:func:`selfkd.engine.setup.build_run`) and time ``steps``
-    training steps after an untimed warm-up step, and a test batch after an untimed one. ``load_s``: the time the
-    dataset took to read, counted in the start-up. Compilation (off in the demo recipes) is not timed."""
+    training steps after an untimed warm-up step, a test batch after an untimed one, and writing a checkpoint of the
+    run's size (to a file, fsync included). ``load_s``: the time a training process takes to start and read the
+    dataset, counted in the start-up. Compilation (off in the demo recipes) is not timed."""
+    import os
+    import tempfile
+
     import torch
 
-    from .bench import _batches, _sync
+    from .bench import cycle_batches, synchronize
     from .engine.distributed import resolve_device
     from .engine.setup import build_run
     from .engine.step import autocast, configure_backends
@@ -104,12 +111,12 @@ def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
 
     def timed(loader, count: int, run) -> list[float]:
         """Seconds of each of ``count`` batches, drawn (augmented) and run; the first, a warm-up, left out."""
-        batches, times = _batches(loader, count), []
+        batches, times = cycle_batches(loader, count), []
         for _ in range(count):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             run(next(batches))
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
         return times[1:] or times
 
@@ -119,8 +126,14 @@ def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
     module = parts.method.eval_model().eval()
     with torch.no_grad(), autocast(device, parts.step.dtype):
         test = timed(parts.test_loader, 2, lambda b: module(b.images))
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as fh:
+        torch.save({"method_state": parts.method.state_dict(), "optimizer": parts.optimizer.state_dict()}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    checkpoint_s = time.perf_counter() - start
     return Speed(statistics.fmean(train), len(parts.train_loader), statistics.fmean(test), len(parts.test_loader),
-                 startup_s)
+                 startup_s, checkpoint_s)
 
 
 def evaluations(epochs: int, eval_every: int, done: int = 0) -> int:
@@ -130,8 +143,8 @@ def evaluations(epochs: int, eval_every: int, done: int = 0) -> int:
 
 def run_seconds(speed: Speed, epochs: int, eval_every: int, done: int = 0) -> float:
     """Estimated seconds of a run that has ``done`` of its ``epochs`` trained: start-up, the remaining epochs' training
-    steps, and their evaluations over the whole test set."""
-    return (speed.startup_s + (epochs - done) * speed.steps_per_epoch * speed.step_s
+    steps and checkpoints, and their evaluations over the whole test set."""
+    return (speed.startup_s + (epochs - done) * (speed.steps_per_epoch * speed.step_s + speed.epoch_s)
             + evaluations(epochs, eval_every, done) * speed.eval_batches * speed.eval_batch_s)
 
 
@@ -143,6 +156,9 @@ def estimate(jobs, configs: dict, splits, load_s: float) -> dict[str, float]:
     import torch
 
     todo = [j for j in jobs if j.action != "skip"]
+    started = time.perf_counter()  # each run is a new process: its interpreter and imports count too
+    subprocess.run([sys.executable, "-c", "import selfkd.cli, selfkd.engine"], capture_output=True)
+    load_s += time.perf_counter() - started
     speeds = {m: measure(configs[m], splits, load_s) for m in dict.fromkeys(j.method for j in todo)}
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the GPU memory the measurements cached: the runs are other processes
@@ -152,25 +168,6 @@ def estimate(jobs, configs: dict, splits, load_s: float) -> dict[str, float]:
         done = len(read_metrics(job.run_dir / METRICS)) if job.action == "resume" else 0
         out[job.name] = run_seconds(speeds[job.method], t.epochs, t.eval_every, min(done, t.epochs))
     return out
-
-
-def machine() -> dict:
-    """Where the demo ran: cores, CPU model, accelerator, versions."""
-    import platform
-
-    import torch
-
-    from . import __version__
-    from .threads import cores
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cores": cores(), "cpu": cpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(), "selfkd": __version__}
 
 
 def estimate_line(estimates: dict[str, float], jobs) -> str:
@@ -183,7 +180,8 @@ def estimate_line(estimates: dict[str, float], jobs) -> str:
             per_method[job.method] = per_method.get(job.method, 0.0) + estimates[job.name]
     parts = ", ".join(f"{m} {format_duration(v)}" for m, v in per_method.items())
     return (f"Estimated time: about {format_duration(sum(estimates.values()))} for {len(estimates)} run(s) ({parts}), "
-            "from a few training steps and a test batch of each method timed on this machine just now.")
+            "from a few training steps, a test batch and a checkpoint of each method and the start of a training "
+            "process, timed on this machine just now.")
 
 
 def demo_command(setting: str, task: str, seeds: list[int], methods: list[str]) -> str:
@@ -200,6 +198,7 @@ def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None,
     sweep folder)."""
     import torch
 
+    from .bench import environment
     from .config import make_config
     from .data import load_dataset
     from .report.table import format_duration
@@ -246,7 +245,8 @@ def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None,
                   "trained": [j.name for j in jobs if j.action != "skip"],
                   "kept": [j.name for j in jobs if j.action == "skip"],
                   "failed": [j.name for j in result.failed], "interrupted": result.interrupted,
-                  "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+                  "date": time.strftime("%Y-%m-%d"),
+                  "machine": environment(torch.device("cuda" if setting == "gpu" else "cpu"))}
         out.mkdir(parents=True, exist_ok=True)
         (out / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return result, out

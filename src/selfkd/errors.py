@@ -8,6 +8,9 @@ class SelfKDError(Exception):
     """
 
     exit_code = 2
+    # Raised alike by every process of a torchrun run (agreed through ``distributed.together`` or a collective
+    # check), so the CLI prints it once; any other error is printed by the process that raised it.
+    agreed = False
 
 
 class ConfigError(SelfKDError):
@@ -23,7 +26,8 @@ class CheckpointError(SelfKDError):
 
 
 class TrainingError(SelfKDError):
-    """Training stopped on purpose (non-finite loss, full disk); the last good checkpoint is intact."""
+    """Training stopped on purpose (non-finite loss, a failed write); the message says what was saved (the
+    previous checkpoint is never damaged) and what to run next."""
 
     exit_code = 3
 

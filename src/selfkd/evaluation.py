@@ -13,13 +13,14 @@ from .engine.trainer import evaluate
 from .metrics import Evaluation
 from .errors import ConfigError
 from .runfolder import CHECKPOINT, CONFIG, WEIGHTS, check_run
-from .weights import load_eval_model
+from .weights import load_eval_model, read_metadata
 
 
 def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, batch_size: int | None = None,
                  dataset: str | None = None, model: str | None = None) -> dict:
-    """Rebuild the run's method from its config, load ``last.pt`` and evaluate its eval model as trained.
-    ``dataset`` and ``model``, when given, must be the run's own (a run is evaluated as it was trained)."""
+    """Rebuild the run's method from its config, load ``last.pt`` and evaluate its eval model as trained (in the
+    precision it trained in). ``dataset`` and ``model``, when given, must be the run's own (a run is evaluated as it
+    was trained)."""
     run_dir = Path(run_dir)
     check_run(run_dir, "--run")
     cfg = build_config(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
@@ -31,33 +32,46 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
                           f"{'; '.join(clashes)}. Leave them out, or evaluate its weights on another dataset with "
                           f"`selfkd eval --weights {run_dir / WEIGHTS} --dataset NAME`.")
     dev = resolve_device(device)
-    data = cfg.data.model_copy(update={k: v for k, v in {"data_dir": data_dir, "eval_batch_size": batch_size}.items()
-                                       if v is not None})
+    data = _data_config(cfg.data.model_dump(), data_dir=data_dir, eval_batch_size=batch_size)
     splits = load_dataset(data.dataset, data.data_dir, **data.options)
     method = build_method(cfg, splits)
     ckpt = load_run_checkpoint(run_dir / CHECKPOINT, method, cfg.method.name, cfg.model.name, splits.num_classes)
     method.to(dev)
     loader = build_test_loader(splits, data, dev, cfg.seed)
-    amp = cfg.resolved(dev.type, distributed=False).train.amp  # in the precision it trained in
-    result = _metrics(method.eval_model(), loader, dev, amp, method.task, splits.num_classes)
+    # The checkpoint's config is the run's resolved one: its amp is what the run decided on its own device.
+    trained = build_config(ckpt["config"], f"the config in {run_dir / CHECKPOINT}")
+    amp = trained.resolved(dev.type, distributed=False).train.amp
+    result = _metrics(method.eval_model(), loader, dev, amp, method.task, splits)
     return {"run": str(run_dir), "dataset": data.dataset, "epoch": ckpt["epoch"], **result}
 
 
 def evaluate_weights(weights, dataset: str, model: str | None = None, device: str = "auto",
                      data_dir: str | None = None, batch_size: int | None = None) -> dict:
-    """Evaluate an exported ``model.safetensors`` (the module the run evaluated) on a dataset's test split."""
+    """Evaluate an exported ``model.safetensors`` (the module the run evaluated) on a dataset's test split, with the
+    preprocessing and precision the run recorded in it (and its dataset options, on the run's dataset)."""
     dev = resolve_device(device)
-    data = DataConfig(dataset=dataset, data_dir=data_dir, eval_batch_size=batch_size or 500)
-    splits = load_dataset(dataset, data_dir)
+    meta = read_metadata(weights)
+    recorded = {key: meta.get(key) for key in ("image_size", "mean", "std", "eval_size", "test_resize")}
+    options = meta.get("data_options") if dataset == meta.get("dataset") else None
+    data = _data_config({"dataset": dataset, **recorded, "options": options or {}}, data_dir=data_dir,
+                        eval_batch_size=batch_size)
+    splits = load_dataset(dataset, data.data_dir, **data.options)
     net, meta = load_eval_model(weights, model, splits.num_classes, splits.in_channels)
     task = getattr(net, "task", "classification")
     if task != splits.task:
         raise ConfigError(f"{weights} holds a {task} model ('{meta['model']}'), but dataset '{dataset}' is for "
                           f"{splits.task}. Evaluate it on a {task} dataset (`selfkd list datasets`).")
-    result = _metrics(net.to(dev), build_test_loader(splits, data, dev), dev, "auto", meta.get("task", "classification"),
-                      splits.num_classes)
+    amp = meta.get("amp") or build_config({}).resolved(dev.type, distributed=False).train.amp  # older files: auto
+    result = _metrics(net.to(dev), build_test_loader(splits, data, dev), dev, amp, task, splits)
     return {"weights": str(weights), "model": meta["model"], "dataset": dataset, **result}
 
 
-def _metrics(module, loader, device, amp: str, task: str, num_classes: int) -> dict:
-    return evaluate(module, loader, device, amp_dtype(amp, device), Evaluation(task, num_classes, device)).result()
+def _data_config(data: dict, **given) -> DataConfig:
+    """The data section ``data`` with the command line's values (those given) set, validated like a run's."""
+    given = {key: value for key, value in given.items() if value is not None}
+    return build_config({"data": {**data, **given}}, "the command line").data
+
+
+def _metrics(module, loader, device, amp: str, task: str, splits) -> dict:
+    evaluation = Evaluation(task, splits.num_classes, device, splits.ignore_index)
+    return evaluate(module, loader, device, amp_dtype(amp), evaluation).result()

@@ -3,25 +3,26 @@
 That module (the backbone, or the whole method for methods that predict with more) is rebuilt from
 ``model.safetensors`` (its metadata names the model, class count, input channels, model and method
 options), wrapped so it returns the logits only, and written in the chosen format
-to a temporary file. That file is loaded back and run on a batch next to the original; only when the
-largest absolute difference of the logits is within tolerance is it moved to its final name, so a
-file that does not reproduce the model is never left behind.
+to a temporary file (:func:`~selfkd.atomic.atomic_write`). That file is loaded back and run on a batch next to the
+original; only when the largest absolute difference of the logits is within tolerance is it moved to its final name,
+so a file that does not reproduce the model is never left behind. Every failure is one paragraph: a failed write
+(:class:`~selfkd.errors.TrainingError`), a format the model cannot be exported to or a file that does not reproduce it
+(:class:`ExportMismatch`).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import io
-import os
+import re
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .atomic import write_failure
-from .errors import CheckpointError, ConfigError, SelfKDError, TrainingError
+from .atomic import atomic_write
+from .errors import CheckpointError, ConfigError, SelfKDError
 from .runfolder import EXPORT, WEIGHTS
 from .weights import load_eval_model, weights_bytes
 
@@ -31,7 +32,7 @@ TOLERANCE = 1e-4  # of the largest logit magnitude (at least 1)
 
 
 class ExportMismatch(SelfKDError):
-    """The exported file does not reproduce the model's outputs."""
+    """The export failed, or its file does not reproduce the model's outputs."""
 
     exit_code = 3
 
@@ -156,7 +157,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     try:
         with torch.no_grad():
             model(check)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, IndexError) as err:
         raise ConfigError(f"Model '{meta['model']}' cannot run on {meta['in_channels']}×{size}×{size} inputs "
                           f"({str(err).splitlines()[0][:200]}); pass --image-size with the size it was trained on.") from None
 
@@ -167,26 +168,40 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
         reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
         raise ConfigError(f"Cannot write {out}: its folder {out.parent} cannot be made ({reason}). Pass --out with a "
                           "writable place.") from None
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with torch.no_grad():
-            write(model, meta, example, tmp)
-        diff, tolerance = max_abs_diff(model, load(tmp, meta), check)
-        if not diff <= tolerance:
+    report = f"Nothing was written to {out}. Report this with the model name ('{meta['model']}') and the selfkd/torch " \
+             "versions."
+    checked: dict = {}
+
+    def write_checked(tmp: Path) -> None:
+        """Write the file, load it back and compare; a file that fails is never renamed to ``out``."""
+        try:
+            with torch.no_grad():
+                write(model, meta, example, tmp)
+            checked["diff"], checked["tolerance"] = max_abs_diff(model, load(tmp, meta), check)
+        except (OSError, SelfKDError):
+            raise
+        except Exception as err:  # tracing, ONNX conversion, or running the written file (e.g. a baked-in shape)
+            raise ExportMismatch(f"The {fmt} export of {weights} failed ({_reason(err)}); the model may not support "
+                                 f"this format, so try another --format. {report}") from None
+        if not checked["diff"] <= checked["tolerance"]:
             raise ExportMismatch(
                 f"The {fmt} export of {weights} does not reproduce the model: max abs difference of the logits "
-                f"{diff:.3g} > tolerance {tolerance:.3g} on a batch of {tuple(check.shape)}. Nothing was written to "
-                f"{out}. Report this with the model name ('{meta['model']}') and the selfkd/torch versions."
-            )
-        os.replace(tmp, out)
-    except OSError as err:
-        raise TrainingError(f"Could not write {out}: {write_failure(err, out.parent)}. Nothing was written; free some "
-                            "space, or pass --out with a writable place.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+                f"{checked['diff']:.3g} > tolerance {checked['tolerance']:.3g} on a batch of {tuple(check.shape)}. "
+                f"{report}")
+
+    atomic_write(out, write_checked, "Free some space, or pass --out with a writable place.")
     return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
-            "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": diff, "tolerance": tolerance}
+            "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": checked["diff"],
+            "tolerance": checked["tolerance"]}
+
+
+def _reason(err: Exception) -> str:
+    """``Type: message`` of ``err``; for an error that quotes a traceback (TorchScript's interpreter, the ONNX
+    exporter), the innermost error it ends with."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and re.match(r"^[\w.]+(Error|Exception): ", lines[-1]):
+        return lines[-1][:300]
+    return f"{type(err).__name__}: {(lines or [''])[0][:300]}"
 
 
 def cmd_export(args) -> int:

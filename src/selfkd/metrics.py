@@ -179,10 +179,10 @@ class AURC(Metric):
         self.confidence.append(conf)
         self.correct.append((pred == targets).float())
 
-    def sync(self):
-        if self.confidence:
-            self.confidence = [all_gather_cat(torch.cat(self.confidence))]
-            self.correct = [all_gather_cat(torch.cat(self.correct))]
+    def sync(self):  # every process joins the gather, one without test images too (fewer images than processes)
+        empty = [torch.zeros(0, device=self.device)]
+        self.confidence = [all_gather_cat(torch.cat(self.confidence or empty))]
+        self.correct = [all_gather_cat(torch.cat(self.correct or empty))]
 
     def result(self):
         if not self.confidence:

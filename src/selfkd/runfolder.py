@@ -3,8 +3,9 @@ sweep, export), and its life.
 
 selfkd writes only into a folder it made or found empty, and marks it (:data:`MARKER`) when it starts writing. The
 process that writes a run holds an exclusive lock on the marker (``flock``: the kernel releases it when the process
-ends, however it ends). ``--overwrite`` deletes only the files selfkd writes (:data:`OUTPUTS`), only in a marked
-folder. Every check here reads; nothing is written before :func:`open_run`.
+ends, however it ends; processes it forks, such as DataLoader workers, close their copy). ``--overwrite`` deletes
+only the files selfkd writes (:data:`OUTPUTS`), only in a marked folder. Every check here reads; nothing is written
+before :func:`open_run`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from .atomic import write_failure
 from .errors import ConfigError
 
-CONFIG = "config.yaml"  # the resolved config, written when the run starts
+CONFIG = "config.yaml"  # the config as given (auto values kept), written when the run starts and on each resume
 METRICS = "metrics.jsonl"  # one row per epoch
 METRICS_CSV = "metrics.csv"
 TENSORBOARD = "tb"
@@ -48,6 +49,27 @@ def read_metrics(path: Path) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
+_HELD: set[int] = set()  # the run folder locks this process holds (open_run), released by release()
+
+
+def _close_held_in_child() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's locks, so that a lock lives exactly
+    as long as the process that took it (closing a copy does not unlock the parent's)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def release(lock: int) -> None:
+    """Release a run folder locked by :func:`open_run`."""
+    _HELD.discard(lock)
+    os.close(lock)
+
+
 def _lock(fd: int, path: Path) -> None:
     """Lock the open marker ``fd`` of the run folder ``path``, or refuse naming the process that holds it."""
     try:
@@ -73,9 +95,10 @@ def _outputs(path: Path) -> list[str]:
     return [name for name in OUTPUTS if (path / name).exists() or (path / name).is_symlink()]
 
 
-def check_new(path: Path, overwrite: bool) -> None:
+def check_new(path: Path, overwrite: bool, marked: bool | None = None) -> None:
     """Refuse a folder that a new run may not write in: a file, a non-empty folder selfkd did not make, or (without
-    ``overwrite``) a run folder that already holds a run. Reads only."""
+    ``overwrite``) a run folder that already holds a run. ``marked``: whether selfkd made the folder (default: it
+    holds the marker). Reads only."""
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ConfigError(f"The run folder {path} cannot be made: {blocker} is a file. Choose another --run-dir "
@@ -86,7 +109,7 @@ def check_new(path: Path, overwrite: bool) -> None:
     if not entries:
         return
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    if not (path / MARKER).is_file():
+    if not ((path / MARKER).is_file() if marked is None else marked):
         older = (f" If it is the run folder of an older selfkd, continue it with `selfkd train --resume {path}`."
                  if (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() else "")
         raise ConfigError(
@@ -136,18 +159,22 @@ def next_step(path: Path) -> str:
 def open_run(path: Path, resume: bool, overwrite: bool) -> int:
     """Create ``path`` if needed, mark and lock it for this process and check again under the lock; with
     ``overwrite`` (a new run) delete the files selfkd wrote in it. Returns the lock (a file descriptor: closing it,
-    or the process ending, releases it). Refuses a folder another process holds, naming that process. A folder
-    made here is removed again when this fails."""
+    or the process ending, releases it: see :func:`release`). Refuses a folder another process holds, naming that
+    process. What this call made (folders, the marker) is removed again when it fails."""
     made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call makes, deepest first
-    fd = None
+    fd, marked, mine = None, True, False  # marked: the folder held the marker before; mine: this call made it
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / MARKER, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd, marked = os.open(path / MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), False
+        except FileExistsError:
+            fd = os.open(path / MARKER, os.O_RDWR)
         _lock(fd, path)
+        mine = not marked  # and locked: no other process took it meanwhile
         if resume:
             check_run(path, "--resume")
         else:
-            check_new(path, overwrite)
+            check_new(path, overwrite, marked)
         os.ftruncate(fd, 0)
         os.write(fd, f"selfkd run folder\npid {os.getpid()} on {socket.gethostname()}\n".encode())
         probe = path / f"{MARKER}.tmp"  # every write makes a temporary file first: can it?
@@ -155,13 +182,14 @@ def open_run(path: Path, resume: bool, overwrite: bool) -> int:
         probe.unlink()
         if overwrite and not resume:
             clear(path)
+        _HELD.add(fd)
         return fd
     except BaseException as err:
         if fd is not None:
             os.close(fd)
         with contextlib.suppress(OSError):
-            if made:
-                (path / MARKER).unlink(missing_ok=True)
+            if mine:
+                (path / MARKER).unlink()
             for folder in made:
                 folder.rmdir()
         if isinstance(err, OSError):

@@ -1,8 +1,11 @@
 """CPU threads: how many each training process gets, and a note when a CPU run shares its cores with more work.
 
-More compute threads than cores slow PyTorch on a CPU far more than the ratio of threads to cores: every parallel
-region waits at a barrier for its slowest thread, and a thread that has lost its core holds all the others up.
-So ``selfkd sweep`` and ``selfkd demo`` split the cores between the runs they start at once
+More compute threads than cores slow PyTorch on a CPU far more than the ratio of threads to cores. Measured on two
+cores (benchmarks/README.md, "CPU threads"): four frskd runs of 2 threads each trained at 57 img/s together, one run
+alone at 238. The cause is OpenMP's active waiting: a thread that finishes its share of a parallel region spins on
+its core before it sleeps, taking that core from a thread that still works. With ``OMP_WAIT_POLICY=PASSIVE`` the same
+four runs made 223 img/s together, and with one thread each 275. So ``selfkd sweep`` and ``selfkd demo`` split the
+cores between the runs they start at once
 (:func:`child_thread_env`, the one place a child's thread settings are decided), and a CPU run says once when the
 machine was busier than its cores while it trained (:class:`LoadWatch`).
 """
@@ -53,8 +56,9 @@ def oversubscription_note(runnable: float, threads: int, total: int) -> str | No
     fewer = max(1, total - math.ceil(others))
     return (f"note: this machine is oversubscribed: about {runnable:.1f} threads were runnable on average while this "
             f"run trained ({threads} of them its own, about {others:.1f} from other work) for {total} cores, which "
-            f"slows CPU training down many times. Stop the other work or wait for it, or give this run fewer threads "
-            f"(OMP_NUM_THREADS={fewer}), or run fewer runs at once.")
+            f"slows CPU training down many times (OpenMP threads spin while they wait). Stop the other work or wait for "
+            f"it, give this run fewer threads (OMP_NUM_THREADS={fewer}) or start it with OMP_WAIT_POLICY=PASSIVE, or "
+            "run fewer runs at once.")
 
 
 class LoadWatch:

@@ -6,13 +6,14 @@ name and options). Either way the file reproduces the logits the run reported.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 
 from .atomic import AGAIN, atomic_write
-from .errors import CheckpointError, SelfKDError
+from .errors import CheckpointError, ConfigError, SelfKDError
 
 
 def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
@@ -37,10 +38,10 @@ def save_eval_model(path: Path, method, metadata: dict, then: str = AGAIN) -> No
     save_weights(path, module, {**metadata, "inference": inference}, then)
 
 
-def load_weights(path: Path) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a safetensors file written by :func:`save_weights`."""
+def read_metadata(path: Path) -> dict:
+    """The metadata of a safetensors file written by :func:`save_weights`, checked (its tensors are not read)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -48,24 +49,37 @@ def load_weights(path: Path) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), "pt") as fh:
             meta = {k: _json(v) for k, v in (fh.metadata() or {}).items()}
-        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
     wrong = [f"'{key}' is {meta[key]!r}" for key, kind in METADATA.items() if key in meta and meta[key] is not None
              and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)
-                  or (key in POSITIVE and meta[key] < 1) or (key == "inference" and meta[key] not in INFERENCE))]
+                  or (key in POSITIVE and meta[key] < 1) or (key in CHOICES and meta[key] not in CHOICES[key]))]
     if wrong:
         raise CheckpointError(f"{path} has metadata selfkd does not write ({'; '.join(wrong)[:300]}): the file was "
                               "damaged or edited. Use the model.safetensors of a selfkd run.")
-    return state, meta
+    return meta
 
 
-# The metadata selfkd writes and its types (written as JSON values; a file of another program may lack them).
+def load_weights(path: Path) -> tuple[dict, dict]:
+    """(state_dict, metadata) from a safetensors file written by :func:`save_weights`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    try:
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
+
+
+# The metadata selfkd writes and its types (written as JSON values; a file of another program may lack them). The
+# evaluation's preprocessing (dataset options, image_size, mean, std, eval_size, test_resize) and precision (amp,
+# resolved) let `selfkd eval --weights` evaluate the file as the run did.
 METADATA = {"model": str, "num_classes": int, "in_channels": int, "model_options": dict, "method": str,
             "method_options": dict, "task": str, "image_size": int, "mean": list, "std": list, "classes": list,
-            "inference": str}
-POSITIVE = ("num_classes", "in_channels", "image_size")
-INFERENCE = ("backbone", "method")
+            "inference": str, "dataset": str, "data_options": dict, "eval_size": int, "test_resize": int, "amp": str}
+POSITIVE = ("num_classes", "in_channels", "image_size", "eval_size", "test_resize")
+CHOICES = {"inference": ("backbone", "method"), "amp": ("bf16", "fp16", "off")}
 
 
 def _json(text: str):
@@ -76,22 +90,33 @@ def _json(text: str):
         return text
 
 
-def _fill(path: Path, module: torch.nn.Module, state: dict, what: str) -> None:
+def _fill(path: Path, module: torch.nn.Module, state: dict, what: str, error: type = CheckpointError) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit {what} ({str(err).splitlines()[0][:300]}).") from None
+        raise error(f"{path} does not fit {what} ({str(err).splitlines()[0][:300]}).") from None
 
 
-def load_backbone(path: Path, model: str | None = None, num_classes: int | None = None,
-                  in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """``(backbone, metadata)`` from a weights file of a plain backbone written by selfkd; ``model``,
-    ``num_classes`` and ``in_channels`` override what its metadata says."""
+def load_backbone(path: Path, like: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """``(backbone, metadata)``: a copy of the backbone ``like`` holding the weights of ``path``, a plain backbone
+    written by selfkd for the same model and class count (e.g. a teacher of a student's own architecture). A file
+    of another model, class count or model options, or of a whole method, is a :class:`ConfigError`."""
     state, meta = load_weights(path)
+    if "model" not in meta or "num_classes" not in meta:
+        raise CheckpointError(f"{path} was not written by selfkd (its metadata does not name the model and class "
+                              "count); give the model.safetensors of a selfkd run.")
     if meta.get("inference", "backbone") != "backbone":
-        raise CheckpointError(f"{path} holds a whole '{meta.get('method')}' method (it predicts with more than its "
-                              "backbone), not a plain backbone; give the weights of a run that evaluates its backbone.")
-    return _backbone(path, state, meta, model, num_classes, in_channels)
+        raise ConfigError(f"{path} holds a whole '{meta.get('method')}' method (its run evaluated more than the "
+                          "backbone), not a plain backbone; give the weights of a run that evaluates its backbone "
+                          "(e.g. plain CE).")
+    if (meta["model"], meta["num_classes"]) != (like.name, like.num_classes):
+        raise ConfigError(f"{path} holds a {meta['model']} with {meta['num_classes']} classes, but a {like.name} with "
+                          f"{like.num_classes} classes is needed; give the weights of a run of that model and class "
+                          "count.")
+    net = copy.deepcopy(like)
+    _fill(path, net, state, f"{like.name} with these model options (use the options of the run that wrote it)",
+          ConfigError)
+    return net, meta
 
 
 def _backbone(path, state, meta, model, num_classes, in_channels):
@@ -104,7 +129,7 @@ def load_eval_model(path: Path, model: str | None = None, num_classes: int | Non
                     in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
     """``(module, metadata)``: the module a run evaluated, rebuilt from a weights file written by selfkd and in
     eval mode; ``module(images)`` returns the logits (a backbone returns ``(logits, features)``)."""
-    from .methods import create_method, per_sample_args
+    from .methods import create_method, data_args
 
     state, meta = load_weights(path)
     if meta.get("inference", "backbone") == "backbone":
@@ -113,7 +138,7 @@ def load_eval_model(path: Path, model: str | None = None, num_classes: int | Non
     net, spec = _model(path, meta, model, num_classes, in_channels)
     name, options = meta.get("method"), meta.get("method_options", {})
     try:
-        method = create_method(name, net, **options, **per_sample_args(name, 1, getattr(net, "task", "classification")))
+        method = create_method(name, net, **options, **data_args(name, 1, getattr(net, "task", "classification")))
     except SelfKDError as err:
         raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: {err}") \
             from None

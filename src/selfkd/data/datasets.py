@@ -2,8 +2,9 @@
 
 Each reader turns a dataset folder into :class:`DatasetSplits`. Small-image datasets become
 uint8 tensors (:class:`ImageTensors`, kept on the training device); large-image datasets become
-file lists (:class:`ImageFiles`, decoded by DataLoader workers). Roots are searched in order:
-``--data-dir``, ``$SELFKD_DATA``, ``./data``, ``/usr/share/datasets``. The readers of folder
+file lists (:class:`ImageFiles`, decoded by DataLoader workers). A ``--data-dir`` is the only place looked in
+when given (used or refused, never skipped); without it the roots ``$SELFKD_DATA``, ``./data``,
+``/usr/share/datasets`` are searched in that order (:func:`load_dataset`). The readers of folder
 datasets (TinyImageNet, CUB-200, Stanford Dogs, MIT-67, any image folder) are in :mod:`.folders`.
 """
 from __future__ import annotations

@@ -41,15 +41,23 @@ def train_sampler(labels: torch.Tensor | None, batch_size: int, needs: DataNeeds
     return Batches(len(labels) if n is None else n, batch_size, seed, rank, world, min_batch=needs.min_batch)
 
 
-def _spec_and_norm(splits: DatasetSplits, cfg: DataConfig):
+# The augmentations each kind of data can take: (task, held in memory) -> kinds.
+AUGMENTS = {("classification", True): ("crop_flip", "rrc_flip", "flip", "none"),
+            ("classification", False): ("crop_flip", "rrc_flip", "flip", "none"),
+            ("segmentation", True): ("seg_scale_crop_flip", "none"),
+            ("segmentation", False): ("seg_voc", "none")}
+
+
+def _spec_and_norm(splits: DatasetSplits, cfg: DataConfig, resident: bool):
     padding = splits.padding if cfg.padding is None else cfg.padding
     spec = AugmentSpec(cfg.augment or splits.augment, cfg.image_size or splits.image_size, padding,
                        tuple(cfg.rrc_scale), cfg.test_resize, tuple(cfg.scale_range), tuple(cfg.short_side),
                        cfg.pad_label, cfg.blur, cfg.eval_size, splits.ignore_index)
-    segmentation = spec.kind.startswith("seg_")
-    if spec.kind != "none" and segmentation != (splits.task == "segmentation"):
-        kinds = "seg_scale_crop_flip, seg_voc or none" if splits.task == "segmentation" else "crop_flip, rrc_flip, flip or none"
-        raise ConfigError(f"data.augment={spec.kind} does not fit {splits.name}, a {splits.task} dataset; use {kinds}.")
+    kinds = AUGMENTS[splits.task, resident]
+    if spec.kind not in kinds:
+        held = "held in memory" if resident else "read from files"
+        raise ConfigError(f"data.augment={spec.kind} does not fit {splits.name}, a {splits.task} dataset {held}; "
+                          f"use {', '.join(kinds)}.")
     mean, std = cfg.mean or splits.mean, cfg.std or splits.std
     if len(mean) != splits.in_channels or len(std) != splits.in_channels:
         raise ConfigError(f"data.mean/std need {splits.in_channels} values for {splits.name}, got {mean} / {std}.")
@@ -57,21 +65,25 @@ def _spec_and_norm(splits: DatasetSplits, cfg: DataConfig):
 
 
 def _resident(data, cfg: DataConfig, name: str) -> bool:
-    if cfg.loader == "resident" and not isinstance(data, ImageTensors):
-        raise ConfigError(f"data.loader=resident needs an in-memory dataset; {name} is read from files.")
-    return cfg.loader == "resident" or (cfg.loader == "auto" and isinstance(data, ImageTensors))
+    """Whether ``data`` is served from memory on the device (else by DataLoader workers from files)."""
+    in_memory = isinstance(data, ImageTensors)
+    if cfg.loader != "auto" and (cfg.loader == "resident") != in_memory:
+        held = "held in memory (data.loader: resident or auto)" if in_memory else "read from files (data.loader: workers or auto)"
+        raise ConfigError(f"data.loader={cfg.loader} does not fit {name}, which is {held}.")
+    return in_memory
 
 
 def build_train_loader(splits: DatasetSplits, cfg: DataConfig, needs: DataNeeds, device: torch.device,
                        seed: int = 0, rank: int = 0, world: int = 1):
     train = subset(splits.train, cfg.train_subset, seed)
-    spec, mean, std = _spec_and_norm(splits, cfg)
+    resident = _resident(train, cfg, splits.name)
+    spec, mean, std = _spec_and_norm(splits, cfg, resident)
     if splits.task == "segmentation" and needs.class_partners:
         raise ConfigError(f"{splits.name} is a segmentation dataset: its images have no single class, so it cannot "
                           "serve same-class partners. Use a method of the segmentation task (selfkd list methods "
                           "--task segmentation).")
     sampler = train_sampler(getattr(train, "labels", None), cfg.batch_size, needs, seed, rank, world, len(train))
-    if _resident(train, cfg, splits.name):
+    if resident:
         return ResidentLoader(train, sampler, device, mean, std, spec, needs.views, seed, rank)
     return FileLoader(train, sampler, device, mean, std, spec, needs.views, cfg.workers, train=True, seed=seed,
                       num_classes=splits.num_classes)
@@ -81,12 +93,13 @@ def build_test_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.devi
                       rank: int = 0, world: int = 1):
     """The test split for this rank: samples rank, rank+world, ... (no padding, no augmentation)."""
     test = subset(splits.test, cfg.test_subset, seed)
-    spec, mean, std = _spec_and_norm(splits, cfg)
+    resident = _resident(test, cfg, splits.name)
+    spec, mean, std = _spec_and_norm(splits, cfg, resident)
     batch_size = cfg.eval_batch_size
     if isinstance(test, SegmentationFiles) and spec.eval_size is None:
         batch_size = 1  # evaluated at their original resolution, images of different sizes cannot share a batch
     sampler = ShardedSequential(len(test), batch_size, rank, world)
-    if _resident(test, cfg, splits.name):
+    if resident:
         size = spec.eval_size or spec.size
         test_spec = AugmentSpec("none", size) if size != test.images.shape[-1] else None
         return ResidentLoader(test, sampler, device, mean, std, test_spec, 1, seed, rank)

@@ -70,8 +70,9 @@ class Batches:
     def _shard(self, batch: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
             return batch
-        if len(batch) % self.world:  # pad the last batch by wrapping, as DistributedSampler does
-            batch = torch.cat([batch, batch[: self.world - len(batch) % self.world]])
+        if len(batch) % self.world:  # pad the last batch by repeating it, as DistributedSampler does
+            pad = self.world - len(batch) % self.world
+            batch = torch.cat([batch, batch.repeat(math.ceil(pad / len(batch)))[:pad]])
         return batch[self.rank::self.world]
 
 
@@ -148,10 +149,16 @@ class ClassPartnerBatches(Batches):
 
 
 class ShardedSequential(Batches):
-    """Evaluation order: rank ``r`` takes samples ``r, r+world, ...`` in batches, no padding, no shuffle."""
+    """Evaluation order: rank ``r`` takes samples ``r, r+world, ...`` in batches of ``batch_size``, no padding, no
+    shuffle. A rank takes only the steps that give it samples (the global batches ``i`` with ``i·B + r < n``): when
+    fewer samples than ranks are left for the last step, the ranks without one stop a step earlier (evaluation has
+    no per-batch collective)."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
         super().__init__(n, batch_size * world, 0, rank, world, shuffle=False)
+
+    def __len__(self) -> int:
+        return math.ceil(max(self.n - self.rank, 0) / self.batch_size)
 
     def _shard(self, batch: torch.Tensor) -> torch.Tensor:
         return batch[self.rank::self.world]

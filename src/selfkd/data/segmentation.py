@@ -367,7 +367,7 @@ def read_synthetic_segmentation(path=None, num_classes: PositiveInt = 4, train_s
     gen = torch.Generator().manual_seed(seed)
     colour = torch.randn(num_classes, channels, generator=gen)
 
-    def split(n):
+    def scenes(n):
         masks = torch.zeros(n, image_size, image_size, dtype=torch.uint8)
         ar = torch.arange(image_size)
         for _ in range(3):
@@ -380,7 +380,12 @@ def read_synthetic_segmentation(path=None, num_classes: PositiveInt = 4, train_s
             masks = torch.where(drawn, cls[:, None, None].to(torch.uint8), masks)
         noise = torch.randn(n, channels, image_size, image_size, generator=gen)
         images = 128 + 60 * colour[masks.long()].permute(0, 3, 1, 2) + 25 * noise
-        return ImageTensors(images.clamp(0, 255).to(torch.uint8), masks)
+        return images.clamp(0, 255).to(torch.uint8), masks
+
+    def split(n):
+        # In blocks, so that large scenes (a 512² benchmark) never hold all their float intermediates at once.
+        parts = [scenes(min(64, n - start)) for start in range(0, n, 64)]
+        return ImageTensors(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
     return DatasetSplits("synthetic_seg", split(train_size), split(test_size), num_classes, channels,
                          (0.5,) * channels, (0.25,) * channels, image_size, "seg_scale_crop_flip",

@@ -1,8 +1,9 @@
 """Checkpoints: written atomically, read without unpickling code, refused when foreign.
 
 ``last.pt`` holds everything to resume exactly (method and model state, optimizer, scaler, RNG,
-position in the epoch). It is loaded with ``torch.load(weights_only=True)``, so a malicious file
-cannot run code. Exported inference weights are safetensors.
+position in the epoch; under torchrun each process's own random streams, buffers and statistics too, in
+``processes``). It is loaded with ``torch.load(weights_only=True)``, so a malicious file cannot run code.
+Exported inference weights are safetensors.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ FORMAT_VERSION = 1
 ENTRIES = {"config": dict, "method": str, "model": str, "num_classes": int, "epoch": int, "step_in_epoch": int,
            "global_step": int, "method_state": dict, "optimizer": dict, "rng": dict}
 OPTIONAL = {"scaler": dict, "best": dict, "train_time": (int, float), "images_seen": int, "window": dict,
-            "world_size": int}
+            "world_size": int, "processes": list}
+# The statistics of a partly trained epoch (engine.step.StepStats.state; selfkd 0.1 did not write "labelled").
+WINDOW = {"names": (list, type(None)), "sums": (torch.Tensor, type(None)), "correct": torch.Tensor,
+          "skipped": torch.Tensor, "seen": int, "steps": int}
 
 
 # What load_state_dict raises on a state that does not fit (wrong shapes, keys or types).
@@ -41,11 +45,45 @@ def _problems(ckpt: dict) -> list[str]:
     for key, kind in {**ENTRIES, **OPTIONAL}.items():
         if ckpt.get(key) is not None and (not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool)):
             found.append(f"'{key}' is a {type(ckpt[key]).__name__}")
-    if not found:
-        found += [f"'{key}' is negative" for key in ("epoch", "step_in_epoch", "global_step") if ckpt[key] < 0]
-        if not isinstance(ckpt["rng"].get("torch"), torch.Tensor) or ckpt["rng"]["torch"].dtype != torch.uint8:
-            found.append("'rng' holds no torch generator state")
+    if found:
+        return found
+    found += [f"'{key}' is negative" for key in ("epoch", "step_in_epoch", "global_step") if ckpt[key] < 0]
+    best = ckpt.get("best")
+    if best is not None and not (len(best) == 2 and isinstance(best.get("epoch"), int)
+                                 and all(map(_number, best.values()))):
+        found.append("'best' is not an epoch and a metric value")
+    owners = [("", ckpt)] + [(f"processes[{rank}].", own) for rank, own in enumerate(ckpt.get("processes") or [])]
+    for where, state in owners:
+        found += _own_problems(where, state)
     return found
+
+
+def _own_problems(where: str, state) -> list[str]:
+    """What is wrong with the state of one process (``rng``, ``window``; ``buffers`` under torchrun) at ``where``."""
+    if not isinstance(state, dict):
+        return [f"'{where.rstrip('.')}' is a {type(state).__name__}"]
+    found = []
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and _generator(rng.get("torch")) and isinstance(rng.get("cuda", []), list)
+            and all(map(_generator, rng.get("cuda", [])))):
+        found.append(f"'{where}rng' holds no torch generator states")
+    window = state.get("window")
+    if window is not None and not (isinstance(window, dict) and all(
+            key in window and isinstance(window[key], kind) and not isinstance(window[key], bool)
+            for key, kind in WINDOW.items()) and isinstance(window.get("labelled", torch.zeros(())), torch.Tensor)):
+        found.append(f"'{where}window' is not the statistics of a partly trained epoch")
+    buffers = state.get("buffers", {})
+    if not (isinstance(buffers, dict) and all(isinstance(v, torch.Tensor) for v in buffers.values())):
+        found.append(f"'{where}buffers' is not a mapping of tensors")
+    return found
+
+
+def _generator(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_checkpoint(path: Path) -> dict:

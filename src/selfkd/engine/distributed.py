@@ -70,10 +70,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def agreed(error: SelfKDError) -> SelfKDError:
+    """``error``, marked as raised alike by every process (the CLI prints it once)."""
+    error.agreed = True
+    return error
+
+
 def together(fn, main_only: bool = False):
     """``fn()`` on every process (or only the main one), then every process learns whether it failed: a
     :class:`SelfKDError` on any process is raised by all of them (the lowest rank's), so that they stop together
-    with one message instead of waiting for each other. Returns ``fn()``'s result (None where it did not run)."""
+    with one message instead of waiting for each other. Returns ``fn()``'s result (None where it did not run).
+    ``fn`` must not run collectives itself: a process that failed before one would leave the others waiting."""
     error, result = None, None
     if not main_only or int(os.environ.get("RANK", "0")) == 0:
         try:
@@ -85,8 +92,19 @@ def together(fn, main_only: bool = False):
         dist.all_gather_object(errors, error, group=_CONTROL)
         error = next((e for e in errors if e is not None), None)
     if error is not None:
-        raise error
+        raise agreed(error)
     return result
+
+
+def gather_to_main(obj) -> list | None:
+    """Every process's ``obj`` (CPU tensors inside) as a rank-indexed list on the main process, None on the others;
+    ``[obj]`` in one process. Over the CPU side group, so it suits what a checkpoint keeps of each process."""
+    if _CONTROL is None:
+        return [obj]
+    main = dist.get_rank() == 0
+    gathered: list | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, gathered, dst=0, group=_CONTROL)
+    return gathered
 
 
 class StopVote:
@@ -117,11 +135,6 @@ class StopVote:
 
     def now(self) -> bool:
         return self.result(self.start())
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def shutdown() -> None:

@@ -65,13 +65,15 @@ class RunLogger:
         self._tensorboard(write)
 
     def _csv(self) -> str:
+        """The rows' numbers (lists, such as the per-class IoU, stay in metrics.jsonl)."""
+        rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in self.rows]
         keys: list[str] = []
-        for r in self.rows:
+        for r in rows:
             keys += [k for k in r if k not in keys]
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=keys)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         return text.getvalue()
 
     def print(self, *args) -> None:

@@ -12,7 +12,8 @@ from ..config import Config
 from ..data import DatasetSplits, build_test_loader, build_train_loader
 from ..data.datasets import dataset_task
 from ..errors import ConfigError
-from ..methods import Method, create_method, per_sample_args
+from ..methods import Method, create_method, data_args
+from ..methods.registry import DATA_ARGS
 from ..models import create_model
 from ..models.registry import MODEL_TASKS
 from .distributed import Dist
@@ -51,8 +52,13 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **cfg.model.options())
     num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
-    return create_method(cfg.method.name, model, num_classes=splits.num_classes, **cfg.method.options(),
-                         **per_sample_args(cfg.method.name, num_train, task))
+    options = cfg.method.options()
+    given = [key for key in DATA_ARGS if key in options]
+    if given:
+        raise ConfigError(f"method.{given[0]} comes from the dataset ({cfg.data.dataset}), not from the config; remove "
+                          f"it from the method's section.")
+    return create_method(cfg.method.name, model, num_classes=splits.num_classes, **options,
+                         **data_args(cfg.method.name, num_train, task, splits.ignore_index))
 
 
 def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Dist = Dist()) -> RunParts:
@@ -75,6 +81,6 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device)
     ignore = getattr(splits, "ignore_index", -100) if task == "segmentation" else -100
     step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
-                     ddp=dist.enabled, ignore_index=ignore, accumulate=t.accumulate_steps, clip_mode=t.grad_clip_mode,
-                     channels_last=t.channels_last)
+                     ignore_index=ignore, accumulate=t.accumulate_steps, clip_mode=t.grad_clip_mode,
+                     channels_last=t.channels_last)  # wrapped in DDP by the trainer (TrainStep.distribute)
     return RunParts(cfg, task, method, optimizer, step, train_loader, test_loader)

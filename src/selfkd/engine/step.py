@@ -29,9 +29,8 @@ def configure_backends(deterministic: bool = False) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+def amp_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved ``train.amp`` (``auto`` is decided by :meth:`selfkd.config.Config.resolved`)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
@@ -138,19 +137,18 @@ class StepStats:
 
 class TrainStep:
     """Forward under autocast, backward through a gradient scaler (enabled for fp16 only), optional clipping,
-    optimizer step; the method is compiled (static shapes) and wrapped in DDP as asked.
+    optimizer step; the method is compiled (static shapes) as asked, and wrapped in DDP by :meth:`distribute`.
 
     With ``accumulate = N > 1`` each call back-propagates ``loss / N`` and the optimizer steps on every N-th call
     (and on the call marked ``last`` of an epoch); under DDP only those calls all-reduce the gradients.
     ``pending`` counts the calls since the last optimizer step.
     """
 
-    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "auto",
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                  compile_mode: str = "off", grad_clip: float | None = None, skip_nonfinite: bool = False,
-                 ddp: bool = False, ignore_index: int = -100, accumulate: int = 1,
-                 clip_mode: str = "norm", channels_last: bool = False):
+                 ignore_index: int = -100, accumulate: int = 1, clip_mode: str = "norm", channels_last: bool = False):
         self.method, self.optimizer, self.device = method, optimizer, device
-        self.dtype = amp_dtype(amp, device)
+        self.dtype = amp_dtype(amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.grad_clip, self.skip_nonfinite, self.ignore_index = grad_clip, skip_nonfinite, ignore_index
         self.accumulate, self.clip_mode, self.pending = accumulate, clip_mode, 0
@@ -164,14 +162,17 @@ class TrainStep:
             # By default the second size seen would make torch.compile trace one dynamic-shape graph, and every
             # later step, full batches included, would run that slower generic graph.
             model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
-        if ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if device.type == "cuda" else None
-            # Buffers are per rank: DSR/DLB caches must not be overwritten by rank 0's.
-            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self.model = model
         self.reset()
+
+    def distribute(self) -> None:
+        """Wrap the (compiled) method in DDP, which copies the main process's parameters and buffers to every
+        process: a collective, so every process calls it, outside any check that can fail on some of them."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Buffers are per process: DSR/DLB caches must not be overwritten by the main process's.
+        self.model = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
 
     def reset(self) -> None:
         """Start a new statistics window (e.g. an epoch)."""

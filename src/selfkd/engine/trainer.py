@@ -21,11 +21,11 @@ from ..atomic import atomic_write
 from ..config import Config, build_config
 from ..data.datasets import load_dataset
 from ..data.resident import ResidentLoader
-from ..errors import ConfigError, Interrupted, TrainingError
+from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError
 from ..metrics import TASKS, Evaluation, columns
 from ..threads import LoadWatch
 from ..runfolder import (CHECKPOINT, CONFIG, EXAMPLES, SUMMARY, WEIGHTS, check_free, check_new, check_run,
-                         next_step, open_run)
+                         next_step, open_run, release)
 from ..weights import save_eval_model
 from . import distributed as dist_utils
 from .checkpoint import LOAD_ERRORS, load_run_checkpoint, save_checkpoint
@@ -68,8 +68,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 class Trainer:
     """One run. Everything is checked before its folder is touched (:meth:`_prepare`: the folder, the data, the
-    whole build, a forward pass, the checkpoint on resume); then the main process creates or clears the folder and
-    locks it (:meth:`_open`). Under torchrun an error on any process stops every process with that error."""
+    whole build, a forward pass, the checkpoint on resume); then the method is wrapped in DDP under torchrun, each
+    process takes its own state from the checkpoint on resume (:meth:`_restore_own`), and the main process creates
+    or clears the folder and locks it (:meth:`_open`). Under torchrun an error in any of these steps on any process
+    stops every process with that error."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.dist, self.device = dist_utils.init_distributed(cfg.train.device)
@@ -80,9 +82,14 @@ class Trainer:
         self.images_seen = 0
         self.epoch_stats: dict = {}  # training statistics of the last finished epoch
         self.resumed_window: dict | None = None  # statistics of a partly trained epoch, from the checkpoint
+        self.resumed_own: dict | None = None  # this process's own state in the checkpoint (see _own_state)
         self.resumed_stamp: tuple | None = None  # the checkpoint file read on resume (size, time), to see it change
         self.eval_files: dict | None = None  # documents of the last evaluation (reliability bins), for the folder
         dist_utils.together(lambda: self._prepare(cfg, resume, overwrite))
+        if self.dist.enabled:
+            self.step.distribute()  # collectives: outside `together`, whose checks can fail on some processes only
+        if resume:
+            dist_utils.together(self._restore_own)  # after the wrap, which copies the main process's buffers
         self.lock = dist_utils.together(lambda: self._open(cfg, resume, overwrite), main_only=True)
 
     def _prepare(self, cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -129,17 +136,18 @@ class Trainer:
             module.train(was_training)
 
     def _open(self, cfg: Config, resume: bool, overwrite: bool) -> int:
-        """Create or clear the run folder and lock it (main process); a new run writes its config first."""
+        """Create or clear the run folder and lock it (main process), then write the config as given: a new run's,
+        or on resume the settings this resume uses (e.g. a new ``--epochs``), so that the next resume continues
+        with them."""
         lock = open_run(self.run_dir, resume, overwrite)
         try:
             if resume and _stamp(self.run_dir / CHECKPOINT) != self.resumed_stamp:
                 raise ConfigError(f"{self.run_dir / CHECKPOINT} was replaced while this process read it (another "
                                   "process was writing the run). Run the command again.")
-            if not resume:
-                atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())),
-                             next_step(self.run_dir))
+            atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())),
+                         next_step(self.run_dir))
         except BaseException:
-            os.close(lock)
+            release(lock)
             raise
         return lock
 
@@ -148,12 +156,24 @@ class Trainer:
         if getattr(self, "logger", None) is not None:
             self.logger.close()
         if self.lock is not None:
-            os.close(self.lock)
+            release(self.lock)
             self.lock = None
 
     # ------------------------------------------------------------------ state
 
-    def _payload(self) -> dict:
+    def _own_state(self) -> dict:
+        """What each process keeps for itself, on the CPU: its random streams, its buffers (DDP runs with
+        ``broadcast_buffers=False``; :attr:`~selfkd.methods.Method.shared_buffers` excepted) and its statistics of
+        the epoch so far (None at an epoch's end)."""
+        kept = self.method.state_dict().keys() - set(self.method.shared_buffers)
+        window = self.step.stats.state() if self.step_in_epoch else None
+        return {"rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+                "buffers": {name: b.detach().cpu() for name, b in self.method.named_buffers() if name in kept},
+                "window": None if window is None else {k: v.cpu() if isinstance(v, torch.Tensor) else v
+                                                       for k, v in window.items()}}
+
+    def _payload(self, own: dict, processes: list | None) -> dict:
         return {
             "config": self.cfg.to_dict(),
             "method": self.cfg.method.name, "model": self.cfg.model.name,
@@ -162,17 +182,19 @@ class Trainer:
             "method_state": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.step.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "rng": own["rng"], "window": own["window"],  # the main process's
             "best": self.best, "train_time": self.train_time, "images_seen": self.images_seen,
-            "window": self.step.stats.state() if self.step_in_epoch else None,
             "world_size": self.dist.world,
+            **({"processes": processes} if processes else {}),  # under torchrun: every process's, rank-indexed
         }
 
     def save(self) -> None:
-        if self.dist.main:
-            save_checkpoint(self.run_dir / CHECKPOINT, self._payload(), next_step(self.run_dir))
-        dist_utils.barrier()
+        """Write the checkpoint (main process; under torchrun with every process's own state). A failed write stops
+        every process with its message."""
+        own = self._own_state()
+        processes = dist_utils.gather_to_main(own) if self.dist.enabled else None
+        dist_utils.together(lambda: save_checkpoint(self.run_dir / CHECKPOINT, self._payload(own, processes),
+                                                    next_step(self.run_dir)), main_only=True)
 
     def _restore(self) -> None:
         path = self.run_dir / CHECKPOINT
@@ -183,14 +205,16 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler"):
                 self.step.scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if self.device.type == "cuda" and ckpt["rng"].get("cuda"):
-                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         except LOAD_ERRORS as err:
             raise ConfigError(
                 f"{path} does not fit this run's model or method options ({_first_line(err)}). "
                 "Resume with the options the run was started with."
             ) from None
+        epochs, done, steps = self.cfg.train.epochs, ckpt["epoch"], ckpt["step_in_epoch"]
+        if done > epochs or (done == epochs and steps):
+            where = f"in epoch {done + 1} (step {steps})" if steps else f"after epoch {done}"
+            raise ConfigError(f"{path} was saved {where}, past train.epochs={epochs} of this resume: a run cannot "
+                              f"go back. Resume with --epochs {done + bool(steps)} or more.")
         saved, now = ckpt["config"], self.cfg.to_dict()
         moved = [key for key in (("data", "batch_size"), ("data", "train_subset"), ("seed",))
                  if _get(saved, key) != _get(now, key)]  # what decides an epoch's batches
@@ -200,6 +224,11 @@ class Trainer:
                               f"{ckpt['step_in_epoch']}) and this resume changes {changed}: the rest of the epoch "
                               "would not be the batches it left. Resume with the run's own values (leave those options "
                               "out).")
+        processes = ckpt.get("processes") or []
+        if len(processes) == self.dist.world > 1:
+            self.resumed_own = processes[self.dist.rank]
+        else:  # one process, or another number of them than saved it: the main process's state
+            self.resumed_own = {"rng": ckpt["rng"], "window": ckpt.get("window")}
         if ckpt.get("world_size", self.dist.world) != self.dist.world:
             self.logger.print(f"note: the run was saved by {ckpt['world_size']} processes and resumes on "
                               f"{self.dist.world}; the global batch is the same, but per-process state (random "
@@ -208,10 +237,23 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self.best, self.train_time = ckpt.get("best"), ckpt.get("train_time", 0.0)
         self.images_seen = ckpt.get("images_seen", 0)
-        self.resumed_window = ckpt.get("window")
         self.logger.print(f"Resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}."
                           if self.epoch < self.cfg.train.epochs else
                           f"Resuming {self.run_dir}: its {self.epoch} epochs are trained; writing its final files.")
+
+    def _restore_own(self) -> None:
+        """This process's own state from the checkpoint (:meth:`_own_state`): its random streams, its buffers (when
+        the checkpoint has them for this number of processes) and its statistics of the epoch so far."""
+        own, path = self.resumed_own, self.run_dir / CHECKPOINT
+        try:
+            torch.set_rng_state(own["rng"]["torch"])
+            if self.device.type == "cuda" and own["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(own["rng"]["cuda"])
+            self.method.load_state_dict(own.get("buffers", {}), strict=False)
+        except LOAD_ERRORS as err:
+            raise ConfigError(f"{path} does not fit this run's model or method options ({_first_line(err)}). "
+                              "Resume with the options the run was started with.") from None
+        self.resumed_window = own["window"]
 
     # ------------------------------------------------------------------ loop
 
@@ -239,6 +281,11 @@ class Trainer:
                 f"Aborted by a second Ctrl-C at epoch {self.epoch + 1}, step {self.step_in_epoch}: the steps since "
                 "the last checkpoint are lost, and a file being written was abandoned (its previous version is "
                 f"intact). {next_step(self.run_dir)}") from None
+        except SelfKDError as err:  # e.g. a corrupt image: every error that stops training says what to run next
+            then = next_step(self.run_dir)
+            if not str(err).endswith(then):
+                err.args = (f"{err} {then}",)
+            raise
 
     def _loop(self, stop: dist_utils.StopVote) -> dict:
         t = self.cfg.train
@@ -260,8 +307,8 @@ class Trainer:
             self.save()
             if self.epoch < t.epochs and stop.now():  # asked during the evaluation or the save
                 stop.flag["abortable"] = False
-                raise Interrupted(f"Stopped by {stop.name} after epoch {self.epoch}; checkpoint saved in "
-                                  f"{self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}")
+                raise dist_utils.agreed(Interrupted(f"Stopped by {stop.name} after epoch {self.epoch}; checkpoint "
+                                                    f"saved in {self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}"))
         return self.finish()
 
     def _train_epoch(self, stop: dist_utils.StopVote) -> None:
@@ -275,7 +322,7 @@ class Trainer:
         if self.resumed_window:  # resuming mid-epoch: keep the epoch's statistics so far
             self.step.stats.load_state(self.resumed_window)
             self.resumed_window = None
-        window_start = self.global_step
+        window_start = self.global_step - self.step_in_epoch  # the epoch's first step, which the statistics count from
         bar = None
         if use_progress_bar(t.progress) and self.dist.main:
             from tqdm import tqdm
@@ -308,10 +355,10 @@ class Trainer:
                     self._account(started, seen_before)
                     self.save()
                     stop.flag["abortable"] = False
-                    raise Interrupted(
+                    raise dist_utils.agreed(Interrupted(
                         f"Stopped by {stop.name} at epoch {self.epoch + 1}, step {self.step_in_epoch}; checkpoint "
                         f"saved in {self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}"
-                    )
+                    ))
         finally:
             if bar is not None:
                 bar.close()
@@ -334,21 +381,22 @@ class Trainer:
         return self.step.stats.summary(self.task.train_accuracy)
 
     def _check_finite(self, window_start: int) -> None:
-        bad = self.step.stats.nonfinite()
+        bad = self.step.stats.nonfinite()  # the same answer on every process
         if bad is None:
             return
         step, terms = bad
-        raise TrainingError(
+        raise dist_utils.agreed(TrainingError(
             f"Non-finite loss ({', '.join(terms)}) at training step {window_start + step + 1} "
             f"(epoch {self.epoch + 1}); nothing from that step on was saved. Lower the learning rate, enable "
             "train.grad_clip, turn train.amp off, or set train.nonfinite=skip to skip such steps (each as --set "
             f"KEY=VALUE added to the command below). {next_step(self.run_dir)}"
-        )
+        ))
 
     def evaluate(self) -> dict:
         """The task's metrics of the module the run exports, on the test split; keeps the evaluation's files."""
         evaluation = evaluate(self.method.eval_model(), self.test_loader, self.device, self.step.dtype,
-                              Evaluation(self.method.task, self.splits.num_classes, self.device))
+                              Evaluation(self.method.task, self.splits.num_classes, self.device,
+                                         self.splits.ignore_index))
         result = evaluation.result()  # combines the processes' states first
         self.eval_files = evaluation.files()
         return result
@@ -382,7 +430,10 @@ class Trainer:
                     "task": self.method.task, "selfkd_version": __version__,
                     "image_size": data.image_size or self.splits.image_size,  # what a deployer must feed it
                     "mean": list(data.mean or self.splits.mean), "std": list(data.std or self.splits.std),
-                    "classes": list(self.splits.classes)}
+                    "classes": list(self.splits.classes),
+                    # how it was evaluated, for `selfkd eval --weights`
+                    "dataset": data.dataset, "data_options": data.options, "eval_size": data.eval_size,
+                    "test_resize": data.test_resize, "amp": self.cfg.train.amp}
             then = next_step(self.run_dir)
             save_eval_model(self.run_dir / WEIGHTS, self.method, meta, then)
             for stem, document in self.eval_files.items():
@@ -458,10 +509,11 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
         return done
     try:
         trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:  # Ctrl-C before the training loop
+    except BaseException as err:
         dist_utils.shutdown()
-        raise Interrupted("Interrupted while the run was being prepared; nothing was written. Run the same "
-                          "command again.") from None
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the training loop (the folder may be made by then)
+            raise Interrupted(f"Interrupted while the run was being prepared. {next_step(cfg.run_path)}") from None
+        raise
     try:
         with stop_on_signals() as signal_flag:  # until the folder is released: a late Ctrl-C cuts nothing short
             try:

@@ -3,7 +3,7 @@ import pkgutil
 
 from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
-from .registry import METHODS, create_method, list_methods, method_class, model_task, per_sample_args, register_method
+from .registry import METHODS, create_method, list_methods, method_class, model_task, data_args, register_method
 
 # Every module of this package registers its methods on import.
 for _m in pkgutil.iter_modules(__path__):
@@ -11,4 +11,4 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["DataNeeds", "Method", "MethodOutput", "METHODS", "create_method", "list_methods", "method_class",
-           "model_task", "per_sample_args", "register_method"]
+           "model_task", "data_args", "register_method"]

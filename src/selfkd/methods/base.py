@@ -38,6 +38,9 @@ class Method(nn.Module):
     # Buffers whose shape can change between steps (e.g. a cached previous batch): they are
     # resized when a checkpoint is loaded instead of failing the shape check.
     resizable_buffers: tuple[str, ...] = ()
+    # Buffers the method keeps identical on every process under torchrun (e.g. gathered from all of them); every
+    # other buffer is per process, and a checkpoint keeps each process's copy.
+    shared_buffers: tuple[str, ...] = ()
 
     def __init__(self, model: Backbone, num_classes: int):
         super().__init__()

@@ -40,6 +40,7 @@ class PSKD(Method):
     """
 
     data_needs = DataNeeds(index=True)
+    shared_buffers = ("table",)  # written from every process's predictions on every process
 
     def __init__(self, model, num_classes, *, num_samples: PositiveInt, alpha_T: Fraction = 0.8,
                  table_dtype: Literal["float32", "float16", "bfloat16"] = "float32"):

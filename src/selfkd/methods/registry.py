@@ -45,12 +45,17 @@ def model_task(model) -> str:
     return getattr(model, "task", "classification")
 
 
-def per_sample_args(name: str, num_samples: int, task: str = "classification") -> dict:
-    """Methods that keep per-sample state (e.g. PS-KD's table) take ``num_samples``: supply it to them."""
+DATA_ARGS = ("num_samples", "ignore_index")  # constructor arguments a method takes from the dataset, not the user
+
+
+def data_args(name: str, num_samples: int, task: str = "classification", ignore_index: int = 255) -> dict:
+    """The arguments of :data:`DATA_ARGS` the method takes: ``num_samples`` for per-sample state (PS-KD's table), the
+    training-set size; ``ignore_index`` for pixel-wise methods, the label of the dataset's unlabelled pixels."""
     import inspect
 
     params = inspect.signature(method_class(name, task).__init__).parameters
-    return {"num_samples": num_samples} if "num_samples" in params else {}
+    given = {"num_samples": num_samples, "ignore_index": ignore_index}
+    return {key: value for key, value in given.items() if key in params}
 
 
 def list_methods(task: str = "classification") -> list[str]:

@@ -8,17 +8,16 @@ the official code at another K, set the weight to α·m/K).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError, SelfKDError
 from ..losses import cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy
 from ..registry import Fraction, NonNegative, Positive
-from ..weights import load_weights, save_weights
+from ..weights import load_backbone, save_weights
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -96,7 +95,7 @@ class TFKDSelf(Method):
                  kd_weight: NonNegative = 0.475, temperature: Positive = 6.0):
         super().__init__(model, num_classes)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
-        self.teacher = self._load_teacher(model, num_classes, teacher_weights)
+        self.teacher = self._load_teacher(model, teacher_weights)
 
     @classmethod
     def example_options(cls, model, folder: Path) -> dict:
@@ -106,38 +105,18 @@ class TFKDSelf(Method):
         return {"teacher_weights": str(path)}
 
     @staticmethod
-    def _load_teacher(model, num_classes: int, path: str | None):
+    def _load_teacher(model, path: str | None):
         if not path:
             raise ConfigError(
                 "tfkd_self needs teacher_weights: the model.safetensors of a finished selfkd run of the same model "
                 f"({model.name}) and class count, e.g. --set method.teacher_weights=runs/<CE run>/model.safetensors."
             )
         try:
-            state, meta = load_weights(Path(path))
-        except CheckpointError as err:
-            raise CheckpointError(f"tfkd_self cannot read its teacher: {err} Point teacher_weights at the "
-                                  "model.safetensors of a finished selfkd run (normally plain CE).") from None
-        if "model" not in meta or "num_classes" not in meta:
-            raise CheckpointError(f"{path} was not written by selfkd (its metadata does not name the model and "
-                                  "class count); give the model.safetensors of a selfkd run.")
-        if meta.get("inference", "backbone") != "backbone":
-            raise ConfigError(f"{path} holds a whole '{meta.get('method')}' method (its run evaluated more than the "
-                              "backbone), not a plain backbone; TF-KD-self needs the weights of a run that evaluates "
-                              "its backbone (e.g. plain CE).")
-        if meta["model"] != model.name or meta["num_classes"] != num_classes:
-            raise ConfigError(
-                f"The teacher in {path} is a {meta['model']} with {meta['num_classes']} classes, but the student is "
-                f"a {model.name} with {num_classes} classes; TF-KD-self needs a teacher of the same architecture "
-                "trained on the same classes."
-            )
-        teacher = copy.deepcopy(model)
-        try:
-            teacher.load_state_dict(state)
-        except RuntimeError as err:
-            raise ConfigError(
-                f"The teacher in {path} does not fit the student's architecture ({str(err).splitlines()[0][:300]}). "
-                "Use the same model options (e.g. width) as the teacher run."
-            ) from None
+            teacher, _ = load_backbone(Path(path), like=model)
+        except SelfKDError as err:
+            raise type(err)(f"tfkd_self cannot use its teacher: {err} TF-KD-self needs the model.safetensors of a "
+                            "finished selfkd run of the student's architecture (the same model, options and class "
+                            "count), normally plain CE.") from None
         return teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):

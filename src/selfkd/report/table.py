@@ -268,6 +268,10 @@ def notes(groups: list[Group]) -> list[str]:
         if g.mixed_settings:
             out.append(f"{g.dataset}/{g.model}/{g.method} mixes runs with different settings "
                        f"({', '.join(g.mixed_settings)}); its mean and std are over all of them.")
+        missing = [r.path.name for r in g.runs if not math.isfinite(r.final(g.primary))]
+        if missing:
+            out.append(f"{g.dataset}/{g.model}/{g.method}: {len(missing)} of its {g.n} finished runs have no finite "
+                       f"final {g.primary} ({', '.join(missing)}); its mean, std and interval leave them out.")
     devices = {d for g in groups for d in g.devices}
     if len(devices) > 1:
         out.append(f"Runs come from different devices ({', '.join(sorted(devices))}): "
