@@ -210,6 +210,26 @@ def test_forked_processes_do_not_hold_the_run_folder(tmp_path):
         child.join()
 
 
+def test_processes_checking_a_run_folder_together_do_not_refuse_each_other(tmp_path):
+    """The processes of one torchrun check the run folder at the same moment: a check in progress (a lock held to
+    check) must not make another check refuse the folder, while a run holding the folder is refused."""
+    import fcntl
+    import os
+
+    from selfkd.runfolder import MARKER, check_free, open_run, release
+
+    lock = open_run(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="in use by another selfkd process"):
+        check_free(tmp_path / "run")
+    release(lock)
+    other = os.open(tmp_path / "run" / MARKER, os.O_RDONLY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another process's check, caught while it holds its lock
+        check_free(tmp_path / "run")  # it said "in use by another selfkd process (pid of the last run)"
+    finally:
+        os.close(other)
+
+
 def test_a_failed_start_shuts_the_process_group_down(tmp_path, monkeypatch):
     import selfkd.engine.trainer as trainer
 

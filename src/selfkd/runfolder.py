@@ -70,10 +70,11 @@ def release(lock: int) -> None:
     os.close(lock)
 
 
-def _lock(fd: int, path: Path) -> None:
-    """Lock the open marker ``fd`` of the run folder ``path``, or refuse naming the process that holds it."""
+def _lock(fd: int, path: Path, shared: bool = False) -> None:
+    """Lock the open marker ``fd`` of the run folder ``path`` (``shared``: only to check that no process holds it
+    exclusively, so that several processes can check at once), or refuse naming the process that holds it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = (os.read(fd, 200).decode(errors="replace").strip().splitlines() or ["pid unknown"])[-1]
         raise ConfigError(f"The run folder {path} is in use by another selfkd process ({holder}). Wait for it to "
@@ -82,11 +83,12 @@ def _lock(fd: int, path: Path) -> None:
 
 
 def check_free(path: Path) -> None:
-    """Refuse a run folder that another process holds (reads only: the lock is taken and given back at once)."""
+    """Refuse a run folder that another process holds (reads only: a shared lock is taken and given back at once, so
+    the processes of one torchrun can check the same folder together)."""
     if path.is_dir() and (path / MARKER).is_file():
         fd = os.open(path / MARKER, os.O_RDONLY)
         try:
-            _lock(fd, path)
+            _lock(fd, path, shared=True)
         finally:
             os.close(fd)
 
