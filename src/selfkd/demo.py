@@ -88,10 +88,11 @@ class Speed:
     epoch_s: float = 0.0  # what each epoch adds to its steps: writing the checkpoint
 
 
-def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
+def measure(cfg, splits, load_s: float = 0.0, steps: int = 8):
     """Build the run of ``cfg`` exactly as training does (:func:`selfkd.engine.setup.build_run`) and time ``steps``
-    training steps after an untimed warm-up step, a test batch after an untimed one, and writing a checkpoint of the
-    run's size (to a file, fsync included). ``load_s``: the time a training process takes to start and read the
+    training steps after an untimed warm-up step and two test batches after an untimed one (the median of each, so
+    that a moment of other work on the machine does not count), and writing a checkpoint of the run's size (to a
+    file, fsync included). ``load_s``: the time a training process takes to start and read the
     dataset, counted in the start-up. Compilation (off in the demo recipes) is not timed."""
     import os
     import tempfile
@@ -125,14 +126,14 @@ def measure(cfg, splits, load_s: float = 0.0, steps: int = 5):
     train = timed(parts.train_loader, steps + 1, lambda b: parts.step(b.images, b.targets, b.index))
     module = parts.method.eval_model().eval()
     with torch.no_grad(), autocast(device, parts.step.dtype):
-        test = timed(parts.test_loader, 2, lambda b: module(b.images))
+        test = timed(parts.test_loader, 3, lambda b: module(b.images))
     start = time.perf_counter()
     with tempfile.TemporaryFile() as fh:
         torch.save({"method_state": parts.method.state_dict(), "optimizer": parts.optimizer.state_dict()}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     checkpoint_s = time.perf_counter() - start
-    return Speed(statistics.fmean(train), len(parts.train_loader), statistics.fmean(test), len(parts.test_loader),
+    return Speed(statistics.median(train), len(parts.train_loader), statistics.median(test), len(parts.test_loader),
                  startup_s, checkpoint_s)
 
 
