@@ -247,6 +247,17 @@ def test_fmnist_scenes_are_deterministic_cached_and_split_by_source(fake_fashion
     assert not torch.equal(other.train.labels, data.train.labels)
 
 
+def test_fmnist_scenes_load_with_a_warning_when_the_cache_cannot_be_written(fake_fashion_mnist, monkeypatch):
+    blocker = fake_fashion_mnist.parent / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SELFKD_CACHE", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="Could not cache the fmnist_scenes scenes.*SELFKD_CACHE"):
+        data = load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, train_size=4, test_size=2, canvas=32,
+                            min_size=8, max_size=14)
+    assert data.train.images.shape == (4, 1, 32, 32)
+    assert sorted(p.name for p in fake_fashion_mnist.parent.iterdir()) == ["fashion-mnist", "not_a_folder"]
+
+
 def test_fmnist_scenes_refuses_inconsistent_sizes(fake_fashion_mnist):
     with pytest.raises(ConfigError, match="min_size ≤ max_size ≤ canvas"):
         load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, canvas=32, max_size=40)

@@ -6,6 +6,7 @@ lists (:class:`ImageFiles`) that DataLoader workers decode (:mod:`selfkd.data.fi
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -76,6 +77,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SELFKD_CACHE") or "~/.cache/selfkd").expanduser()
 
 
+def save_cache(file: Path, arrays: dict[str, np.ndarray], what: str, stale: str | None = None) -> None:
+    """Write ``arrays`` (``what``, for the warning) to the ``.npz`` cache ``file`` through a temporary file of this
+    process (several ranks may write at once), first removing the older caches matching the glob ``stale``. A failure
+    only warns: the data is made again next time."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        for old in file.parent.glob(stale) if stale else ():
+            old.unlink(missing_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, file)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # e.g. the cache folder's path runs through a file
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"Could not cache {what} in {file} ({err}); they will be made again next time. Set "
+                      "$SELFKD_CACHE to a writable folder.", stacklevel=3)
+
+
 def decode_images(files: list[str], size: int) -> np.ndarray:
     """Decode ``size`` x ``size`` images to uint8 ``(N, 3, size, size)`` with a thread pool."""
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
@@ -128,18 +148,7 @@ def cached_images(name: str, root: Path, groups: dict[str, list[str]], size: int
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
             pass  # damaged: decode again and overwrite it
     arrays = {group: decode_images(files, size) for group, files in groups.items()}
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")  # several ranks may write at once
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        for stale in file.parent.glob(f"{prefix}*.npz"):
-            stale.unlink(missing_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, file)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"Could not cache the decoded {name} images in {file} ({err}); they will be decoded "
-                      "again next time. Set $SELFKD_CACHE to a writable folder.", stacklevel=2)
+    save_cache(file, arrays, f"the decoded {name} images", stale=f"{prefix}*.npz")
     return arrays
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..errors import ConfigError, DatasetError
 from ..registry import NonNegativeInt, PositiveInt
 from .datasets import (FASHION_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageTensors, MissingFiles,
                        SegmentationFiles, decode_rgb, read_fashion_mnist, register_dataset, require)
-from .folders import IMAGE_EXTENSIONS, _lines, cache_dir
+from .folders import IMAGE_EXTENSIONS, _lines, cache_dir, save_cache
 
 IGNORE_INDEX = 255
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -289,19 +288,6 @@ def _load_cache(file: Path, sizes: dict[str, int], canvas: int) -> dict[str, np.
     return arrays
 
 
-def _save_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")  # several ranks may write at once
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, file)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"Could not cache the fmnist_scenes scenes in {file} ({err}); they will be composed again "
-                      "next time. Set $SELFKD_CACHE to a writable folder.", stacklevel=3)
-
-
 @register_dataset("fmnist_scenes", ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
                   "Fashion-MNIST as for fashion_mnist (a folder 'fashion-mnist' with train-images-idx3-ubyte.gz, "
                   "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); the scenes "
@@ -342,7 +328,7 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
             layout = scene_layout(rng, sizes[split], len(part), min_items, max_items, min_size, max_size, canvas)
             arrays[f"{split}_images"], arrays[f"{split}_masks"] = compose_scenes(
                 part.images[:, 0].numpy(), part.labels.numpy(), layout, canvas, threshold, ignore_band)
-        _save_cache(file, arrays)
+        save_cache(file, arrays, "the fmnist_scenes scenes")
     train, test = (ImageTensors(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_masks"]))
                    for s in ("train", "test"))
     counts = np.bincount(arrays["train_images"].ravel(), minlength=256)  # mean and std from the histogram, exactly
