@@ -1,10 +1,13 @@
 """Shared helpers of the method tests: reference maths in plain Python (lists of floats, or tensors converted to
 lists) for checking the library's losses against values computed independently of it, a backbone whose logits
 are its input (so losses can be computed by hand), gradient checks, and the short runs and recipe checks that
-every method's test file uses."""
+every method's test file uses; and tiny dataset folders in their published layouts."""
+import gzip
 import math
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -168,6 +171,22 @@ def checkpoint_state(run_dir):
     return torch.load(Path(run_dir) / "last.pt", weights_only=True)["method_state"]
 
 
+def assert_resumes_exactly(tmp_path, method, **options):
+    """A 2-epoch run and a 1-epoch run resumed to 2 (``quick_config(..., **options)``) end with the same method
+    state; returns the 2-epoch run's summary and that state."""
+    straight = quick_config(tmp_path, method, run="straight", schedule=RESUMABLE, **options)
+    summary = train(straight)
+    split = quick_config(tmp_path, method, epochs=1, run="split", schedule=RESUMABLE, **options)
+    train(split)
+    split["train"]["epochs"] = 2
+    train(split, resume=True)
+    a, b = checkpoint_state(straight["run_dir"]), checkpoint_state(split["run_dir"])
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    return summary, a
+
+
 def assert_one_epoch_learns(tmp_path, method_name):
     """32 steps of 32 images (BAKE: 8 anchors + 24 partners per step, so fewer images), flips only: the run
     beats chance by far and exports the plain backbone."""
@@ -197,3 +216,53 @@ def assert_selfkdlib_recipe(name, tiny_resnet=None):
     if tiny_resnet is not None:
         create_method(name, tiny_resnet(100), **cfg.method.options(), **data_args(name, 10))
     return cfg
+
+
+# ---------------------------------------------------------------- tiny dataset folders
+
+
+def write_idx(path, array) -> None:
+    """A gzipped IDX file (Fashion-MNIST's format) of unsigned bytes: magic 0, 0, 8, ndim, big-endian sizes, data."""
+    array = np.asarray(array)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion(folder: Path, n_train=5, n_test=3, seed=0):
+    """Fashion-MNIST's four files with random images and labels; returns {prefix: (images, labels)}."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def write_fashion_rectangles(folder: Path, n_train=30, n_test=10) -> None:
+    """Fashion-MNIST's four files whose items are one 16x12 rectangle (intensity 200 in training, 100 in test) on
+    black, labels 0, 1, ... modulo 10: items the scene composer cuts out exactly."""
+    folder.mkdir(parents=True)
+    for prefix, n, value in (("train", n_train, 200), ("t10k", n_test, 100)):
+        items = np.zeros((n, 28, 28), np.uint8)
+        items[:, 6:22, 8:20] = value
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", items)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+def write_image_folder(root: Path, train=1, val=(1, 1)) -> None:
+    """The imagefolder layout with 8x8 PNGs ``0.png, 1.png, ...``: ``train`` images in each of the classes cat and
+    dog, ``val`` images of each; dog images are brighter (noise in [0, 60) plus 120)."""
+    from torchvision.io import encode_png, write_file
+
+    gen = torch.Generator().manual_seed(0)
+    for split, counts in (("train", (train, train)), ("val", val)):
+        for label, (name, count) in enumerate(zip(("cat", "dog"), counts)):
+            (root / split / name).mkdir(parents=True)
+            for k in range(count):
+                image = (torch.randint(0, 60, (3, 8, 8), generator=gen) + 120 * label).to(torch.uint8)
+                write_file(str(root / split / name / f"{k}.png"), encode_png(image))

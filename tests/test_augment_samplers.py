@@ -53,11 +53,12 @@ def test_random_resized_crop_averages_when_shrinking():
     assert out.mean().item() == pytest.approx(127.5, abs=5) and out.std().item() < 20
 
 
-def test_normalize_channels_last():
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_normalize_in_the_models_layout(layout):
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    out = aug.normalize(x, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25]))
+    out = aug.normalize(x, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25]), layout)
     assert torch.allclose(out, torch.full_like(out, 2.0))
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=layout)
 
 
 def test_batches_cover_epoch_and_change_with_epoch():

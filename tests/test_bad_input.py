@@ -14,13 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 import fault_methods  # noqa: F401  (registers test_nan)
 from conftest import tiny_config
+from hand import write_fashion, write_image_folder
 
 TINY = {"data": {"options": {"num_classes": 4, "train_size": 32, "test_size": 16, "image_size": 16},
                  "batch_size": 8, "eval_batch_size": 16},
@@ -152,41 +152,18 @@ def not_a_run(tmp, run):
 
 def fashion_elsewhere(tmp, run):
     """A copy of the dataset where the search would find it ($SELFKD_DATA), for rows that name another --data-dir."""
-    import gzip
-    import struct
-
-    folder = tmp / "env" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 8), ("t10k", 4)):
-        for kind, array in (("images", rng.integers(0, 256, (n, 28, 28))), ("labels", np.arange(n) % 2)):
-            header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            with gzip.open(folder / f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz", "wb") as fh:
-                fh.write(header + array.astype(np.uint8).tobytes())
+    write_fashion(tmp / "env" / "fashion-mnist", n_train=8, n_test=4)
     os.environ["SELFKD_DATA"] = str(tmp / "env")  # restored by the test's monkeypatch
 
 
 def image_folder_with_loop(tmp, run):
-    from torchvision.io import encode_png, write_file
-
-    for split in ("train", "val"):
-        for label, name in enumerate(("cat", "dog")):
-            folder = tmp / "images" / split / name
-            folder.mkdir(parents=True)
-            write_file(str(folder / "a.png"), encode_png(torch.full((3, 8, 8), 60 * label, dtype=torch.uint8)))
+    write_image_folder(tmp / "images")
     (tmp / "images" / "train" / "cat" / "loop").symlink_to("..")
 
 
 def image_folder_with_a_corrupt_image(tmp, run):
     """Two classes of two PNGs each; one training image is cut off (it fails when a training step reads it)."""
-    from torchvision.io import encode_png, write_file
-
-    for split in ("train", "val"):
-        for label, name in enumerate(("cat", "dog")):
-            folder = tmp / "images" / split / name
-            folder.mkdir(parents=True)
-            for k in range(2):
-                write_file(str(folder / f"{k}.png"), encode_png(torch.full((3, 8, 8), 60 * label + k, dtype=torch.uint8)))
+    write_image_folder(tmp / "images", train=2, val=(2, 2))
     with open(tmp / "images" / "train" / "dog" / "1.png", "r+b") as fh:
         fh.truncate(30)
 
@@ -238,10 +215,14 @@ CASES = [
     # Tracebacks.
     Case("device-meta", TRAIN + " --device meta", 2, "not a device selfkd runs on", ("new",)),
     Case("device-mps", TRAIN + " --device mps", 2, "not a device selfkd runs on", ("new",)),
-    Case("seed-beyond-64-bits", TRAIN + " --seed 99999999999999999999999", 2, "'seed'", ("new",)),
-    Case("model-width-0", TRAIN + " --set model.width=0", 2, "'width'", ("new",)),
-    Case("synthetic-num-classes-0", TRAIN + " --set data.options.num_classes=0", 2, "'num_classes'", ("new",)),
-    Case("synthetic-train-size-negative", TRAIN + " --set data.options.train_size=-1", 2, "'train_size'", ("new",)),
+    Case("seed-beyond-64-bits", TRAIN + " --seed 99999999999999999999999", 2,
+         "'seed': Input should be less than 9223372036854775808", ("new",)),
+    Case("model-width-0", TRAIN + " --set model.width=0", 2,
+         "'width' must be greater than or equal to 1 (got 0)", ("new",)),
+    Case("synthetic-num-classes-0", TRAIN + " --set data.options.num_classes=0", 2,
+         "'num_classes' must be greater than or equal to 1 (got 0)", ("new",)),
+    Case("synthetic-train-size-negative", TRAIN + " --set data.options.train_size=-1", 2,
+         "'train_size' must be greater than or equal to 1 (got -1)", ("new",)),
     Case("in-memory-data-read-by-workers", TRAIN + " --set data.loader=workers", 2,
          "data.loader=workers does not fit synthetic, which is held in memory", ("new",)),
     Case("file-augmentation-on-in-memory-scenes", SEG + " --set data.augment=seg_voc", 2,
@@ -249,9 +230,9 @@ CASES = [
     Case("classification-augmentation-on-scenes", SEG + " --set data.augment=crop_flip", 2,
          "use seg_scale_crop_flip, none", ("new",), seg_recipe),
     Case("rrc-scale-reversed", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[1.0,0.1]", 2,
-         "'data.rrc_scale'", ("new",)),
+         "'data.rrc_scale': Value error, must be [low, high] with 0 < low <= high <= 1 (got [1.0, 0.1])", ("new",)),
     Case("rrc-scale-negative", TRAIN + " --set data.augment=rrc_flip --set data.rrc_scale=[-0.5,1.0]", 2,
-         "'data.rrc_scale'", ("new",)),
+         "'data.rrc_scale': Value error, must be [low, high] with 0 < low <= high <= 1 (got [-0.5, 1.0])", ("new",)),
     Case("config-not-utf8", "train -c {tmp}/latin.yaml --run-dir {new}", 2, "is not UTF-8 text", ("new",),
          latin1_config),
     Case("checkpoint-missing-entries", "train --resume {run}", 2, "no 'optimizer'", ("run",),
@@ -281,19 +262,22 @@ CASES = [
     Case("bake-batch-without-an-anchor", TRAIN + " --method bake --batch-size 3", 2, "The batch holds no anchor",
          ("new",)),
     # Accepted silently.
-    Case("empty-training-set", TRAIN + " --set data.options.train_size=0", 2, "has no training images", ("new",)),
+    Case("empty-training-set", TRAIN + " --set data.options.train_size=0", 2,
+         "'train_size' must be greater than or equal to 1 (got 0)", ("new",)),
     Case("one-class-only", TRAIN + " --set data.options.num_classes=1", 2, "at least two classes", ("new",)),
     Case("cskd-batch-size-1", TRAIN + " --method cskd --batch-size 1 --set data.options.train_size=8", 0,
          "a step holds 1 anchor(s), each with 1 same-class partner(s): 2 images"),
-    Case("run-dir-empty", "train -c {cfg} --run-dir ''", 2, "'run_dir'", ("runs",)),
-    Case("name-empty", "train -c {cfg} --name ''", 2, "'name'", ("runs",)),
+    Case("run-dir-empty", "train -c {cfg} --run-dir ''", 2,
+         "'run_dir': String should have at least 1 character", ("runs",)),
+    Case("name-empty", "train -c {cfg} --name ''", 2, "'name': String should have at least 1 character", ("runs",)),
     Case("data-dir-missing-with-a-copy-elsewhere",
          TRAIN + " --dataset fashion_mnist --data-dir {tmp}/nowhere --set data.options={{}}", 2,
          "--data-dir {tmp}/nowhere does not exist", ("new",), fashion_elsewhere),
     Case("data-dir-a-file-with-a-copy-elsewhere",
          TRAIN + " --dataset fashion_mnist --data-dir {cfg} --set data.options={{}}", 2,
          "--data-dir {cfg} is not a folder", ("new",), fashion_elsewhere),
-    Case("data-dir-empty", TRAIN + " --data-dir ''", 2, "'data.data_dir'", ("new",)),
+    Case("data-dir-empty", TRAIN + " --data-dir ''", 2,
+         "'data.data_dir': String should have at least 1 character", ("new",)),
     Case("symlink-loop-in-an-image-folder",
          TRAIN + " --dataset imagefolder --data-dir {tmp}/images --set data.options={{}} --set data.workers=0", 2,
          "counted twice", ("new",), image_folder_with_loop),
@@ -305,17 +289,18 @@ CASES = [
     Case("eval-batch-size-0", "eval --run {run} --batch-size 0 --device cpu", 2, "--batch-size 0", ("run",), copy_run),
     Case("eval-run-and-weights", "eval --run {run} --weights {run}/model.safetensors --dataset synthetic", 2,
          "either --run RUN_DIR or --weights FILE", ("run",), copy_run),
-    Case("eval-run-data-dir-empty", "eval --run {run} --data-dir '' --device cpu", 2, "'data.data_dir'", ("run",),
-         copy_run),
+    Case("eval-run-data-dir-empty", "eval --run {run} --data-dir '' --device cpu", 2,
+         "'data.data_dir': String should have at least 1 character", ("run",), copy_run),
     Case("eval-weights-data-dir-empty", "eval --weights {run}/model.safetensors --dataset synthetic --data-dir '' "
-         "--device cpu", 2, "'data.data_dir'", ("run",), copy_run),
+         "--device cpu", 2, "'data.data_dir': String should have at least 1 character", ("run",), copy_run),
     Case("corrupt-image-while-training",
          TRAIN + " --dataset imagefolder --data-dir {tmp}/images --set data.options={{}} --set data.workers=0 "
          "--set data.image_size=16", 2, "re-extract the dataset. No checkpoint was saved yet, so there is nothing to "
          "resume; start over with `selfkd train -c {new}/config.yaml --run-dir {new} --overwrite`.", (),
          image_folder_with_a_corrupt_image),
     # Misleading.
-    Case("std-zero", TRAIN + " --set data.std=[0,0,0]", 2, "'data.std'", ("new",)),
+    Case("std-zero", TRAIN + " --set data.std=[0,0,0]", 2,
+         "'data.std': Value error, every value must be > 0 (images are divided by it)", ("new",)),
     Case("mean-nan", TRAIN + " --set data.mean=[.nan,0,0]", 2, "'data.mean.0': Input should be a finite number",
          ("new",)),
     Case("lr-infinite", TRAIN + " --set optim.lr=.inf", 2, "'optim.lr': Input should be a finite number", ("new",)),

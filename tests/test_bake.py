@@ -1,5 +1,5 @@
 """BAKE: the ensemble Q in closed form and against a linear solve, the loss by hand in both forms, the class-group
-sampler, the global ensemble of a real two-process run, the recipe and a run that learns."""
+sampler and the global ensemble of a real two-process run."""
 import math
 
 import pytest
@@ -9,8 +9,7 @@ from selfkd import create_model
 from selfkd.data.pipeline import train_sampler
 from selfkd.methods import DataNeeds, create_method
 from selfkd.methods.bake import ensemble_targets
-from hand import (assert_one_epoch_learns, assert_selfkdlib_recipe, batch as _batch, ce as _ce, kd_probs as _kl_probs,
-                  softmax as _softmax)
+from hand import batch as _batch, ce as _ce, kd_probs as _kl_probs, softmax as _softmax
 
 K = 5  # classes in the hand-computed examples
 
@@ -125,11 +124,3 @@ def test_bake_global_ensemble_keeps_this_ranks_rows(tmp_path):
         local = _bake_q(h[rank], z[rank], 4.0, 0.5)  # global_ke=False: this rank's batch alone
         assert kd[False] == pytest.approx(_kl_probs(local, z[rank].tolist(), 4.0), rel=1e-4, abs=1e-5)
         assert kd[True] != pytest.approx(kd[False], rel=1e-3)  # the other rank's samples changed the targets
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("bake", tiny_resnet)
-
-
-def test_one_epoch_run_learns(tmp_path):
-    assert_one_epoch_learns(tmp_path, "bake")

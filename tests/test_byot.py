@@ -1,5 +1,5 @@
 """BYOT: exit sizes, the loss term by term and what each term trains, the stage-copy variant and the
-evaluation options, a run that learns and the recipe."""
+evaluation options and a run that learns."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ from selfkd import create_model
 from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
-from hand import assert_selfkdlib_recipe, ce, has_grad_in, kd, no_grad_in, quick_config
+from hand import ce, has_grad_in, kd, no_grad_in, quick_config
 
 
 def test_byot_parameter_counts_full_resnet18():
@@ -97,7 +97,3 @@ def test_byot_stage_copy_loss_and_eval_options(tiny_resnet):
 def test_byot_run_learns(tmp_path):
     summary = train(quick_config(tmp_path, "byot"))
     assert summary["final"]["top1"] > 50
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("byot", tiny_resnet)

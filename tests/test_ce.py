@@ -1,9 +1,9 @@
-"""Plain cross-entropy and label smoothing: the losses by hand in both smoothing forms, and the recipes."""
+"""Plain cross-entropy and label smoothing: the losses by hand in both smoothing forms."""
 import pytest
 import torch
 
 from selfkd.methods import create_method
-from hand import A, PixelNet, as_images, assert_selfkdlib_recipe, ce, soft_ce
+from hand import A, PixelNet, as_images, ce, soft_ce
 
 
 def test_ce_and_both_label_smoothing_forms_by_hand():
@@ -17,8 +17,3 @@ def test_ce_and_both_label_smoothing_forms_by_hand():
     uniform = uniform(as_images(A), torch.tensor(y))
     q = [[0.8 + 0.2 / 3 if c == t else 0.2 / 3 for c in range(3)] for t in y]  # ε/K on every class
     assert uniform.loss.item() == pytest.approx(soft_ce(A, q), rel=1e-6)
-
-
-@pytest.mark.parametrize("name", ["ce", "ls"])
-def test_recipe_loads_and_builds(name, tiny_resnet):
-    assert_selfkdlib_recipe(name, tiny_resnet)

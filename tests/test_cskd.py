@@ -1,4 +1,4 @@
-"""CS-KD: the loss by hand, the partner pass without gradient, the pair batches, the recipe and a run."""
+"""CS-KD: the loss by hand, the partner pass without gradient, the pair batches and a run."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from selfkd.data.pipeline import build_train_loader
 from selfkd.engine import train
 from selfkd.methods import DataNeeds, create_method
 from selfkd.methods.cskd import CSKD
-from hand import A, B, PixelNet, as_images, assert_selfkdlib_recipe, ce, kd, quick_config
+from hand import A, B, PixelNet, as_images, ce, kd, quick_config
 
 
 def test_cskd_loss_by_hand_and_partners_get_no_gradient():
@@ -62,7 +62,3 @@ def test_cskd_run_learns_on_pair_batches(tmp_path, monkeypatch):
     summary = train(quick_config(tmp_path, "cskd"))
     assert seen and all(n == 32 and same for n, same in seen)  # 16 anchors + 16 same-class partners
     assert summary["final"]["top1"] > 50  # chance is 25 %
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("cskd", tiny_resnet)

@@ -15,6 +15,7 @@ from torchvision.io import encode_jpeg, encode_png, write_file
 
 from selfkd.data import ImageFiles, ImageTensors, load_dataset
 from selfkd.errors import ConfigError, DatasetError
+from hand import write_fashion, write_idx
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -96,25 +97,6 @@ def write_cifar10_tar(root: Path, batches) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return archive
-
-
-def write_idx(file: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(file, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_fashion(folder: Path, n_train=5, n_test=3, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    arrays = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-        arrays[prefix] = (images, labels)
-    return arrays
 
 
 def write_image(file: Path, height=12, width=10, colour=(10, 20, 30)):
@@ -228,6 +210,10 @@ def test_fashion_mnist_truncated_files(tmp_path):
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.array([1, 12, 3]))
     with pytest.raises(DatasetError, match=r"outside 0\.\.9 \(found 1\.\.12\)"):
         load_dataset("fashion_mnist", tmp_path / "labels")
+
+    write_fashion(tmp_path / "empty" / "fashion-mnist", n_train=0)  # well-formed files of no image
+    with pytest.raises(DatasetError, match="'fashion_mnist' has no training images"):
+        load_dataset("fashion_mnist", tmp_path / "empty")
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="no system Fashion-MNIST")

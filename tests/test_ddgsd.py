@@ -1,4 +1,4 @@
-"""DDGSD: the loss by hand in both forms, two independent views per sample, a run that learns, the recipe."""
+"""DDGSD: the loss by hand in both forms, two independent views per sample and a run that learns."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from selfkd.engine import train
 from selfkd.methods import create_method
 from selfkd.methods.ddgsd import DDGSD
 from selfkd.methods.dlb import DLB
-from hand import A, PixelNet, as_images, assert_rows, assert_selfkdlib_recipe, ce, kd, quick_config, softmax
+from hand import A, PixelNet, as_images, assert_rows, ce, kd, quick_config, softmax
 
 
 def test_ddgsd_loss_by_hand_both_forms():
@@ -30,7 +30,7 @@ def test_ddgsd_loss_by_hand_both_forms():
     assert out.losses["mmd"].item() == pytest.approx(5e-4 * scalar, rel=1e-5)
 
 
-def test_two_view_methods_get_independent_views_and_learn(tmp_path, monkeypatch):
+def test_ddgsd_run_gets_two_independent_views_and_learns(tmp_path, monkeypatch):
     seen = []
     original = DDGSD.compute_loss
 
@@ -44,7 +44,3 @@ def test_two_view_methods_get_independent_views_and_learn(tmp_path, monkeypatch)
     summary = train(quick_config(tmp_path, "ddgsd"))
     assert seen and all(seen)  # [v¹; v²]: same samples, different augmentations
     assert summary["final"]["top1"] > 50
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("ddgsd", tiny_resnet)

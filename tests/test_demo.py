@@ -6,12 +6,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from test_report import write_run
-from test_segmentation_data import write_idx
+from hand import write_fashion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,16 +49,6 @@ def test_estimate_arithmetic():
     assert run_seconds(speed, 40, 10, done=25) == pytest.approx(71.0)
 
 
-def tiny_fashion_mnist(root: Path) -> Path:
-    folder = root / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 30)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return root
-
-
 def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkeypatch, run_cli):
     """Real measurements through the training builder feed the estimate (per run, per method); the demo passes its
     seeds and estimates to the sweep, prints the estimate first and records command, machine and time."""
@@ -68,7 +57,8 @@ def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkey
     from selfkd.demo import measure
     from selfkd.sweep import SweepResult
 
-    data = tiny_fashion_mnist(tmp_path / "data")
+    data = tmp_path / "data"
+    write_fashion(data / "fashion-mnist", n_train=40, n_test=30)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({
         "model": {"name": "cifar_resnet18", "width": 4},

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from conftest import tiny_config
+from hand import write_image_folder
 
 
 def _one_step_config(tmp_path, name):
@@ -198,25 +199,12 @@ def test_torchrun_on_a_folder_that_holds_a_run_is_refused_by_every_rank(tmp_path
     assert str(Path(selfkd.__file__).parent) not in again.stderr  # no traceback from a worker (torchrun adds its own)
 
 
-def _image_folder(root: Path, train: int, val: tuple[int, int]) -> None:
-    """The imagefolder layout with tiny PNGs: ``train`` images per class, ``val`` images of each of the 2 classes."""
-    from torchvision.io import encode_png, write_file
-
-    gen = torch.Generator().manual_seed(0)
-    for split, counts in (("train", (train, train)), ("val", val)):
-        for label, (name, count) in enumerate(zip(("cat", "dog"), counts)):
-            (root / split / name).mkdir(parents=True)
-            for k in range(count):
-                image = (torch.randint(0, 60, (3, 8, 8), generator=gen) + 120 * label).to(torch.uint8)
-                write_file(str(root / split / name / f"{k}.png"), encode_png(image))
-
-
 def test_two_rank_run_on_image_files_with_an_odd_test_set_resumes_exactly(tmp_path):
     """LightSKD (per-process DSR cache) on image files under torchrun, evaluated one test image per process per step
     on 3 test images (rank 1 has none in the second step: it crashed), stopped by SIGTERM mid-epoch and resumed:
     the same weights as an uninterrupted run (each process resumes its own random streams, buffers and statistics),
     and one final line."""
-    _image_folder(tmp_path / "images", train=16, val=(2, 1))
+    write_image_folder(tmp_path / "images", train=16, val=(2, 1))
     script = tmp_path / "faults.py"
     script.write_text(WITH_FAULT_METHODS)
     # 4 steps per epoch. SIGTERM in step 5; the processes agree on it after the next step: stopped at epoch 2, step 2.

@@ -1,11 +1,10 @@
 """DLB: the last batch re-trained and distilled by hand (across epochs and batch sizes), the joint forward, the
-cache in the state, a run that learns and resumes exactly, and the recipe."""
+cache in the state, and a run that learns and resumes exactly."""
 import pytest
 import torch
 
-from selfkd.engine import train
 from selfkd.methods import create_method
-from hand import A, B, RESUMABLE, PixelNet, as_images, assert_selfkdlib_recipe, ce, checkpoint_state, kd, quick_config
+from hand import A, B, PixelNet, as_images, assert_resumes_exactly, ce, kd
 
 
 def test_dlb_first_step_is_ce_then_last_batch_is_distilled_across_epochs():
@@ -44,18 +43,6 @@ def test_dlb_joint_forward_same_losses_and_cache_in_state_dict():
 
 def test_dlb_run_learns_and_resumes_exactly(tmp_path):
     # 248 samples: the last batch of an epoch has 8 images, so the cache changes size across epochs.
-    straight = quick_config(tmp_path, "dlb", run="straight", train_size=248, schedule=RESUMABLE)
-    summary = train(straight)
+    summary, state = assert_resumes_exactly(tmp_path, "dlb", train_size=248)
     assert summary["final"]["top1"] > 50
-    split = quick_config(tmp_path, "dlb", epochs=1, run="split", train_size=248, schedule=RESUMABLE)
-    train(split)
-    split["train"]["epochs"] = 2
-    train(split, resume=True)
-    a, b = checkpoint_state(straight["run_dir"]), checkpoint_state(split["run_dir"])
-    assert a.keys() == b.keys() and a["prev_images"].shape == (8, 3, 16, 16)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("dlb", tiny_resnet)
+    assert state["prev_images"].shape == (8, 3, 16, 16)

@@ -15,6 +15,7 @@ from selfkd.errors import Interrupted
 from selfkd.errors import ConfigError, TrainingError
 from selfkd.methods import list_methods, register_method
 from conftest import tiny_config
+from hand import write_image_folder
 import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
 
 if "test_sigterm_nan" not in list_methods():
@@ -107,6 +108,33 @@ def test_resume_refuses_a_different_method(tmp_path, run_cli):
     code, _, err = run_cli("train", "--resume", cfg["run_dir"], "--method", "ls")
     assert code == 2
     assert "different run" in err and "Traceback" not in err
+
+
+def test_the_console_lines_show_per_cent_columns_with_a_percent_sign():
+    from selfkd.cli import final_line
+    from selfkd.engine.trainer import epoch_line
+
+    row = {"epoch": 3, "train/loss": 0.42123, "train/top1": 91.2, "test/top1": 88.1, "test/top5": 99.0,
+           "test/nll": 0.3512, "test/ece": 2.1, "test/aurc": 8.12, "time/img_per_s": 5123.4}
+    assert epoch_line(row, 10, "classification") == \
+        "epoch 3/10  loss 0.4212  train 91.20%  test 88.10%  nll 0.351  ece 2.10%  5123 img/s"
+    final = {key[len("test/"):]: value for key, value in row.items() if key.startswith("test/")}
+    assert final_line({"task": "classification", "final": final}, "runs/x") == \
+        "final test top-1 88.10%  top-5 99.00%  nll 0.351  ece 2.10%  aurc 8.1  (last epoch; run folder runs/x)"
+
+
+def test_a_state_that_does_not_load_with_an_empty_message_is_a_one_paragraph_error(tmp_path):
+    from selfkd.engine.checkpoint import load_run_checkpoint, save_checkpoint
+
+    class Refuses(torch.nn.Module):
+        def load_state_dict(self, state, strict=True):
+            raise KeyError()  # its message is empty
+
+    save_checkpoint(tmp_path / "last.pt", {
+        "config": {}, "method": "ce", "model": "m", "num_classes": 2, "epoch": 1, "step_in_epoch": 0,
+        "global_step": 4, "method_state": {}, "optimizer": {}, "rng": {"torch": torch.get_rng_state()}}, "")
+    with pytest.raises(ConfigError, match=r"does not fit this run's model or method options \(KeyError\)\. Use"):
+        load_run_checkpoint(tmp_path / "last.pt", Refuses(), "ce", "m", 2)
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
@@ -313,15 +341,9 @@ def test_missing_dataset_names_layout_and_places(tmp_path, run_cli, monkeypatch)
 
 
 def test_image_files_train_on_cpu_in_the_models_layout(tmp_path):
-    """The loaders give channels_last images; PyTorch's CPU convolution backward crashes natively on them for some
-    shapes (a 1×1 stride-2 convolution on 64-px images of a width-4 ResNet). The step gets the model's layout."""
-    from torchvision.io import encode_png, write_file
-
-    for split in ("train", "val"):
-        for label, name in enumerate(("cat", "dog")):
-            (tmp_path / "images" / split / name).mkdir(parents=True)
-            write_file(str(tmp_path / "images" / split / name / "a.png"),
-                       encode_png(torch.full((3, 8, 8), 90 * label, dtype=torch.uint8)))
+    """PyTorch's CPU convolution backward crashes natively on channels_last images for some shapes (a 1×1
+    stride-2 convolution on 64-px images of a width-4 ResNet): the loaders give the model's layout."""
+    write_image_folder(tmp_path / "images")
     cfg = tiny_config(tmp_path, epochs=1, model={"name": "cifar_resnet18", "width": 4},
                       data={"dataset": "imagefolder", "data_dir": str(tmp_path / "images"), "options": {},
                             "image_size": 64, "workers": 0, "batch_size": 2})

@@ -163,7 +163,7 @@ def _eval_variants():
         for name in own_methods(task):
             init = method_class(name, task).__init__
             hint = typing.get_type_hints(init).get("eval") if "eval" in inspect.signature(init).parameters else None
-            for variant in typing.get_args(hint) if hint else [None]:
+            for variant in (typing.get_args(hint) if hint else ()) or [None]:
                 yield pytest.param(task, name, variant, id=f"{task}-{name}-{variant}")
 
 
@@ -177,9 +177,7 @@ def test_exported_weights_give_the_logits_that_were_evaluated(task, name, varian
     """One module serves the evaluation and the export: after a training step, model.safetensors rebuilds a
     module whose logits equal the evaluation path's (selfkd eval --weights and export read it the same way)."""
     from selfkd import create_method, create_model
-    from selfkd.data import DataConfig, build_train_loader
-    from selfkd.data.datasets import read_synthetic
-    from selfkd.data.segmentation import read_synthetic_segmentation
+    from selfkd.data import DataConfig, build_train_loader, load_dataset
     from selfkd.engine.step import TrainStep, build_optimizer
     from selfkd.engine.trainer import evaluate
     from selfkd.methods import method_class, data_args
@@ -187,8 +185,8 @@ def test_exported_weights_give_the_logits_that_were_evaluated(task, name, varian
 
     cpu = torch.device("cpu")
     model_name, model_options, size = TINY_MODELS[task]
-    read = read_synthetic_segmentation if task == "segmentation" else read_synthetic
-    splits = read(num_classes=10, train_size=16, test_size=8, image_size=size)
+    dataset = "synthetic_seg" if task == "segmentation" else "synthetic"
+    splits = load_dataset(dataset, num_classes=10, train_size=16, test_size=8, image_size=size)
 
     def model():
         torch.manual_seed(0)

@@ -20,7 +20,8 @@ def _per_step_losses(name: str, compile_mode: str) -> list[dict]:
     torch.manual_seed(0)
     method = create_method(name, create_model("cifar_resnet18", num_classes=100),
                            **data_args(name, len(splits.train))).to(device).to(memory_format=torch.channels_last)
-    loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=128), method.data_needs, device)
+    loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=128), method.data_needs, device,
+                                memory_format=torch.channels_last)  # the model's layout, as build_run gives it
     return per_step_summaries(method, loader, device, "bf16", compile_mode, lr=0.05)
 
 

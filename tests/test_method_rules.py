@@ -1,6 +1,7 @@
 """Rules every registered method (of both tasks) keeps, checked on each one: its loss is the sum of its named terms, a copy restored
 from its state (with its optimizer's) continues exactly as the original, and options outside their limits are
-refused with a message that names the option, the limit, the value and the default."""
+refused with a message that names the option, the limit, the value and the default. Each method with a
+Self-KD-Lib recipe loads and builds from it, and one epoch of the methods listed at the end beats chance."""
 import copy
 import re
 
@@ -9,12 +10,11 @@ import torch
 
 from selfkd import create_model
 from selfkd.config import DataConfig
-from selfkd.data import build_train_loader
-from selfkd.data.datasets import read_synthetic
-from selfkd.data.segmentation import read_synthetic_segmentation
+from selfkd.data import build_train_loader, load_dataset
 from selfkd.errors import ConfigError
 from conftest import own_methods
 from selfkd.methods import create_method, method_class, data_args
+from hand import assert_one_epoch_learns, assert_selfkdlib_recipe
 
 CLASSES = 4
 METHODS = [pytest.param(task, name, id=f"{task}-{name}") for task in ("classification", "segmentation")
@@ -41,9 +41,9 @@ def _batch(task, method):
     """One batch of 8 samples (16×16 images, 32×32 scenes) in the layout the method's ``data_needs`` declares
     (views, same-class partners, dataset indices), served by the data pipeline."""
     if task == "segmentation":
-        splits = read_synthetic_segmentation(num_classes=CLASSES, train_size=32, test_size=8, image_size=32)
+        splits = load_dataset("synthetic_seg", num_classes=CLASSES, train_size=32, test_size=8, image_size=32)
     else:
-        splits = read_synthetic(num_classes=CLASSES, train_size=32, test_size=8, image_size=16)
+        splits = load_dataset("synthetic", num_classes=CLASSES, train_size=32, test_size=8, image_size=16)
     loader = build_train_loader(splits, DataConfig(dataset="bench", batch_size=8), method.data_needs,
                                 torch.device("cpu"))
     loader.set_epoch(0)
@@ -142,3 +142,14 @@ def test_the_message_names_the_option_the_limit_the_value_and_the_default(tiny_r
                               "the default is 4.0.")
     with pytest.raises(ConfigError, match=r"'alpha_T' must be less than or equal to 1 \(got '1.5'\)"):
         create_method("pskd", tiny_resnet(), num_samples=4, alpha_T="1.5")  # a YAML/CLI string is converted first
+
+
+@pytest.mark.parametrize("name", ["ce", "ls", "bake", "byot", "cskd", "ddgsd", "dks", "dlb", "one", "pskd", "sad",
+                                  "sla_sd", "uskd", "zipf_ls"])
+def test_selfkdlib_recipe_loads_and_builds(name, tiny_resnet):
+    assert_selfkdlib_recipe(name, tiny_resnet)
+
+
+@pytest.mark.parametrize("name", ["bake", "dks", "mixskd", "one", "sad", "uskd", "zipf_ls"])
+def test_one_epoch_run_learns(name, tmp_path):
+    assert_one_epoch_learns(tmp_path, name)

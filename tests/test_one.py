@@ -1,5 +1,4 @@
-"""ONE: the ramp, the gate and ensemble by hand, what is detached, inference and export, parameter counts,
-the recipe and a run that learns."""
+"""ONE: the ramp, the gate and ensemble by hand, what is detached, inference and export, and parameter counts."""
 import math
 
 import pytest
@@ -9,14 +8,13 @@ from selfkd import create_model
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
 from selfkd.methods.one import rampup_weight
-from hand import (FC100, S3, S4, all_none as _all_none, all_some as _all_some, assert_one_epoch_learns,
-                  assert_selfkdlib_recipe, batch as _batch, ce as _ce, full_resnet18 as _full_resnet18, grads as _grads,
-                  kd as _kl, softmax as _softmax)
+from hand import (FC100, S3, S4, all_none as _all_none, all_some as _all_some, batch as _batch, ce as _ce,
+                  full_resnet18 as _full_resnet18, grads as _grads, kd as _kd, softmax as _softmax)
 
 K = 5  # classes in the hand-computed examples
 
 
-def test_one_ramp_values_and_buffer():
+def test_one_rampup_weight_values():
     assert rampup_weight(0, 80) == pytest.approx(math.exp(-5))  # ≈ 0.0067
     assert rampup_weight(40, 80) == pytest.approx(math.exp(-5 * 0.25))
     assert rampup_weight(80, 80) == rampup_weight(150, 80) == 1.0
@@ -45,8 +43,7 @@ def test_one_gate_ensemble_and_loss_by_hand(tiny_resnet):
     w = math.exp(-5 * 0.25)
     assert out.losses["ce"].item() == pytest.approx(sum(_ce(z, y) for z in zs), rel=1e-5)
     assert out.losses["ce_ensemble"].item() == pytest.approx(_ce(ens, y), rel=1e-5)
-    assert out.losses["kd"].item() == pytest.approx(w * sum(_kl(ens, z, 3.0) for z in zs), rel=1e-4, abs=1e-5)
-    assert out.loss.item() == pytest.approx(sum(v.item() for v in out.losses.values()), rel=1e-6)
+    assert out.losses["kd"].item() == pytest.approx(w * sum(_kd(ens, z, 3.0) for z in zs), rel=1e-4, abs=1e-5)
     assert torch.equal(out.logits, zs[0])
 
     # w(t) lives in a buffer: the KD term scales with it, the CE terms do not.
@@ -97,11 +94,3 @@ def test_one_parameter_counts_and_branch_point():
         with pytest.raises(ConfigError, match="branch_from"):
             create_method("one", create_model("cifar_resnet18", num_classes=K, width=8), num_classes=K,
                           branch_from=bad)
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("one", tiny_resnet)
-
-
-def test_one_epoch_run_learns(tmp_path):
-    assert_one_epoch_learns(tmp_path, "one")

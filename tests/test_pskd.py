@@ -1,13 +1,11 @@
-"""PS-KD: the α schedule, targets and table writes by hand, the table's dtype and state, a run that learns and
-resumes exactly, and the recipe."""
+"""PS-KD: the α schedule, targets and table writes by hand, the table's dtype and state, and a run that learns and
+resumes exactly."""
 import pytest
 import torch
 
-from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method, data_args
-from hand import (A, RESUMABLE, PixelNet, as_images, assert_selfkdlib_recipe, ce, checkpoint_state, quick_config,
-                  soft_ce, softmax)
+from hand import A, PixelNet, as_images, assert_resumes_exactly, ce, soft_ce, softmax
 
 
 def test_pskd_alpha_schedule():
@@ -48,21 +46,8 @@ def test_pskd_half_precision_table_needs_index_and_is_in_state_dict():
 
 
 def test_pskd_run_learns_fills_the_table_and_resumes_exactly(tmp_path):
-    straight = quick_config(tmp_path, "pskd", run="straight", schedule=RESUMABLE)
-    summary = train(straight)
+    summary, state = assert_resumes_exactly(tmp_path, "pskd")
     assert summary["final"]["top1"] > 50
-    split = quick_config(tmp_path, "pskd", epochs=1, run="split", schedule=RESUMABLE)
-    train(split)
-    split["train"]["epochs"] = 2
-    train(split, resume=True)
-    a, b = checkpoint_state(straight["run_dir"]), checkpoint_state(split["run_dir"])
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    table = a["table"]
+    table = state["table"]
     assert table.shape == (256, 4) and torch.allclose(table.sum(1), torch.ones(256))  # every sample written
-    assert a["alpha"].item() == pytest.approx(0.8)  # last epoch: α_T
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("pskd", tiny_resnet)
+    assert state["alpha"].item() == pytest.approx(0.8)  # last epoch: α_T

@@ -1,12 +1,12 @@
-"""SAD: the attention map and the loss by hand (the deeper stage is the detached, up-sampled teacher), the
-weight and start epoch, the recipe and a run that learns."""
+"""SAD: the attention map and the loss by hand (the deeper stage is the detached, up-sampled teacher), and the
+weight and start epoch."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from selfkd.methods import create_method
 from selfkd.methods.sad import spatial_attention
-from hand import assert_one_epoch_learns, assert_selfkdlib_recipe, batch as _batch, ce as _ce, softmax as _softmax
+from hand import batch as _batch, ce as _ce, softmax as _softmax
 
 K = 5  # classes in the hand-computed examples
 
@@ -48,11 +48,3 @@ def test_sad_three_pairs_weight_and_start_epoch(tiny_resnet):
     assert out.losses["sad"].item() == pytest.approx(1000 * by_hand, rel=1e-4, abs=1e-5)
     assert out.losses["ce"].item() == pytest.approx(_ce(model(x)[0], y), rel=1e-5)
     assert method.extra_parameters() == 0
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("sad", tiny_resnet)
-
-
-def test_one_epoch_run_learns(tmp_path):
-    assert_one_epoch_learns(tmp_path, "sad")

@@ -1,8 +1,6 @@
 """Segmentation data: VOC and seg_folder in their real layouts (palette PNGs, split lists), bad-input errors, joint
 transforms, and fmnist_scenes (masks against hand-painted layouts, determinism, cache, train/test items)."""
-import gzip
 import hashlib
-import struct
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from selfkd.data import load_dataset
 from selfkd.data.augment import seg_scale_crop_flip
 from selfkd.data.datasets import SegmentationFiles
 from selfkd.errors import ConfigError, DatasetError
+from hand import write_fashion_rectangles, write_idx
 
 PALETTE = [v for k in range(256) for v in (k * 37 % 256, k * 91 % 256, k * 53 % 256)]
 
@@ -115,6 +114,11 @@ def test_seg_folder_reads_lists_with_or_without_extensions(tmp_path):
     assert mask.numpy().tolist() == masks["c"].tolist()
     with pytest.raises(DatasetError, match="names 3 classes but num_classes=4"):
         load_dataset("seg_folder", data_dir=root, num_classes=4)
+    (root / "classes.txt").write_text("sky\n")
+    with pytest.raises(DatasetError, match="has 1 class.*at least two classes"):
+        load_dataset("seg_folder", data_dir=root)
+    with pytest.raises(ConfigError, match="'num_classes' must be greater than or equal to 2 \\(got 1\\)"):
+        load_dataset("synthetic_seg", num_classes=1)
 
 
 def coded_pair(h=20, w=30):
@@ -200,22 +204,11 @@ def test_scene_shapes_have_their_holes_filled():
     assert images[0, 0, 12, 12] == 0 and images[0, 0, 0, 0] == 200
 
 
-def write_idx(path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def fake_fashion_mnist(tmp_path, monkeypatch):
     """30 training items (a rectangle of intensity 200) and 10 test items (intensity 100), labels 0..9."""
     folder = tmp_path / "fashion-mnist"
-    folder.mkdir()
-    for prefix, n, value in (("train", 30, 200), ("t10k", 10, 100)):
-        items = np.zeros((n, 28, 28), np.uint8)
-        items[:, 6:22, 8:20] = value
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", items)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    write_fashion_rectangles(folder)
     monkeypatch.setenv("SELFKD_CACHE", str(tmp_path / "cache"))
     return folder
 
@@ -235,6 +228,7 @@ def test_fmnist_scenes_are_deterministic_cached_and_split_by_source(fake_fashion
         raise AssertionError("composed again instead of read from the cache")
 
     monkeypatch.setattr(seg, "compose_scenes", fail)
+    monkeypatch.setattr(seg, "read_fashion_mnist", fail)  # a hit reads no item
     again = load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, **options)
     for a, b in ((data.train, again.train), (data.test, again.test)):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -245,6 +239,10 @@ def test_fmnist_scenes_are_deterministic_cached_and_split_by_source(fake_fashion
     monkeypatch.setenv("SELFKD_CACHE", str(fake_fashion_mnist.parent / "cache"))
     other = load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, seed=1, **options)
     assert not torch.equal(other.train.labels, data.train.labels)
+    items = np.zeros((30, 28, 28), np.uint8)
+    items[:, 6:22, 8:20] = 150
+    write_idx(fake_fashion_mnist / "train-images-idx3-ubyte.gz", items)  # changed files: composed again
+    assert load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, **options).train.images.max() == 150
 
 
 def test_fmnist_scenes_load_with_a_warning_when_the_cache_cannot_be_written(fake_fashion_mnist, monkeypatch):
@@ -261,3 +259,16 @@ def test_fmnist_scenes_load_with_a_warning_when_the_cache_cannot_be_written(fake
 def test_fmnist_scenes_refuses_inconsistent_sizes(fake_fashion_mnist):
     with pytest.raises(ConfigError, match="min_size ≤ max_size ≤ canvas"):
         load_dataset("fmnist_scenes", data_dir=fake_fashion_mnist, canvas=32, max_size=40)
+
+
+def test_in_memory_segmentation_is_evaluated_at_its_own_size_unless_eval_size_is_set():
+    from selfkd.data import DataConfig, DataNeeds, build_test_loader, build_train_loader
+
+    data = load_dataset("synthetic_seg", train_size=4, test_size=3, image_size=24)
+    cfg = DataConfig(dataset="synthetic_seg", batch_size=4, eval_batch_size=4, image_size=16)
+    assert next(iter(build_train_loader(data, cfg, DataNeeds(), torch.device("cpu")))).images.shape == (4, 3, 16, 16)
+    batch = next(iter(build_test_loader(data, cfg, torch.device("cpu"))))
+    assert batch.images.shape == (3, 3, 24, 24) and torch.equal(batch.targets, data.test.labels.long())
+    cfg.eval_size = 12
+    batch = next(iter(build_test_loader(data, cfg, torch.device("cpu"))))
+    assert batch.images.shape == (3, 3, 12, 12) and batch.targets.shape == (3, 12, 12)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_config
+from hand import CONFIGS
 from selfkd.data.loaders import Batch
 from selfkd.engine.examples import write_examples
 from selfkd.report.plots import example_sources, voc_palette
@@ -245,9 +245,6 @@ def test_a_real_segmentation_run_keeps_examples_and_class_names_for_the_report(t
     assert re.search(r"\| class_2 +\| +\d+\.\d\d +\|", report.text)  # its IoU in the per-class table
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
 def test_voc_recipes_are_the_official_recipe_and_build():
     from selfkd.config import make_config
     from selfkd.methods import create_method
@@ -258,7 +255,7 @@ def test_voc_recipes_are_the_official_recipe_and_build():
         cfg = make_config(path)
         o, s, t, d = cfg.optim, cfg.schedule, cfg.train, cfg.data
         assert (cfg.method.name, cfg.model.name, d.dataset, d.options) == (method, "frskd_seg_effb0", "voc",
-                                                                            {"split": "frskd"})
+                                                                            {"split": "voc0712"})
         assert (o.lr, o.momentum, o.nesterov, o.weight_decay) == (0.01, 0.9, False, 5e-4)
         assert (s.name, s.milestones, s.gamma, t.epochs) == ("multistep", [40], 0.1, 60)
         assert (d.batch_size, t.accumulate_steps, t.grad_clip, t.grad_clip_mode) == (16, 2, 2.0, "value")

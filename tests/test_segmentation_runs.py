@@ -6,12 +6,13 @@ import pytest
 import yaml
 
 from conftest import tiny_config
+from hand import checkpoint_state
 from selfkd.engine import train
 from selfkd.errors import ConfigError
 
 
-def seg_config(tmp_path, method="frskd", epochs=3, **sections):
-    cfg = tiny_config(tmp_path, method=method, epochs=epochs, **sections)
+def seg_config(tmp_path, method="frskd", epochs=3):
+    cfg = tiny_config(tmp_path, method=method, epochs=epochs)
     cfg["model"] = {"name": "frskd_seg_resnet18", "channels": 16, "head_channels": 32}
     cfg["data"] = {"dataset": "synthetic_seg", "options": {"num_classes": 4, "train_size": 64, "test_size": 32,
                                                            "image_size": 32},
@@ -19,8 +20,6 @@ def seg_config(tmp_path, method="frskd", epochs=3, **sections):
     cfg["optim"] = {"lr": 0.05, "weight_decay": 5e-4}
     if method == "frskd":
         cfg["method"].update(warmup_epochs=1, ramp_epochs=1)  # KD and AT from the second epoch on
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
 
 
@@ -102,12 +101,6 @@ def test_voc_layout_trains_with_file_workers_and_evaluates_at_original_resolutio
     assert whole["miou"] == pytest.approx(summary["final"]["miou"])
 
 
-def _weights(run):
-    import torch
-
-    return torch.load(run / "last.pt", weights_only=True)["method_state"]
-
-
 def test_a_stopped_segmentation_run_resumes_exactly_at_an_accumulation_boundary(tmp_path, monkeypatch):
     """SIGTERM in the middle of a 2-batch accumulation window: the run finishes the window, checkpoints between
     optimizer steps, and the resumed run ends with the weights of an uninterrupted one."""
@@ -142,7 +135,7 @@ def test_a_stopped_segmentation_run_resumes_exactly_at_an_accumulation_boundary(
     stopped = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 6)  # the window of batches 5-6 was finished
     train(config("split"), resume=True)
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    a, b = checkpoint_state(tmp_path / "straight"), checkpoint_state(tmp_path / "split")
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -1,5 +1,5 @@
 """SLA-SD: the rotations, the loss by hand with its detached aggregated teacher, the evaluation options, the
-joint head's size, a run that learns and the recipe."""
+joint head's size and a run that learns."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
 from selfkd.methods.batch_transforms import rotate_batch
-from hand import PixelNet, assert_rows, assert_selfkdlib_recipe, ce, has_grad_in, kd, no_grad_in, quick_config
+from hand import PixelNet, assert_rows, ce, has_grad_in, kd, no_grad_in, quick_config
 
 
 X1, X2 = [[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [-1.0, 2.0]]
@@ -70,7 +70,3 @@ def test_sla_sd_joint_head_size_and_run_learns(tmp_path):
     assert method.extra_parameters() == 512 * 400 + 400 and method.eval_model() is method.backbone
     summary = train(quick_config(tmp_path, "sla_sd"))
     assert summary["final"]["top1"] > 50
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("sla_sd", tiny_resnet)

@@ -140,7 +140,7 @@ def test_demo_recipes_and_missing_dataset_message(tmp_path, run_cli, monkeypatch
     assert f"{cpu.data.train_subset:,} of 60,000 training images" in line and f"{cpu.train.epochs} epochs" in line
     assert "device cpu" in line
 
-    monkeypatch.setattr(datasets, "search_roots", lambda data_dir=None: [tmp_path])
+    monkeypatch.setattr(datasets, "search_roots", lambda: [tmp_path])
     code, _, err = run_cli("demo", "--setting", "cpu", "--out", tmp_path / "demo")
     assert code == 2 and "Dataset 'fashion_mnist' was not found" in err
     assert "apt-get install dataset-fashion-mnist" in err and "./data/fashion-mnist/" in err
@@ -149,14 +149,12 @@ def test_demo_recipes_and_missing_dataset_message(tmp_path, run_cli, monkeypatch
 
 def test_segmentation_demo_recipes_methods_and_missing_dataset_message(tmp_path, run_cli, monkeypatch):
     """`selfkd demo --task segmentation`: ce and frskd on fmnist_scenes with its own recipes and folder."""
-    import numpy as np
-
     import selfkd.data.datasets as datasets
     import selfkd.demo
     import selfkd.sweep
     from selfkd.config import make_config
     from selfkd.demo import describe, recipe_path
-    from test_segmentation_data import write_idx
+    from hand import write_fashion_rectangles
 
     cpu, gpu = (make_config(recipe_path(s, "segmentation")) for s in ("cpu", "gpu"))
     assert cpu.data.dataset == gpu.data.dataset == "fmnist_scenes" and (cpu.train.device, gpu.train.device) == ("cpu", "cuda")
@@ -164,18 +162,12 @@ def test_segmentation_demo_recipes_methods_and_missing_dataset_message(tmp_path,
     assert describe("cpu", cpu, 4000, 1000).startswith("Demo setting 'cpu': Fashion-MNIST scenes (segmentation), "
                                                        "all 4,000 training images, all 1,000 test images, 4 epochs")
 
-    monkeypatch.setattr(datasets, "search_roots", lambda data_dir=None: [tmp_path])
+    monkeypatch.setattr(datasets, "search_roots", lambda: [tmp_path])
     code, _, err = run_cli("demo", "--task", "segmentation", "--setting", "cpu", "--out", tmp_path / "demo")
     assert code == 2 and "Dataset 'fmnist_scenes' was not found" in err and "dataset-fashion-mnist" in err
     assert not (tmp_path / "demo").exists()
 
-    folder = tmp_path / "fashion-mnist"  # a tiny Fashion-MNIST: the scenes are composed from it
-    folder.mkdir()
-    for prefix, n in (("train", 20), ("t10k", 10)):
-        items = np.zeros((n, 28, 28), np.uint8)
-        items[:, 6:22, 8:20] = 200
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", items)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    write_fashion_rectangles(tmp_path / "fashion-mnist", n_train=20)  # a tiny Fashion-MNIST to compose scenes from
     monkeypatch.setenv("SELFKD_CACHE", str(tmp_path / "cache"))
     calls = []
     monkeypatch.setattr(selfkd.sweep, "sweep", lambda config, methods, seeds, out, *a, **k: calls.append(

@@ -1,5 +1,4 @@
-"""Zipf's LS: ranks with ties, Zipf targets, dense votes and the loss by hand (with the correct-only mask), the
-recipe and a run that learns."""
+"""Zipf's LS: ranks with ties, Zipf targets, dense votes and the loss by hand (with the correct-only mask)."""
 import math
 
 import pytest
@@ -8,7 +7,7 @@ import torch.nn.functional as F
 
 from selfkd.methods import create_method
 from selfkd.methods.zipf import competition_ranks, dense_votes, zipf_targets
-from hand import assert_one_epoch_learns, assert_selfkdlib_recipe, batch as _batch, ce as _ce
+from hand import batch as _batch, ce as _ce
 
 K = 5  # classes in the hand-computed examples
 
@@ -63,7 +62,6 @@ def test_zipf_loss_by_hand(tiny_resnet, dense):
             per_position = up.flatten(2).transpose(1, 2) @ model.fc.weight.T + model.fc.bias
             winners = per_position.argmax(2).tolist()
             scores = [[row.count(k) for k in range(K)] for row in winners]
-            assert all(sum(s) == 16 for s in scores)  # 2×2 final map at 16 px → 4×4 positions
         else:
             scores = z.tolist()
     assert out.losses["ce"].item() == pytest.approx(_ce(z, y), rel=1e-5)
@@ -82,11 +80,3 @@ def test_zipf_loss_mask_averages_over_correct_samples(tiny_resnet):
     out = method(x, y)
     expected = _zipf_by_hand(z.tolist(), z, y, mask=[True, True, False, False])
     assert out.losses["zipf"].item() == pytest.approx(0.1 * expected, rel=1e-4, abs=1e-5)
-
-
-def test_recipe_loads_and_builds(tiny_resnet):
-    assert_selfkdlib_recipe("zipf_ls", tiny_resnet)
-
-
-def test_one_epoch_run_learns(tmp_path):
-    assert_one_epoch_learns(tmp_path, "zipf_ls")

@@ -7,7 +7,7 @@ import re
 import stat
 from pathlib import Path
 
-from .errors import SelfKDError, TrainingError
+from .errors import SelfKDError, TrainingError, first_line
 
 AGAIN = "Free some space (or make the folder writable), then run the command again."
 
@@ -55,5 +55,4 @@ def write_failure(err: BaseException, folder: Path) -> str:
         full = False
     if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or full:
         return "the disk is full"
-    text = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", text).strip()
-    return (text.splitlines() or [type(err).__name__])[0][:300]
+    return first_line(err, re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", text))

@@ -24,7 +24,7 @@ from .data import load_dataset
 from .engine.distributed import resolve_device
 from .engine.setup import build_run, run_task
 from .engine.step import TrainStep, configure_backends
-from .errors import ConfigError, SelfKDError
+from .errors import ConfigError, SelfKDError, first_line
 from .methods import method_class
 from .models import create_model
 
@@ -41,6 +41,17 @@ TASK_DEFAULTS = {
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(run, batches, count: int, device: torch.device) -> float:
+    """Seconds that ``run`` takes on the next ``count`` of ``batches`` (drawn and augmented), the device synchronised
+    at both ends."""
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(count):
+        run(next(batches))
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def _peak_mb(device: torch.device) -> float | None:
@@ -85,7 +96,7 @@ def bench_config(args, method: str, options: dict | None = None) -> Config:
     if recipe["data"]["augment"] == "seg_voc":  # a file dataset's augmentation: the generated scenes are in memory
         recipe["data"]["augment"] = "seg_scale_crop_flip"
     recipe["train"].update(train)
-    return make_config(recipe)
+    return make_config(recipe, source="the bench's recipe and flags")
 
 
 def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: str | None = None) -> dict:
@@ -96,31 +107,25 @@ def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: st
                              **cfg.model.options())
         recipe = cfg.to_dict()
         recipe["method"] = {**method_class(name, run_task(cfg)).example_options(model, Path(tmp)), **recipe["method"]}
-        parts = build_run(make_config(recipe), splits, device)
+        parts = build_run(make_config(recipe, source="the bench's recipe and flags"), splits, device)
     method, step, loader = parts.method, parts.step, parts.train_loader
     method.train()
     method.on_epoch_start(0, cfg.train.epochs)  # the first epoch of the recipe's run
     _reset_peak(device)
     profile_steps = min(args.steps, 20) if profile_dir else 0
     batches = cycle_batches(loader, args.warmup + args.steps + profile_steps)
-    started = time.perf_counter()
-    for _ in range(args.warmup):
-        batch = next(batches)
+    images = []  # images per step (partners and views included), from the last batch
+
+    def train(batch) -> None:
+        images[:] = [batch.images.shape[0]]
         step(batch.images, batch.targets, batch.index)
-    synchronize(device)
-    warmup_s = time.perf_counter() - started
+
+    warmup_s = timed(train, batches, args.warmup, device)
     step.reset()
     # Timed in rounds; the median round is reported, so a stray hiccup does not move the result.
     rounds = max(1, min(args.rounds, args.steps))
     sizes = [args.steps // rounds + (i < args.steps % rounds) for i in range(rounds)]
-    times = []
-    for size in sizes:
-        started = time.perf_counter()
-        for _ in range(size):
-            batch = next(batches)
-            step(batch.images, batch.targets, batch.index)
-        synchronize(device)
-        times.append((time.perf_counter() - started) / size)
+    times = [timed(train, batches, size, device) / size for size in sizes]
     ms = 1000 * statistics.median(times)
     primary_per_step = step.stats.seen / step.stats.steps  # anchors / first views: the images an epoch counts
     if profile_steps:  # after the timed rounds, so the profiler does not slow what was timed
@@ -133,7 +138,7 @@ def bench_train(cfg: Config, splits, device: torch.device, args, profile_dir: st
         "extra_params": method.extra_parameters(),
         "peak_mem_mb": _peak_mb(device),
         "warmup_s": warmup_s,
-        "images_per_step": batch.images.shape[0],
+        "images_per_step": images[0],
         "mean_loss": step.stats.summary().get("train/loss", float("nan")),
     }
 
@@ -155,15 +160,9 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
 
 def bench_data(cfg: Config, splits, device: torch.device, args) -> dict:
     """The input pipeline alone: the training loader's batches (gather, augmentation, normalisation)."""
-    loader = build_run(cfg, splits, device).train_loader
-    for _ in cycle_batches(loader, args.warmup):
-        pass
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in cycle_batches(loader, args.steps):
-        pass
-    synchronize(device)
-    elapsed = time.perf_counter() - started
+    batches = cycle_batches(build_run(cfg, splits, device).train_loader, args.warmup + args.steps)
+    timed(lambda batch: None, batches, args.warmup, device)
+    elapsed = timed(lambda batch: None, batches, args.steps, device)
     return {"what": "data", "img_per_s": cfg.data.batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps}
 
@@ -180,17 +179,13 @@ def bench_eval(cfg: Config, splits, device: torch.device, args) -> dict:
     forward = model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
     _reset_peak(device)
 
-    def run(count):
-        for batch in cycle_batches(parts.test_loader, count):
-            with autocast(device, parts.step.dtype):
-                forward(batch.images)
+    def run(batch) -> None:
+        with autocast(device, parts.step.dtype):
+            forward(batch.images)
 
-    run(args.warmup)
-    synchronize(device)
-    started = time.perf_counter()
-    run(args.steps)
-    synchronize(device)
-    elapsed = time.perf_counter() - started
+    batches = cycle_batches(parts.test_loader, args.warmup + args.steps)
+    timed(run, batches, args.warmup, device)
+    elapsed = timed(run, batches, args.steps, device)
     return {"what": "eval", "img_per_s": cfg.data.eval_batch_size * args.steps / elapsed,
             "ms_per_step": 1000 * elapsed / args.steps, "peak_mem_mb": _peak_mb(device)}
 
@@ -279,7 +274,7 @@ def run(args) -> int:
             except SelfKDError:
                 raise
             except Exception as err:  # one broken method must not hide the others' numbers
-                print(f"  {name}: FAILED ({type(err).__name__}: {str(err).splitlines()[0][:300]})", file=sys.stderr)
+                print(f"  {name}: FAILED ({type(err).__name__}: {first_line(err)})", file=sys.stderr)
                 failed.append({"method": name, "error": f"{type(err).__name__}: {err}"})
                 continue
             print(f"  {name}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, SelfKDError
+from .registry import TASK_NAMES
 
 EXTRA: list[str] = ["selfkd.bench", "selfkd.report.compare", "selfkd.sweep", "selfkd.export", "selfkd.demo"]  # modules with register(subparsers)
 
@@ -45,9 +46,9 @@ def run_flags(args) -> dict:
 def cmd_train(args) -> int:
     from .config import make_config, read_yaml
     from .engine import train
+    from .engine.distributed import env_rank
     from .runfolder import CHECKPOINT, CONFIG, check_run
 
-    resume = False
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over; give one of them.")
     if args.resume and args.resume != "auto":
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     summary = train(cfg, resume=resume, overwrite=args.overwrite)
-    if _rank() == 0:  # under torchrun, the main process's line (it holds the results)
+    if env_rank() == 0:  # under torchrun, the main process's line (it holds the results)
         print(final_line(summary, cfg.run_path))
     return 0
 
@@ -79,8 +80,8 @@ def final_line(summary: dict, run_dir) -> str:
     from .metrics import columns
 
     final = summary["final"]
-    values = [f"{c.header.split(' (')[0].lower()} {final.get(c.key, float('nan')):.{c.digits}f}"
-              + ("%" if "(%)" in c.header else "") for c in columns(summary.get("task", "classification"))]
+    values = [f"{c.header.split(' (')[0].lower()} {c.format(final.get(c.key, float('nan')))}"
+              for c in columns(summary.get("task", "classification"))]
     return f"final test {'  '.join(values)}  (last epoch; run folder {run_dir})"
 
 
@@ -115,7 +116,7 @@ def cmd_list(args) -> int:
     elif args.what == "datasets":
         print("\n".join(n for n in list_datasets() if args.task in (None, dataset_task(n))))
     else:
-        tasks = [args.task] if args.task else ["classification", "segmentation"]
+        tasks = [args.task] if args.task else TASK_NAMES
         for task in tasks:
             for name in list_models(task):
                 print(f"{name:<28}{task:<16}{model_parameters(name, task):>14,}")
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods or datasets (one per line) or models (task, parameters)")
     p.add_argument("what", choices=["models", "methods", "datasets"])
-    p.add_argument("--task", choices=["classification", "segmentation"],
+    p.add_argument("--task", choices=TASK_NAMES,
                    help="methods: of this task (default classification); models, datasets: only this task's")
     p.set_defaults(func=cmd_list)
 
@@ -169,20 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except SelfKDError as err:
+        from .engine.distributed import env_rank
+
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             print(f"selfkd: error: {err}", file=sys.stderr)
         elif not err.agreed:  # under torchrun: raised by this process alone, which says so
-            print(f"[rank {_rank()}] selfkd: error: {err}", file=sys.stderr)
-        elif _rank() == 0:  # raised alike by every process: said once
+            print(f"[rank {env_rank()}] selfkd: error: {err}", file=sys.stderr)
+        elif env_rank() == 0:  # raised alike by every process: said once
             print(f"selfkd: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

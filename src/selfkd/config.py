@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from .data.settings import DataConfig
 from .errors import ConfigError
-from .registry import closest
+from .registry import TASK_NAMES, closest
+
+
+Task = Literal[("auto", *TASK_NAMES)]  # auto: what the dataset's labels are
 
 
 class Section(BaseModel):
@@ -82,7 +85,7 @@ class TrainConfig(Section):
 
 class Config(Section):
     name: str | None = Field(None, min_length=1)  # run name; default <dataset>_<model>_<method>_s<seed>
-    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: what the dataset's labels are
+    task: Task = "auto"
     seed: int = Field(0, ge=0, lt=2**63)  # what torch's generators take
     run_dir: str | None = Field(None, min_length=1)  # default runs/<name>
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -235,16 +238,16 @@ FLAG_KEYS = {
 
 
 def make_config(recipe: str | Path | dict | None = None, flags: dict[str, Any] | None = None,
-                overrides: Sequence[str] = (), quiet: bool = False) -> Config:
+                overrides: Sequence[str] = (), quiet: bool = False, source: str = "the run's saved config") -> Config:
     """The one way a run's config is made (CLI, sweep, demo, bench): a recipe (a YAML file, a mapping such as a
     run's saved config, or None for the defaults), then ``flags`` (keys of :data:`FLAG_KEYS`; None values are
-    ignored), then ``--set key=value`` overrides, validated.
+    ignored), then ``--set key=value`` overrides, validated. ``source`` names a mapping recipe in error messages.
 
     A ``method`` flag that names another method than the recipe's drops the recipe's method options (they
     belong to the old method); that is said on stderr unless ``quiet``.
     """
     if isinstance(recipe, dict):
-        data, source = copy.deepcopy(recipe), "the run's saved config"
+        data = copy.deepcopy(recipe)
     else:
         data, source = (read_yaml(recipe), str(recipe)) if recipe else ({}, "the command line")
     given = {FLAG_KEYS[flag]: value for flag, value in (flags or {}).items() if value is not None}

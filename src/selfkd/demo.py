@@ -99,7 +99,7 @@ def measure(cfg, splits, load_s: float = 0.0, steps: int = 8):
 
     import torch
 
-    from .bench import cycle_batches, synchronize
+    from .bench import cycle_batches, timed
     from .engine.distributed import resolve_device
     from .engine.setup import build_run
     from .engine.step import autocast, configure_backends
@@ -110,23 +110,18 @@ def measure(cfg, splits, load_s: float = 0.0, steps: int = 8):
     parts = build_run(cfg, splits, device)
     startup_s = load_s + time.perf_counter() - began
 
-    def timed(loader, count: int, run) -> list[float]:
-        """Seconds of each of ``count`` batches, drawn (augmented) and run; the first, a warm-up, left out."""
-        batches, times = cycle_batches(loader, count), []
-        for _ in range(count):
-            synchronize(device)
-            start = time.perf_counter()
-            run(next(batches))
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        return times[1:] or times
+    def per_batch(loader, count: int, run) -> list[float]:
+        """Seconds of each of ``count`` batches, drawn (augmented) and run, after one untimed warm-up batch."""
+        batches = cycle_batches(loader, count + 1)
+        timed(run, batches, 1, device)
+        return [timed(run, batches, 1, device) for _ in range(count)]
 
     parts.method.train()
     parts.method.on_epoch_start(0, cfg.train.epochs)
-    train = timed(parts.train_loader, steps + 1, lambda b: parts.step(b.images, b.targets, b.index))
+    train = per_batch(parts.train_loader, steps, lambda b: parts.step(b.images, b.targets, b.index))
     module = parts.method.eval_model().eval()
     with torch.no_grad(), autocast(device, parts.step.dtype):
-        test = timed(parts.test_loader, 3, lambda b: module(b.images))
+        test = per_batch(parts.test_loader, 2, lambda b: module(b.images))
     start = time.perf_counter()
     with tempfile.TemporaryFile() as fh:
         torch.save({"method_state": parts.method.state_dict(), "optimizer": parts.optimizer.state_dict()}, fh)

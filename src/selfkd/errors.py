@@ -1,4 +1,5 @@
 """User-facing errors: the CLI prints them as one paragraph and exits non-zero, without a traceback."""
+from __future__ import annotations
 
 
 class SelfKDError(Exception):
@@ -11,6 +12,13 @@ class SelfKDError(Exception):
     # Raised alike by every process of a torchrun run (agreed through ``distributed.together`` or a collective
     # check), so the CLI prints it once; any other error is printed by the process that raised it.
     agreed = False
+
+
+def first_line(err: BaseException, text: str | None = None, limit: int = 300) -> str:
+    """How a message quotes a lower-level error: the first line of ``text`` (default: ``err``'s message), at most
+    ``limit`` characters, or ``err``'s type name when there is no text."""
+    lines = (str(err) if text is None else text).strip().splitlines()
+    return (lines or [type(err).__name__])[0][:limit]
 
 
 class ConfigError(SelfKDError):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .config import DataConfig, build_config, read_yaml
 from .data import build_test_loader, load_dataset
+from .data.datasets import dataset_task
 from .engine.checkpoint import load_run_checkpoint
 from .engine.distributed import resolve_device
 from .engine.setup import build_method
@@ -51,16 +52,16 @@ def evaluate_weights(weights, dataset: str, model: str | None = None, device: st
     preprocessing and precision the run recorded in it (and its dataset options, on the run's dataset)."""
     dev = resolve_device(device)
     meta = read_metadata(weights)
+    task, wanted = meta.get("task", "classification"), dataset_task(dataset)  # files before segmentation: no task
+    if task != wanted:
+        raise ConfigError(f"{weights} holds a {task} model ('{model or meta.get('model')}'), but dataset '{dataset}' "
+                          f"is for {wanted}. Evaluate it on a {task} dataset (`selfkd list datasets`).")
     recorded = {key: meta.get(key) for key in ("image_size", "mean", "std", "eval_size", "test_resize")}
     options = meta.get("data_options") if dataset == meta.get("dataset") else None
     data = _data_config({"dataset": dataset, **recorded, "options": options or {}}, data_dir=data_dir,
                         eval_batch_size=batch_size)
     splits = load_dataset(dataset, data.data_dir, **data.options)
     net, meta = load_eval_model(weights, model, splits.num_classes, splits.in_channels)
-    task = getattr(net, "task", "classification")
-    if task != splits.task:
-        raise ConfigError(f"{weights} holds a {task} model ('{meta['model']}'), but dataset '{dataset}' is for "
-                          f"{splits.task}. Evaluate it on a {task} dataset (`selfkd list datasets`).")
     amp = meta.get("amp") or build_config({}).resolved(dev.type, distributed=False).train.amp  # older files: auto
     result = _metrics(net.to(dev), build_test_loader(splits, data, dev), dev, amp, task, splits)
     return {"weights": str(weights), "model": meta["model"], "dataset": dataset, **result}

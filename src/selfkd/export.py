@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .errors import CheckpointError, ConfigError, SelfKDError
+from .errors import CheckpointError, ConfigError, SelfKDError, first_line
 from .runfolder import EXPORT, WEIGHTS
 from .weights import load_eval_model, weights_bytes
 
@@ -159,7 +159,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
             model(check)
     except (RuntimeError, ValueError, IndexError) as err:
         raise ConfigError(f"Model '{meta['model']}' cannot run on {meta['in_channels']}×{size}×{size} inputs "
-                          f"({str(err).splitlines()[0][:200]}); pass --image-size with the size it was trained on.") from None
+                          f"({first_line(err, limit=200)}); pass --image-size with the size it was trained on.") from None
 
     write, load = WRITERS[fmt]
     try:

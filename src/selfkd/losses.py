@@ -9,12 +9,18 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_prob_loss(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``KDp_T(q, s) = T² · (1/B) Σ_b Σ_k q_bk (log q_bk − log σ(s_b/T)_k)`` for a given (detached) ``q``."""
+def kl_per_position(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``Σ_k q_k (log q_k − log σ(s/T)_k)`` over the class dim (1) at each position, for a given (detached) ``q``:
+    shape ``(B,)`` for ``(B, K)`` inputs, ``(B, H, W)`` for ``(B, K, H, W)``."""
     q = target_probs.detach().float()
     log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
     # xlogy makes 0·log 0 = 0, so one-hot or sparse targets are fine.
-    kl = torch.special.xlogy(q, q) - q * log_p
+    return (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
+
+
+def kd_prob_loss(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``KDp_T(q, s) = T² · (1/B) Σ_b Σ_k q_bk (log q_bk − log σ(s_b/T)_k)`` for a given (detached) ``q``."""
+    kl = kl_per_position(target_probs, student_logits, temperature)
     return kl.sum() / student_logits.shape[0] * temperature**2
 
 
@@ -75,8 +81,7 @@ def pixel_kd_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, te
     """Pixel-wise ``KD_T``: ``T² · Σ_pixels KL(σ(sg(t)/T) ‖ σ(s/T)) / (B·H·W)`` over ``(B, K, H, W)`` logits; with a
     ``(B, H, W)`` boolean ``mask`` the sum runs over the masked pixels and is divided by their number."""
     q = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
-    kl = (torch.special.xlogy(q, q) - q * log_p).sum(dim=1)
+    kl = kl_per_position(q, student_logits, temperature)
     if mask is None:
         return kl.mean() * temperature**2
     return (kl * mask).sum() / mask.sum().clamp(min=1) * temperature**2

@@ -29,6 +29,10 @@ class Column:
     digits: int
     line: str | None = None
 
+    def format(self, value: float) -> str:
+        """``value`` with the column's digits, followed by "%" when the column is in per cent (header "... (%)")."""
+        return f"{value:.{self.digits}f}" + ("%" if "(%)" in self.header else "")
+
 
 class Metric:
     """Accumulates evaluation batches; :meth:`sync` sums its state over processes before :meth:`result`.
@@ -261,6 +265,11 @@ def columns(task: str | None = None) -> list[Column]:
         for metric in t.metrics:
             out += [c for c in metric.columns if c not in out]
     return out
+
+
+def column(key: str) -> Column:
+    """The column of the metric named ``key`` (e.g. the headline ``top1`` or ``miou``), whatever its task."""
+    return next(c for c in columns() if c.key == key)
 
 
 class Evaluation:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .atomic import AGAIN, atomic_write
-from .errors import CheckpointError, ConfigError, SelfKDError
+from .errors import CheckpointError, ConfigError, SelfKDError, first_line
 
 
 def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
@@ -94,7 +94,7 @@ def _fill(path: Path, module: torch.nn.Module, state: dict, what: str, error: ty
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise error(f"{path} does not fit {what} ({str(err).splitlines()[0][:300]}).") from None
+        raise error(f"{path} does not fit {what} ({first_line(err)}).") from None
 
 
 def load_backbone(path: Path, like: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
@@ -119,12 +119,6 @@ def load_backbone(path: Path, like: torch.nn.Module) -> tuple[torch.nn.Module, d
     return net, meta
 
 
-def _backbone(path, state, meta, model, num_classes, in_channels):
-    net, spec = _model(path, meta, model, num_classes, in_channels)
-    _fill(path, net, state, f"model '{spec['model']}' with {spec['num_classes']} classes")
-    return net, {**meta, **spec}
-
-
 def load_eval_model(path: Path, model: str | None = None, num_classes: int | None = None,
                     in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
     """``(module, metadata)``: the module a run evaluated, rebuilt from a weights file written by selfkd and in
@@ -132,18 +126,18 @@ def load_eval_model(path: Path, model: str | None = None, num_classes: int | Non
     from .methods import create_method, data_args
 
     state, meta = load_weights(path)
-    if meta.get("inference", "backbone") == "backbone":
-        net, spec = _backbone(path, state, meta, model, num_classes, in_channels)
-        return net.eval(), spec
     net, spec = _model(path, meta, model, num_classes, in_channels)
-    name, options = meta.get("method"), meta.get("method_options", {})
-    try:
-        method = create_method(name, net, **options, **data_args(name, 1, getattr(net, "task", "classification")))
-    except SelfKDError as err:
-        raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: {err}") \
-            from None
-    _fill(path, method, state, f"method '{name}' on model '{spec['model']}' with {spec['num_classes']} classes")
-    return method.eval(), {**meta, **spec}
+    what = f"model '{spec['model']}' with {spec['num_classes']} classes"
+    if meta.get("inference", "backbone") != "backbone":  # the whole method
+        name, options = meta.get("method"), meta.get("method_options", {})
+        try:
+            net = create_method(name, net, **options, **data_args(name, 1, getattr(net, "task", "classification")))
+        except SelfKDError as err:
+            raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: "
+                                  f"{err}") from None
+        what = f"method '{name}' on {what}"
+    _fill(path, net, state, what)
+    return net.eval(), {**meta, **spec}
 
 
 def _model(path: Path, meta: dict, model: str | None, num_classes: int | None, in_channels: int | None):

@@ -1,7 +1,7 @@
 """Batched, per-sample image augmentation on whatever device holds the images.
 
 Inputs are uint8 ``(B, C, H, W)``; every sample gets its own random parameters drawn from the
-given generator. Outputs are float, normalised, in channels_last layout.
+given generator. Outputs are float; :func:`normalize` normalises them in the model's memory layout.
 """
 from __future__ import annotations
 
@@ -88,9 +88,10 @@ def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 255] float -> (x/255 − mean)/std, channels_last."""
-    x = x.float().contiguous(memory_format=torch.channels_last)
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              memory_format: torch.memory_format) -> torch.Tensor:
+    """uint8 or [0, 255] float -> (x/255 − mean)/std, in ``memory_format`` (the model's layout)."""
+    x = x.float().contiguous(memory_format=memory_format)
     return (x * (1 / 255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 

@@ -17,7 +17,7 @@ import re
 import struct
 import tarfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -74,7 +74,7 @@ class DatasetSplits:
     augment: str = "crop_flip"  # the usual training augmentation
     classes: list[str] = field(default_factory=list)
     padding: int = 4  # crop_flip padding of the usual recipe
-    task: str = "classification"  # or "segmentation": labels are per-pixel masks
+    task: str = "classification"  # or "segmentation" (labels are per-pixel masks): set by load_dataset
     ignore_index: int = 255  # mask value of unlabelled pixels (segmentation)
 
     @property
@@ -130,8 +130,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     an explicit folder is used or refused, never skipped), else under :func:`search_roots`. The splits are checked
     (:func:`check_splits`)."""
     entry: DatasetEntry = DATASETS.get(name)
+
+    def read(path: Path | None) -> DatasetSplits:  # the task is the registry entry's
+        splits = checked_call(entry.reader, "dataset", name, options, fixed=(path,))
+        return check_splits(replace(splits, task=entry.task))
+
     if not entry.folders:
-        return check_splits(checked_call(entry.reader, "dataset", name, options, fixed=(None,)))
+        return read(None)
     itself = Path(data_dir).expanduser() if data_dir else None
     elsewhere = f"leave --data-dir out to search {', '.join(map(str, search_roots()))}"
     if itself is not None and not itself.is_dir():
@@ -145,7 +150,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         if not path.exists():
             continue
         try:
-            return check_splits(checked_call(entry.reader, "dataset", name, options, fixed=(path,)))
+            return read(path)
         except MissingFiles as err:
             if path != itself:
                 raise DatasetError(f"{err} The expected layout of '{name}' is: {entry.layout}.") from None
@@ -163,12 +168,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
 
 
 def check_splits(splits: DatasetSplits) -> DatasetSplits:
-    """Refuse a dataset a run cannot learn from or be measured on: an empty split, or (classification) fewer than
-    two classes among the training labels."""
+    """Refuse a dataset a run cannot learn from or be measured on: an empty split, fewer than two classes, or
+    (classification) fewer than two classes among the training labels."""
     for split, data in (("training", splits.train), ("test", splits.test)):
         if len(data) == 0:
             raise DatasetError(f"Dataset '{splits.name}' has no {split} images; give it some (check the folder or the "
                                "dataset options).")
+    if splits.task == "segmentation" and splits.num_classes < 2:
+        raise DatasetError(f"Dataset '{splits.name}' has {splits.num_classes} class(es): a segmenter needs at least "
+                           "two classes (the background and at least one object class). Give it more classes.")
     if splits.task == "classification":
         present = torch.unique(splits.train.labels).numel()
         if splits.num_classes < 2 or present < 2:
@@ -353,8 +361,8 @@ def read_fashion_mnist(path: Path) -> DatasetSplits:
 # --------------------------------------------------------------------------- synthetic
 
 @register_dataset("synthetic", (), "generated in memory; no files")
-def read_synthetic(path=None, num_classes: PositiveInt = 10, train_size: NonNegativeInt = 512,
-                   test_size: NonNegativeInt = 256, image_size: PositiveInt = 32, channels: PositiveInt = 3,
+def read_synthetic(path=None, num_classes: PositiveInt = 10, train_size: PositiveInt = 512,
+                   test_size: PositiveInt = 256, image_size: PositiveInt = 32, channels: PositiveInt = 3,
                    seed: NonNegativeInt = 0) -> DatasetSplits:
     """Learnable random data: each class has its own colour and smooth pattern; images add per-pixel noise."""
     gen = torch.Generator().manual_seed(seed)

@@ -119,14 +119,15 @@ class FileLoader(DeviceLoader):
 
     def __init__(self, data: ImageFiles | SegmentationFiles, sampler: Batches, device: torch.device, mean, std,
                  spec: AugmentSpec, views: int = 1, workers: int = 8, train: bool = True, seed: int = 0,
-                 num_classes: int = 0):
+                 num_classes: int = 0, memory_format: torch.memory_format = torch.contiguous_format):
         masks = isinstance(data, SegmentationFiles)
-        super().__init__(sampler, None if masks else data.labels, device, mean, std, views if train else 1)
+        super().__init__(sampler, None if masks else data.labels, device, mean, std, views if train else 1,
+                         memory_format)
         self.steps = _Steps(sampler)
         if masks:  # without augmentation, training images are resized to size² so that they can share a batch
             plain = not train or spec.kind == "none"
-            transform = build_seg_transform(not plain, spec.size, spec.short_side, spec.pad_label, spec.blur,
-                                            spec.eval_size if not train else spec.size if plain else None)
+            size = spec.size if train else spec.eval_size  # the plain transform's (None: original resolution)
+            transform = build_seg_transform(not plain, spec.size, spec.short_side, spec.pad_label, spec.blur, size)
             dataset = _Pairs(data, transform, num_classes, seed)
         else:
             dataset = _Images(data.paths, build_transform(spec, train), self.views, seed, train)
@@ -141,4 +142,4 @@ class FileLoader(DeviceLoader):
             index = index.to(self.device, non_blocking=True).repeat(self.views)
             images = images.to(self.device, non_blocking=True)
             targets = self.labels[index] if masks is None else masks.to(self.device, non_blocking=True).long()
-            yield Batch(aug.normalize(images, self.mean, self.std), targets, index)
+            yield Batch(aug.normalize(images, self.mean, self.std, self.memory_format), targets, index)

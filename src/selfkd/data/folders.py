@@ -96,6 +96,19 @@ def save_cache(file: Path, arrays: dict[str, np.ndarray], what: str, stale: str 
                       "$SELFKD_CACHE to a writable folder.", stacklevel=3)
 
 
+def load_cache(file: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+    """The uint8 arrays named in ``shapes`` from the ``.npz`` cache ``file``, or None when it is absent, damaged
+    or holds other shapes (then the data is made again)."""
+    try:
+        with np.load(file, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in shapes}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    if all(a.dtype == np.uint8 and a.shape == shapes[key] for key, a in arrays.items()):
+        return arrays
+    return None
+
+
 def decode_images(files: list[str], size: int) -> np.ndarray:
     """Decode ``size`` x ``size`` images to uint8 ``(N, 3, size, size)`` with a thread pool."""
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
@@ -139,14 +152,9 @@ def cached_images(name: str, root: Path, groups: dict[str, list[str]], size: int
     """
     prefix = f"{name}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}-"
     file = cache_dir() / f"{prefix}{_fingerprint(groups)[:16]}.npz"
-    if file.is_file():
-        try:
-            with np.load(file, allow_pickle=False) as saved:
-                arrays = {group: saved[group] for group in groups}
-            if all(a.dtype == np.uint8 and a.shape == (len(groups[g]), 3, size, size) for g, a in arrays.items()):
-                return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-            pass  # damaged: decode again and overwrite it
+    arrays = load_cache(file, {group: (len(files), 3, size, size) for group, files in groups.items()})
+    if arrays is not None:
+        return arrays
     arrays = {group: decode_images(files, size) for group, files in groups.items()}
     save_cache(file, arrays, f"the decoded {name} images", stale=f"{prefix}*.npz")
     return arrays

@@ -25,7 +25,7 @@ class AugmentSpec:
     """How a loader turns stored images into a batch (see :class:`~selfkd.data.settings.DataConfig`)."""
 
     kind: str  # crop_flip | rrc_flip | flip | none; segmentation: seg_scale_crop_flip (in memory) | seg_voc (files)
-    size: int  # training crop and test size; for segmentation files the training crop only
+    size: int  # training crop and test size; for segmentation the training crop only
     padding: int = 4
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area fraction
     test_resize: int | None = None
@@ -39,10 +39,13 @@ class AugmentSpec:
 
 class DeviceLoader:
     """What every loader shares: a batch sampler (steps per epoch, resumable), the labels and the
-    normalisation constants on the training device. Subclasses implement ``iter_from(step)``."""
+    normalisation constants on the training device, and the memory format of the model the batches feed (a batch
+    in another layout costs a copy per step, or crashes PyTorch's CPU convolution backward: channels_last input to
+    a contiguous model, 1×1 stride-2 convolutions on 64+ px). Subclasses implement ``iter_from(step)``."""
 
-    def __init__(self, sampler: Batches, labels: torch.Tensor | None, device: torch.device, mean, std, views: int = 1):
-        self.sampler, self.device, self.views = sampler, device, views
+    def __init__(self, sampler: Batches, labels: torch.Tensor | None, device: torch.device, mean, std, views: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.sampler, self.device, self.views, self.memory_format = sampler, device, views, memory_format
         self.labels = None if labels is None else labels.to(device)  # None: the targets come with each batch
         self.mean = torch.tensor(mean, device=device, dtype=torch.float32)
         self.std = torch.tensor(std, device=device, dtype=torch.float32)

@@ -24,9 +24,10 @@ def subset(data: ImageTensors | ImageFiles | SegmentationFiles, n: int | None, s
     keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     if isinstance(data, ImageTensors):
         return ImageTensors(data.images[keep], data.labels[keep])
+    rows = keep.tolist()
     if isinstance(data, SegmentationFiles):
-        return SegmentationFiles([data.paths[i] for i in keep.tolist()], [data.mask_paths[i] for i in keep.tolist()])
-    return ImageFiles([data.paths[i] for i in keep.tolist()], data.labels[keep])
+        return SegmentationFiles([data.paths[i] for i in rows], [data.mask_paths[i] for i in rows])
+    return ImageFiles([data.paths[i] for i in rows], data.labels[keep])
 
 
 def train_sampler(labels: torch.Tensor | None, batch_size: int, needs: DataNeeds, seed: int, rank: int, world: int,
@@ -74,7 +75,9 @@ def _resident(data, cfg: DataConfig, name: str) -> bool:
 
 
 def build_train_loader(splits: DatasetSplits, cfg: DataConfig, needs: DataNeeds, device: torch.device,
-                       seed: int = 0, rank: int = 0, world: int = 1):
+                       seed: int = 0, rank: int = 0, world: int = 1,
+                       memory_format: torch.memory_format = torch.contiguous_format):
+    """The training batches for this rank, in ``memory_format`` (the model's layout)."""
     train = subset(splits.train, cfg.train_subset, seed)
     resident = _resident(train, cfg, splits.name)
     spec, mean, std = _spec_and_norm(splits, cfg, resident)
@@ -84,14 +87,15 @@ def build_train_loader(splits: DatasetSplits, cfg: DataConfig, needs: DataNeeds,
                           "--task segmentation).")
     sampler = train_sampler(getattr(train, "labels", None), cfg.batch_size, needs, seed, rank, world, len(train))
     if resident:
-        return ResidentLoader(train, sampler, device, mean, std, spec, needs.views, seed, rank)
+        return ResidentLoader(train, sampler, device, mean, std, spec, needs.views, seed, rank, memory_format)
     return FileLoader(train, sampler, device, mean, std, spec, needs.views, cfg.workers, train=True, seed=seed,
-                      num_classes=splits.num_classes)
+                      num_classes=splits.num_classes, memory_format=memory_format)
 
 
 def build_test_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.device, seed: int = 0,
-                      rank: int = 0, world: int = 1):
-    """The test split for this rank: samples rank, rank+world, ... (no padding, no augmentation)."""
+                      rank: int = 0, world: int = 1, memory_format: torch.memory_format = torch.contiguous_format):
+    """The test split for this rank: samples rank, rank+world, ... (no padding, no augmentation), in
+    ``memory_format`` (the model's layout)."""
     test = subset(splits.test, cfg.test_subset, seed)
     resident = _resident(test, cfg, splits.name)
     spec, mean, std = _spec_and_norm(splits, cfg, resident)
@@ -99,9 +103,9 @@ def build_test_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.devi
     if isinstance(test, SegmentationFiles) and spec.eval_size is None:
         batch_size = 1  # evaluated at their original resolution, images of different sizes cannot share a batch
     sampler = ShardedSequential(len(test), batch_size, rank, world)
-    if resident:
-        size = spec.eval_size or spec.size
+    if resident:  # segmentation: the original resolution unless eval_size is set (as for files)
+        size = (spec.eval_size or test.images.shape[-1]) if splits.task == "segmentation" else spec.size
         test_spec = AugmentSpec("none", size) if size != test.images.shape[-1] else None
-        return ResidentLoader(test, sampler, device, mean, std, test_spec, 1, seed, rank)
+        return ResidentLoader(test, sampler, device, mean, std, test_spec, 1, seed, rank, memory_format)
     return FileLoader(test, sampler, device, mean, std, spec, 1, cfg.workers, train=False, seed=seed,
-                      num_classes=splits.num_classes)
+                      num_classes=splits.num_classes, memory_format=memory_format)

@@ -17,8 +17,9 @@ class ResidentLoader(DeviceLoader):
     """Batches gathered from uint8 tensors held on ``device``; augmentation seeded per (seed, epoch, step, rank)."""
 
     def __init__(self, data: ImageTensors, sampler: Batches, device: torch.device, mean, std,
-                 augment: AugmentSpec | None, views: int = 1, seed: int = 0, rank: int = 0):
-        super().__init__(sampler, data.labels, device, mean, std, views)
+                 augment: AugmentSpec | None, views: int = 1, seed: int = 0, rank: int = 0,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__(sampler, data.labels, device, mean, std, views, memory_format)
         self.images = data.images.to(device)
         self.augment, self.seed, self.rank = augment, seed, rank
         self.gen = torch.Generator(device=device)
@@ -39,11 +40,11 @@ class ResidentLoader(DeviceLoader):
         a = self.augment
         masks = y.ndim == 3
         if a is None:
-            return aug.normalize(x, self.mean, self.std), y.long()
+            return aug.normalize(x, self.mean, self.std, self.memory_format), y.long()
         if a.kind == "none":
             if masks:
                 y = aug.resize_masks(y, a.size)
-            return aug.normalize(aug.resize(x, a.size), self.mean, self.std), y.long()
+            return aug.normalize(aug.resize(x, a.size), self.mean, self.std, self.memory_format), y.long()
         self.gen.manual_seed(hash((self.seed, self.sampler.epoch, step, self.rank)) % (2**63))
         if a.kind == "seg_scale_crop_flip":
             x, y = aug.seg_scale_crop_flip(x, y, a.size, a.scale_range, True, self.gen, a.ignore_index)
@@ -51,4 +52,4 @@ class ResidentLoader(DeviceLoader):
             x = aug.random_resized_crop_flip(x, a.size, a.scale, True, self.gen)
         else:
             x = aug.random_crop_flip(aug.resize(x, a.size), a.padding if a.kind == "crop_flip" else 0, True, self.gen)
-        return aug.normalize(x, self.mean, self.std), y
+        return aug.normalize(x, self.mean, self.std, self.memory_format), y

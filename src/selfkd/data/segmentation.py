@@ -11,19 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
-import zlib
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import ConfigError, DatasetError
 from ..registry import NonNegativeInt, PositiveInt
 from .datasets import (FASHION_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageTensors, MissingFiles,
-                       SegmentationFiles, decode_rgb, read_fashion_mnist, register_dataset, require)
-from .folders import IMAGE_EXTENSIONS, _lines, cache_dir, save_cache
+                       SegmentationFiles, _idx_file, decode_rgb, read_fashion_mnist, register_dataset, require)
+from .folders import IMAGE_EXTENSIONS, _check_exist, _fingerprint, _lines, cache_dir, load_cache, save_cache
 
 IGNORE_INDEX = 255
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -99,43 +98,40 @@ def build_seg_transform(train: bool, crop_size: int = 512, short_side: tuple[int
 
 # --------------------------------------------------------------------------- file datasets
 
-def _listed_pairs(list_file: Path, image_of, mask_of) -> tuple[list[str], list[str]]:
-    """Image and mask paths of every id in ``list_file``; refuses a list that names a missing file."""
+def _listed_pairs(list_file: Path, where: Path, image_of, mask_of) -> tuple[list[str], list[str]]:
+    """Image and mask paths of every id in ``list_file``; refuses a list that names a missing file (of the dataset
+    folder ``where``)."""
     ids = _lines(list_file)
-    images, masks = [str(image_of(i)) for i in ids], [str(mask_of(i)) for i in ids]
-    missing = [p for pair in zip(images, masks) for p in pair if not os.path.isfile(p)]
-    if missing:
-        raise DatasetError(f"{list_file} names files that do not exist: {missing[0]}"
-                           f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}. Extract the dataset "
-                           "completely, or remove those entries from the list.")
     if not ids:
         raise DatasetError(f"{list_file} lists no images.")
+    images, masks = [str(image_of(i)) for i in ids], [str(mask_of(i)) for i in ids]
+    _check_exist([p for pair in zip(images, masks) for p in pair], where)
     return images, masks
 
 
 def _seg_splits(name: str, train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
                 classes: list[str]) -> DatasetSplits:
     return DatasetSplits(name, SegmentationFiles(*train), SegmentationFiles(*test), len(classes), 3, IMAGENET_MEAN,
-                         IMAGENET_STD, 512, "seg_voc", classes, task="segmentation", ignore_index=IGNORE_INDEX)
+                         IMAGENET_STD, 512, "seg_voc", classes, ignore_index=IGNORE_INDEX)
 
 
 @register_dataset("voc", ("VOCdevkit",),
-                  "a 'VOCdevkit' folder with VOC2012/ (and VOC2007/ for split=frskd), each holding "
+                  "a 'VOCdevkit' folder with VOC2012/ (and VOC2007/ for split=voc0712), each holding "
                   "JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNGs: index = class, 255 = boundary) "
                   "and ImageSets/Segmentation/{train,val,trainval}.txt (VOC2007 also test.txt)",
                   task="segmentation")
-def read_voc(path: Path, split: Literal["frskd", "voc2012"] = "frskd") -> DatasetSplits:
-    """PASCAL VOC segmentation, 21 classes. ``split="frskd"`` (FRSKD's code): VOC2007 + VOC2012 trainval for
+def read_voc(path: Path, split: Literal["voc0712", "voc2012"] = "voc0712") -> DatasetSplits:
+    """PASCAL VOC segmentation, 21 classes. ``split="voc0712"`` (as FRSKD's code): VOC2007 + VOC2012 trainval for
     training, VOC2007 test for evaluation; ``split="voc2012"``: VOC2012 train / VOC2012 val (without SBD)."""
 
     def part(year: int, name: str):
         root = path / f"VOC{year}"
         require(root, "JPEGImages", "SegmentationClass", f"ImageSets/Segmentation/{name}.txt")
-        return _listed_pairs(root / "ImageSets" / "Segmentation" / f"{name}.txt",
+        return _listed_pairs(root / "ImageSets" / "Segmentation" / f"{name}.txt", root,
                              lambda i: root / "JPEGImages" / f"{i}.jpg",
                              lambda i: root / "SegmentationClass" / f"{i}.png")
 
-    if split == "frskd":
+    if split == "voc0712":
         (images07, masks07), (images12, masks12) = part(2007, "trainval"), part(2012, "trainval")
         train, test = (images07 + images12, masks07 + masks12), part(2007, "test")
     else:
@@ -171,7 +167,7 @@ def read_seg_folder(path: Path, num_classes: PositiveInt | None = None) -> Datas
         return os.path.splitext(entry)[0] if entry.lower().endswith(IMAGE_EXTENSIONS) else entry
 
     def pairs(list_file: Path):
-        return _listed_pairs(list_file, lambda e: path / "images" / by_stem.get(stem(e), e),
+        return _listed_pairs(list_file, path, lambda e: path / "images" / by_stem.get(stem(e), e),
                              lambda e: path / "masks" / f"{stem(e)}.png")
 
     return _seg_splits("seg_folder", pairs(path / "train.txt"), pairs(eval_list), classes)
@@ -274,20 +270,6 @@ def compose_scenes(items: np.ndarray, classes: np.ndarray, layout: SceneLayout, 
     return images[:, None], masks
 
 
-def _load_cache(file: Path, sizes: dict[str, int], canvas: int) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(file, allow_pickle=False) as saved:
-            arrays = {key: saved[key] for key in ("train_images", "train_masks", "test_images", "test_masks")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None  # absent or damaged: compose again
-    for key, array in arrays.items():
-        split, kind = key.split("_")
-        want = (sizes[split], 1, canvas, canvas) if kind == "images" else (sizes[split], canvas, canvas)
-        if array.dtype != np.uint8 or array.shape != want:
-            return None
-    return arrays
-
-
 @register_dataset("fmnist_scenes", ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
                   "Fashion-MNIST as for fashion_mnist (a folder 'fashion-mnist' with train-images-idx3-ubyte.gz, "
                   "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); the scenes "
@@ -301,7 +283,8 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     ``min_size..max_size`` pixels at a random place (:func:`compose_scenes`); 11 classes (background + the 10
     Fashion-MNIST classes). Training scenes use only training items, test scenes only test items. The scenes
     depend only on the options and the Fashion-MNIST files (integer maths, seeded NumPy generators) and are
-    cached in ``$SELFKD_CACHE`` (default ``~/.cache/selfkd``).
+    cached in ``$SELFKD_CACHE`` (default ``~/.cache/selfkd``), keyed on the options and the paths, sizes and
+    modification times of the four IDX files, so that a cache hit reads nothing else.
     """
     if min_items > max_items or min_size > max_size or max_size > canvas or threshold >= 255:
         raise ConfigError(
@@ -309,21 +292,21 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
             f"(got {min_size}, {max_size}, {canvas}) and threshold < 255 (got {threshold}). The defaults are 2–4 "
             "items of 20–36 pixels on a 64-pixel canvas, threshold 16."
         )
-    source = read_fashion_mnist(path)
-    parts = {"train": source.train, "test": source.test}
     options = dict(train_size=train_size, test_size=test_size, canvas=canvas, min_items=min_items,
                    max_items=max_items, min_size=min_size, max_size=max_size, threshold=threshold,
                    ignore_band=ignore_band, seed=seed, version=SCENES_VERSION)
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
-    for part in parts.values():
-        digest.update(part.images.numpy().tobytes())
-        digest.update(part.labels.numpy().tobytes())
+    sources = [str(_idx_file(path, f"{p}-{k}").resolve()) for p in ("train", "t10k")
+               for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode() + _fingerprint({"idx": sources}).encode())
     file = cache_dir() / f"fmnist_scenes-{digest.hexdigest()[:16]}.npz"
     sizes = {"train": train_size, "test": test_size}
-    arrays = _load_cache(file, sizes, canvas)
+    shapes = {f"{split}_{kind}": (n, 1, canvas, canvas) if kind == "images" else (n, canvas, canvas)
+              for split, n in sizes.items() for kind in ("images", "masks")}
+    arrays = load_cache(file, shapes)
     if arrays is None:
+        source = read_fashion_mnist(path)
         arrays = {}
-        for number, (split, part) in enumerate(parts.items()):
+        for number, (split, part) in enumerate((("train", source.train), ("test", source.test))):
             rng = np.random.default_rng([seed, number])
             layout = scene_layout(rng, sizes[split], len(part), min_items, max_items, min_size, max_size, canvas)
             arrays[f"{split}_images"], arrays[f"{split}_masks"] = compose_scenes(
@@ -336,20 +319,19 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     mean = float((counts * level).sum() / counts.sum())
     std = float(np.sqrt((counts * (level - mean) ** 2).sum() / counts.sum()))
     return DatasetSplits("fmnist_scenes", train, test, 11, 1, (mean,), (std,), canvas, "seg_scale_crop_flip",
-                         ["background"] + FASHION_CLASSES, padding=0, task="segmentation", ignore_index=IGNORE_INDEX)
+                         ["background"] + FASHION_CLASSES, padding=0, ignore_index=IGNORE_INDEX)
 
 
 # --------------------------------------------------------------------------- synthetic_seg
 
 @register_dataset("synthetic_seg", (), "generated in memory; no files", task="segmentation")
-def read_synthetic_segmentation(path=None, num_classes: PositiveInt = 4, train_size: PositiveInt = 64,
-                                test_size: PositiveInt = 32, image_size: PositiveInt = 32, channels: PositiveInt = 3,
+def read_synthetic_segmentation(path=None, num_classes: Annotated[int, Field(ge=2)] = 4,
+                                train_size: PositiveInt = 64, test_size: PositiveInt = 32,
+                                image_size: PositiveInt = 32, channels: PositiveInt = 3,
                                 seed: NonNegativeInt = 0) -> DatasetSplits:
     """Learnable generated scenes for tests and benchmarks: noise with 1–3 rectangles, each of a class with its
-    own colour; label 0 is the background, later rectangles cover earlier ones, and no pixel is unlabelled."""
-    if num_classes < 2:
-        raise ConfigError(f"synthetic_seg needs num_classes ≥ 2 (the background and at least one object class), "
-                          f"got {num_classes}.")
+    own colour; label 0 is the background (so ``num_classes ≥ 2``), later rectangles cover earlier ones, and no
+    pixel is unlabelled."""
     gen = torch.Generator().manual_seed(seed)
     colour = torch.randn(num_classes, channels, generator=gen)
 
@@ -376,4 +358,4 @@ def read_synthetic_segmentation(path=None, num_classes: PositiveInt = 4, train_s
     return DatasetSplits("synthetic_seg", split(train_size), split(test_size), num_classes, channels,
                          (0.5,) * channels, (0.25,) * channels, image_size, "seg_scale_crop_flip",
                          ["background"] + [f"class_{k}" for k in range(1, num_classes)], padding=0,
-                         task="segmentation", ignore_index=IGNORE_INDEX)
+                         ignore_index=IGNORE_INDEX)

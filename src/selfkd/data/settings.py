@@ -20,7 +20,7 @@ class DataConfig(BaseModel):
     eval_batch_size: PositiveInt = 500
     # None: the dataset's usual one. Segmentation: seg_scale_crop_flip (in memory) or seg_voc (files).
     augment: Literal["crop_flip", "rrc_flip", "flip", "none", "seg_scale_crop_flip", "seg_voc"] | None = None
-    image_size: PositiveInt | None = None  # training crop / test size; None: the dataset's usual one
+    image_size: PositiveInt | None = None  # training crop / classification test size; None: the dataset's usual one
     padding: NonNegativeInt | None = None  # crop padding; None: the dataset's usual one (4 for CIFAR)
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     test_resize: PositiveInt | None = None  # file datasets: resize before the centre crop (e.g. 256 for 224)

@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..atomic import atomic_write
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 
 FORMAT = "selfkd-checkpoint"
 FORMAT_VERSION = 1
@@ -96,10 +96,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = (str(err).splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path} is not a readable selfkd checkpoint: it is corrupt, truncated or of another program "
-            f"({type(err).__name__}: {first}). {again}"
+            f"({type(err).__name__}: {first_line(err, limit=200)}). {again}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a selfkd checkpoint (no '{FORMAT}' marker); refusing to load it.")
@@ -129,8 +128,11 @@ def load_run_checkpoint(path: Path, method: torch.nn.Module, method_name: str, m
     try:
         method.load_state_dict(ckpt["method_state"])
     except LOAD_ERRORS as err:
-        raise ConfigError(
-            f"{path} does not fit this run's model or method options ({str(err).splitlines()[0][:300]}). "
-            "Use the options the run was started with."
-        ) from None
+        raise does_not_fit(path, err) from None
     return ckpt
+
+
+def does_not_fit(path: Path, err: BaseException) -> ConfigError:
+    """The error for a checkpoint whose state does not load into this run (``err``: what loading raised)."""
+    return ConfigError(f"{path} does not fit this run's model or method options ({first_line(err)}). Use the "
+                       "options the run was started with.")

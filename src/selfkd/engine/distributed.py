@@ -52,6 +52,12 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (``RANK``), 0 without torchrun; readable before (or without)
+    :func:`init_distributed`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here; anything else is refused."""
     if device == "auto":
@@ -82,7 +88,7 @@ def together(fn, main_only: bool = False):
     with one message instead of waiting for each other. Returns ``fn()``'s result (None where it did not run).
     ``fn`` must not run collectives itself: a process that failed before one would leave the others waiting."""
     error, result = None, None
-    if not main_only or int(os.environ.get("RANK", "0")) == 0:
+    if not main_only or env_rank() == 0:
         try:
             result = fn()
         except SelfKDError as err:
@@ -97,10 +103,8 @@ def together(fn, main_only: bool = False):
 
 
 def gather_to_main(obj) -> list | None:
-    """Every process's ``obj`` (CPU tensors inside) as a rank-indexed list on the main process, None on the others;
-    ``[obj]`` in one process. Over the CPU side group, so it suits what a checkpoint keeps of each process."""
-    if _CONTROL is None:
-        return [obj]
+    """Under torchrun, every process's ``obj`` (CPU tensors inside) as a rank-indexed list on the main process, None
+    on the others. Over the CPU side group, so it suits what a checkpoint keeps of each process."""
     main = dist.get_rank() == 0
     gathered: list | None = [None] * dist.get_world_size() if main else None
     dist.gather_object(obj, gathered, dst=0, group=_CONTROL)

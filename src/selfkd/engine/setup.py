@@ -23,7 +23,6 @@ from .step import TrainStep, build_optimizer
 @dataclass
 class RunParts:
     cfg: Config  # with every ``auto`` setting resolved for the device
-    task: str
     method: Method
     optimizer: torch.optim.Optimizer
     step: TrainStep
@@ -66,21 +65,22 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     cfg = cfg.resolved(device.type, dist.enabled)
     t, o = cfg.train, cfg.optim
     method = build_method(cfg, splits)
-    task = method.task
     if t.sync_bn and dist.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
                               "turn it off for CPU runs.")
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    layout = torch.channels_last if t.channels_last else torch.contiguous_format  # the model's, and its batches'
     method.to(device)
     if t.channels_last:
-        method.to(memory_format=torch.channels_last)
-    train_loader = build_train_loader(splits, cfg.data, method.data_needs, device, cfg.seed, dist.rank, dist.world)
-    test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world)
+        method.to(memory_format=layout)
+    train_loader = build_train_loader(splits, cfg.data, method.data_needs, device, cfg.seed, dist.rank, dist.world,
+                                      layout)
+    test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
     lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
     optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device)
-    ignore = getattr(splits, "ignore_index", -100) if task == "segmentation" else -100
+    ignore = splits.ignore_index if method.task == "segmentation" else -100
     step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
-                     ignore_index=ignore, accumulate=t.accumulate_steps, clip_mode=t.grad_clip_mode,
-                     channels_last=t.channels_last)  # wrapped in DDP by the trainer (TrainStep.distribute)
-    return RunParts(cfg, task, method, optimizer, step, train_loader, test_loader)
+                     ignore_index=ignore, accumulate=t.accumulate_steps,
+                     clip_mode=t.grad_clip_mode)  # wrapped in DDP by the trainer (TrainStep.distribute)
+    return RunParts(cfg, method, optimizer, step, train_loader, test_loader)

@@ -83,8 +83,7 @@ class StepStats:
         labelled = primary != self.ignore_index
         self.correct += ((logits.detach().argmax(1) == primary) & labelled).sum()
         self.labelled += labelled.sum()
-        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]),
-                                     torch.full_like(self.first_bad, self.steps), self.first_bad)
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]), self.steps, self.first_bad)
         self.sums = terms if self.sums is None else self.sums + terms
         self.seen += n
         self.steps += 1
@@ -146,15 +145,12 @@ class TrainStep:
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                  compile_mode: str = "off", grad_clip: float | None = None, skip_nonfinite: bool = False,
-                 ignore_index: int = -100, accumulate: int = 1, clip_mode: str = "norm", channels_last: bool = False):
+                 ignore_index: int = -100, accumulate: int = 1, clip_mode: str = "norm"):
         self.method, self.optimizer, self.device = method, optimizer, device
         self.dtype = amp_dtype(amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.grad_clip, self.skip_nonfinite, self.ignore_index = grad_clip, skip_nonfinite, ignore_index
         self.accumulate, self.clip_mode, self.pending = accumulate, clip_mode, 0
-        # The loaders give channels_last images; the model's own layout avoids a copy inside the convolutions and a
-        # crash of PyTorch's CPU convolution backward on channels_last input (1×1, stride 2, 64+ px).
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.pass_index = method.data_needs.index
         model: nn.Module = method
         if compile_mode != "off":
@@ -180,7 +176,6 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None = None,
                  last: bool = False) -> None:
-        images = images.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.dtype):
             out = self.model(images, targets, index if self.pass_index else None)
         if self.skip_nonfinite and self._any_rank_nonfinite(out.loss):  # host sync only in this opt-in mode

@@ -21,14 +21,14 @@ from ..atomic import atomic_write
 from ..config import Config, build_config
 from ..data.datasets import load_dataset
 from ..data.resident import ResidentLoader
-from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError
+from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError, first_line
 from ..metrics import TASKS, Evaluation, columns
 from ..threads import LoadWatch
 from ..runfolder import (CHECKPOINT, CONFIG, EXAMPLES, SUMMARY, WEIGHTS, check_free, check_new, check_run,
                          next_step, open_run, release)
 from ..weights import save_eval_model
 from . import distributed as dist_utils
-from .checkpoint import LOAD_ERRORS, load_run_checkpoint, save_checkpoint
+from .checkpoint import LOAD_ERRORS, does_not_fit, load_run_checkpoint, save_checkpoint
 from .examples import write_examples
 from .logger import RunLogger, use_progress_bar
 from .schedule import lr_factor
@@ -83,7 +83,7 @@ class Trainer:
         self.epoch_stats: dict = {}  # training statistics of the last finished epoch
         self.resumed_window: dict | None = None  # statistics of a partly trained epoch, from the checkpoint
         self.resumed_own: dict | None = None  # this process's own state in the checkpoint (see _own_state)
-        self.resumed_stamp: tuple | None = None  # the checkpoint file read on resume (size, time), to see it change
+        self.resumed_stamp: tuple | None = None  # the checkpoint read on resume (inode, size, time), to see it change
         self.eval_files: dict | None = None  # documents of the last evaluation (reliability bins), for the folder
         dist_utils.together(lambda: self._prepare(cfg, resume, overwrite))
         if self.dist.enabled:
@@ -101,7 +101,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
         parts = build_run(cfg, self.splits, self.device, self.dist)
-        self.cfg, self.task = parts.cfg, TASKS[parts.task]
+        self.cfg, self.task = parts.cfg, TASKS[parts.method.task]
         self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
         self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -119,7 +119,7 @@ class Trainer:
             try:
                 next(iter(self.train_loader), None)
             except (RuntimeError, ValueError, IndexError) as err:
-                raise ConfigError(f"The data settings cannot make a training batch ({_first_line(err)}); check "
+                raise ConfigError(f"The data settings cannot make a training batch ({first_line(err)}); check "
                                   "data.augment, image_size, padding and rrc_scale.") from None
         size = data.image_size or self.splits.image_size
         blank = torch.zeros(2, self.splits.in_channels, size, size, device=self.device)
@@ -131,7 +131,7 @@ class Trainer:
                 module(blank)
         except (RuntimeError, ValueError, IndexError) as err:
             raise ConfigError(f"Model '{self.cfg.model.name}' cannot run on {self.splits.in_channels}×{size}×{size} "
-                              f"images ({_first_line(err)}); check data.image_size and the model options.") from None
+                              f"images ({first_line(err)}); check data.image_size and the model options.") from None
         finally:
             module.train(was_training)
 
@@ -206,10 +206,7 @@ class Trainer:
             if ckpt.get("scaler"):
                 self.step.scaler.load_state_dict(ckpt["scaler"])
         except LOAD_ERRORS as err:
-            raise ConfigError(
-                f"{path} does not fit this run's model or method options ({_first_line(err)}). "
-                "Resume with the options the run was started with."
-            ) from None
+            raise does_not_fit(path, err) from None
         epochs, done, steps = self.cfg.train.epochs, ckpt["epoch"], ckpt["step_in_epoch"]
         if done > epochs or (done == epochs and steps):
             where = f"in epoch {done + 1} (step {steps})" if steps else f"after epoch {done}"
@@ -251,8 +248,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(own["rng"]["cuda"])
             self.method.load_state_dict(own.get("buffers", {}), strict=False)
         except LOAD_ERRORS as err:
-            raise ConfigError(f"{path} does not fit this run's model or method options ({_first_line(err)}). "
-                              "Resume with the options the run was started with.") from None
+            raise does_not_fit(path, err) from None
         self.resumed_window = own["window"]
 
     # ------------------------------------------------------------------ loop
@@ -307,8 +303,9 @@ class Trainer:
             self.save()
             if self.epoch < t.epochs and stop.now():  # asked during the evaluation or the save
                 stop.flag["abortable"] = False
-                raise dist_utils.agreed(Interrupted(f"Stopped by {stop.name} after epoch {self.epoch}; checkpoint "
-                                                    f"saved in {self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}"))
+                raise dist_utils.agreed(Interrupted(  # fit adds what to run next
+                    f"Stopped by {stop.name} after epoch {self.epoch}; checkpoint saved in "
+                    f"{self.run_dir / CHECKPOINT}."))
         return self.finish()
 
     def _train_epoch(self, stop: dist_utils.StopVote) -> None:
@@ -357,7 +354,7 @@ class Trainer:
                     stop.flag["abortable"] = False
                     raise dist_utils.agreed(Interrupted(
                         f"Stopped by {stop.name} at epoch {self.epoch + 1}, step {self.step_in_epoch}; checkpoint "
-                        f"saved in {self.run_dir / CHECKPOINT}. {next_step(self.run_dir)}"
+                        f"saved in {self.run_dir / CHECKPOINT}."  # fit adds what to run next
                     ))
         finally:
             if bar is not None:
@@ -389,7 +386,7 @@ class Trainer:
             f"Non-finite loss ({', '.join(terms)}) at training step {window_start + step + 1} "
             f"(epoch {self.epoch + 1}); nothing from that step on was saved. Lower the learning rate, enable "
             "train.grad_clip, turn train.amp off, or set train.nonfinite=skip to skip such steps (each as --set "
-            f"KEY=VALUE added to the command below). {next_step(self.run_dir)}"
+            "KEY=VALUE added to the command below)."  # fit adds the command
         ))
 
     def evaluate(self) -> dict:
@@ -442,7 +439,6 @@ class Trainer:
                 write_examples(self.run_dir / EXAMPLES, exported, self.test_loader, self.splits.classes, self.device,
                                self.step.dtype, then=then)
             atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)), then)
-        self.logger.close()
         return summary
 
 
@@ -468,7 +464,7 @@ def epoch_line(row: dict, epochs: int, task: str) -> str:
     for column in columns(task):
         value = row.get(f"test/{column.key}")
         if column.line and isinstance(value, (int, float)):
-            parts.append(f"{column.line} {value:.{column.digits}f}" + ("%" if "%" in column.header else ""))
+            parts.append(f"{column.line} {column.format(value)}")
     parts.append(f"{row.get('time/img_per_s', 0):.0f} img/s")
     return "  ".join(parts)
 
@@ -502,7 +498,7 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and (cfg.run_path / CHECKPOINT).exists():
         resume, overwrite = True, False  # torchrun restarted the workers: continue from the last checkpoint
     if resume and (done := finished(cfg)) is not None:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if dist_utils.env_rank() == 0:
             print(f"The run in {cfg.run_path} is finished ({done['epochs']}/{done['epochs']} epochs); nothing was "
                   f"changed. Evaluate it with `selfkd eval --run {cfg.run_path}`, or train it further with "
                   f"`selfkd train --resume {cfg.run_path} --epochs N`.", flush=True)
@@ -529,10 +525,6 @@ def _get(config: dict, key: tuple):
     for part in key:
         config = config.get(part) if isinstance(config, dict) else None
     return config
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _stamp(path: Path) -> tuple:

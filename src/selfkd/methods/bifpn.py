@@ -3,8 +3,8 @@
 Two variants:
 
 - ``bifpnc`` (default): level ``i`` has ``d_i = w·c_i`` channels, so resampling between levels needs
-  the ``k1`` convs inside ``Up``/``Down``. 6,375,794 parameters on a CIFAR ResNet-18 with K = 100
-  (w = 2), 411,885 on WRN-16-2.
+  the ``k1`` convs (1×1 conv → BN → ReLU: ``cbr(·, ·, 1)``) inside ``Up``/``Down``. 6,375,794 parameters on a
+  CIFAR ResNet-18 with K = 100 (w = 2), 411,885 on WRN-16-2.
 - ``bifpn``: one width ``d`` (256) at every level. The lateral projections ``L_i``/``L'_i`` still map
   ``c_i → d`` (nothing else could bring the stage features to a common width), but ``Up``/``Down`` are
   plain resampling without projection convs. 681,581 parameters on WRN-16-2 (K = 100), ≈ 0.97× the
@@ -20,11 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.base import init_weights
-
-
-def k1(cin: int, cout: int) -> nn.Sequential:
-    """1×1 conv (no bias) → BN → ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+from ..models.segmentation import cbr
 
 
 class SeparableBlock(nn.Sequential):
@@ -73,7 +69,7 @@ class Upsample(nn.Module):
 
     def __init__(self, cin: int, cout: int, project: bool):
         super().__init__()
-        self.project = k1(cin, cout) if project else nn.Identity()
+        self.project = cbr(cin, cout, 1) if project else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.project(F.interpolate(x, size=size, mode="nearest"))
@@ -90,7 +86,7 @@ class Downsample(nn.Module):
 
     def __init__(self, cin: int, cout: int, project: bool):
         super().__init__()
-        self.project = k1(cin, cout) if project else nn.Identity()
+        self.project = cbr(cin, cout, 1) if project else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         pads = []
@@ -131,8 +127,8 @@ class SelfTeacher(nn.Module):
             )
         self.widths = list(widths)
         c, d, project = stage_channels, widths, resample_convs
-        self.lateral = nn.ModuleList(k1(c[i], d[i]) for i in range(n))
-        self.lateral_bottom_up = nn.ModuleList(k1(c[i], d[i]) for i in range(1, n))  # L'_2..L'_n
+        self.lateral = nn.ModuleList(cbr(c[i], d[i], 1) for i in range(n))
+        self.lateral_bottom_up = nn.ModuleList(cbr(c[i], d[i], 1) for i in range(1, n))  # L'_2..L'_n
         self.up = nn.ModuleList(Upsample(d[i + 1], d[i], project) for i in range(n - 1))  # into levels 1..n−1
         self.fuse_up = nn.ModuleList(Fusion(2) for _ in range(n - 1))
         self.refine_up = nn.ModuleList(SeparableBlock(d[i]) for i in range(n - 1))

@@ -12,7 +12,13 @@ METHODS: dict[str, Registry] = {task: Registry("method", task) for task in TASK_
 
 
 def register_method(name: str, task: str = "classification"):
-    return METHODS[task].register(name)
+    """Class decorator: register the method ``name`` for ``task`` and set the class's ``task`` to it."""
+    def add(cls):
+        METHODS[task].register(name)(cls)
+        cls.task = task
+        return cls
+
+    return add
 
 
 def method_class(name: str, task: str = "classification"):

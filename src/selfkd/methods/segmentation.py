@@ -26,8 +26,6 @@ from .registry import register_method
 class SegmentationCE(Method):
     """``CE(out, y)`` averaged over labelled pixels: the baseline of every segmentation method."""
 
-    task = "segmentation"
-
     def __init__(self, model: nn.Module, num_classes: int, ignore_index: int = 255):
         super().__init__(model, num_classes)
         self.ignore_index = ignore_index
@@ -66,8 +64,6 @@ class SegmentationFRSKD(Method):
     epochs, then ``exp(−5(1 − t)²)`` up to full strength at the last epoch). The official KD also averages over
     ignored and padded pixels; ``kd_mask=True`` restricts it to labelled pixels instead.
     """
-
-    task = "segmentation"
 
     def __init__(self, model: nn.Module, num_classes: int, alpha: NonNegative = 1.0, beta: NonNegative = 50.0,
                  temperature: Positive = 1.0, warmup_epochs: NonNegativeInt = 40,

@@ -1,8 +1,9 @@
 """Segmenters: ``forward(x) -> (logits, pyramid)``, ``logits`` ``(B, K, H, W)`` at the input size.
 
 The FRSKD segmenter (Ji et al., "Refine Myself by Teaching Myself", CVPR 2021, segmentation code):
-encoder stages ``C2..C5`` → FPN to six 64-channel levels ``P2..P7`` → 3 × :class:`BiFPNSeg` → pyramid ``S1``
-→ head on ``S1``'s finest level (``cbr3(64→256)``, 3×3 conv to K), upsampled bilinearly to the input size.
+encoder stages ``C2..C5`` → FPN to six ``channels``-wide levels ``P2..P7`` (64 for B0, 88/112 for B1/B2) →
+3 × :class:`BiFPNSeg` → pyramid ``S1`` → head on ``S1``'s finest level (``cbr3(channels→head_channels)``, 256 by
+default, then a 3×3 conv to K), upsampled bilinearly to the input size.
 ``pyramid`` is ``S1`` (FRSKD's self-teacher refines it). Encoders are torchvision's EfficientNet-B0/B1/B2
 or ResNet-18/50, randomly initialised (nothing is downloaded). The reference models wrap torchvision's
 segmentation networks and return an empty pyramid.
@@ -10,9 +11,11 @@ segmentation networks and return an empty pyramid.
 Differences from the official code (which loads an ImageNet-pretrained EfficientNet): by default the encoder
 taps are the last block of each of the 24/40/80/320-channel EfficientNet stages (the official code taps the first
 block of the 24/40/80 ones, a quirk of how it slices the block list: ``taps="official"``); torchvision's stem keeps
-its activation after the BN (the official stem drops it: ``stem_activation=False``); biases of convs that feed a BN are dropped (the BN cancels them); BN uses
-PyTorch's default momentum (the official 0.997 is TensorFlow's convention, which in PyTorch keeps almost only
-the last batch in the running statistics); the FPN's two smoothing convs, built but never used, are left out.
+its activation after the BN (the official stem drops it: ``stem_activation=False``); biases of convs that feed a
+BN are dropped (the BN cancels them); BN uses PyTorch's default momentum (the official 0.997 is TensorFlow's
+convention, which in PyTorch keeps almost only the last batch in the running statistics) and eps 1e-5 (the official
+FPN and head BNs use eps 1e-4; its BiFPN BNs use PyTorch's defaults too); the FPN's two smoothing convs, built but
+never used, are left out.
 """
 from __future__ import annotations
 
@@ -56,16 +59,12 @@ class Segmenter(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A torchvision network cut into four stages; returns ``[C2, C3, C4, C5]``.
+    """A torchvision network cut into four stages; returns ``[C2, C3, C4, C5]`` with ``channels`` channels."""
 
-    ``channels`` and ``reductions`` (down-sampling w.r.t. the input: 4/8/16/32, or repeated values for a
-    dilated network) are known at construction.
-    """
-
-    def __init__(self, stages: list[nn.Module], channels: list[int], reductions: list[int]):
+    def __init__(self, stages: list[nn.Module], channels: list[int]):
         super().__init__()
         self.stages = nn.ModuleList(stages)
-        self.channels, self.reductions = channels, reductions
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -107,7 +106,7 @@ def efficientnet_encoder(version: str, in_channels: int, taps: str = "stage_end"
     else:
         stages = [nn.Sequential(*f[:2], f[2][0]), nn.Sequential(*f[2][1:], f[3][0]),
                   nn.Sequential(*f[3][1:], f[4][0]), nn.Sequential(*f[4][1:], *f[5:8])]
-    return Encoder(stages, [stage[-1].out_channels for stage in (f[2], f[3], f[4], f[7])], [4, 8, 16, 32])
+    return Encoder(stages, [stage[-1].out_channels for stage in (f[2], f[3], f[4], f[7])])
 
 
 def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Encoder:
@@ -119,12 +118,8 @@ def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Enc
     net = getattr(tvm, f"resnet{depth}")(weights=None, replace_stride_with_dilation=dilate)
     replace_first_conv(net, in_channels)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
-    reductions = [4]
-    for dilated in dilate:
-        reductions.append(reductions[-1] * (1 if dilated else 2))
     expansion = net.layer1[0].expansion
-    return Encoder([stem, net.layer2, net.layer3, net.layer4], [expansion * c for c in (64, 128, 256, 512)],
-                   reductions)
+    return Encoder([stem, net.layer2, net.layer3, net.layer4], [expansion * c for c in (64, 128, 256, 512)])
 
 
 class FPN(nn.Module):
@@ -209,7 +204,7 @@ class FRSKDSegmenter(Segmenter):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pyramid = self.bifpn(self.fpn(self.encoder(x)))
-        return self.head(pyramid[0], x.shape[-2:]), list(pyramid)
+        return self.head(pyramid[0], x.shape[-2:]), pyramid
 
 
 class TorchvisionSegmenter(Segmenter):

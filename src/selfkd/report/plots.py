@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from ..metrics import Column, columns
+from ..metrics import Column, column
 from ..runfolder import EXAMPLES
 from .table import Group
 
@@ -246,7 +246,7 @@ def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
     for (dataset, model), members in panels.items():
         title = f"{dataset} / {model}"
         name = slug(dataset, model)
-        metric = next(c for c in columns() if c.key == members[0].primary)  # the headline metric: top-1, mIoU
+        metric = column(members[0].primary)  # the headline metric: top-1, mIoU
         plots = [
             (f"{title}: test {metric.header} per epoch", f"accuracy_{name}.png",
              lambda p: plot_curves(members, f"test/{metric.key}", f"test {metric.header}", f"{title}: test {metric.header}", p)),
