@@ -77,21 +77,3 @@ def test_training_accuracy_leaves_ignored_targets_out():
     stats.add(logits, torch.tensor([[[0, 255]]]), loss, {"ce": loss})
     stats.add(logits, torch.tensor([[[1, 1]]]), loss, {"ce": loss})
     assert stats.summary("pixel_acc")["train/pixel_acc"] == pytest.approx(100 * 2 / 3)  # 1 of 1, then 1 of 2
-
-
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_the_loaders_give_batches_in_the_models_layout(tmp_path, channels_last):
-    from conftest import tiny_config
-    from selfkd.config import build_config
-    from selfkd.data import load_dataset
-    from selfkd.engine.setup import build_run
-
-    cfg = build_config(tiny_config(tmp_path, data={"options": {"num_classes": 4, "train_size": 16, "test_size": 8,
-                                                               "image_size": 8}, "batch_size": 8, "eval_batch_size": 8},
-                                   train={"channels_last": channels_last}))
-    parts = build_run(cfg, load_dataset("synthetic", None, **cfg.data.options), torch.device("cpu"))
-    layout, other = (torch.channels_last, torch.contiguous_format)[::1 if channels_last else -1]
-    assert next(p for p in parts.method.parameters() if p.ndim == 4).is_contiguous(memory_format=layout)
-    for loader in (parts.train_loader, parts.test_loader):
-        images = next(iter(loader)).images
-        assert images.is_contiguous(memory_format=layout) and not images.is_contiguous(memory_format=other)

@@ -11,10 +11,11 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, SelfKDError
+from .errors import ConfigError, SelfKDError, SelfKDWarning
 from .registry import TASK_NAMES
 
 EXTRA: list[str] = ["selfkd.bench", "selfkd.report.compare", "selfkd.sweep", "selfkd.export", "selfkd.demo"]  # modules with register(subparsers)
@@ -170,8 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """selfkd's own warnings as one ``selfkd: warning:`` paragraph (no source line); others as Python shows them."""
+    if issubclass(category, SelfKDWarning):
+        print(f"selfkd: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = show_warning
     try:
         return args.func(args) or 0
     except SelfKDError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from .data.settings import DataConfig
-from .errors import ConfigError
+from .errors import ConfigError, SelfKDWarning
 from .registry import TASK_NAMES, closest
 
 
@@ -117,14 +118,21 @@ class Config(Section):
     def resolved(self, device_type: str, distributed: bool) -> "Config":
         """This config with every ``auto`` training setting decided for the device it runs on.
 
-        ``amp``: bf16 on CUDA, off elsewhere. ``channels_last``: on CUDA. ``compile``: CUDA graphs
+        ``amp``: bf16 on CUDA, off elsewhere. ``channels_last``: on CUDA, never on the CPU. ``compile``: CUDA graphs
         (``reduce-overhead``) on one GPU; plain compilation under DDP, whose all-reduce hooks fire during
         backward and have not been validated inside captured graphs; off on CPU.
         """
         t, cuda = self.train, device_type == "cuda"
+        channels_last = cuda if t.channels_last == "auto" else t.channels_last
+        if channels_last and not cuda:
+            warnings.warn("train.channels_last: true is ignored on the CPU, which trains in the contiguous layout: "
+                          "oneDNN's convolution backward crashes or hangs on channels_last activations on processors "
+                          "without AVX-512 (benchmarks/cpu_channels_last.py reproduces it). Set it to auto to "
+                          "silence this.", SelfKDWarning, stacklevel=2)
+            channels_last = False
         settings = {
             "amp": ("bf16" if cuda else "off") if t.amp == "auto" else t.amp,
-            "channels_last": cuda if t.channels_last == "auto" else t.channels_last,
+            "channels_last": channels_last,
             "compile": ("off" if not cuda else "default" if distributed else "reduce-overhead")
             if t.compile == "auto" else t.compile,
         }

@@ -21,6 +21,11 @@ def first_line(err: BaseException, text: str | None = None, limit: int = 300) ->
     return (lines or [type(err).__name__])[0][:limit]
 
 
+class SelfKDWarning(UserWarning):
+    """Something selfkd decided differently from what the config asked, and why (the CLI prints it as one
+    ``selfkd: warning:`` paragraph)."""
+
+
 class ConfigError(SelfKDError):
     pass
 

@@ -90,9 +90,12 @@ def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
               memory_format: torch.memory_format) -> torch.Tensor:
-    """uint8 or [0, 255] float -> (x/255 − mean)/std, in ``memory_format`` (the model's layout)."""
-    x = x.float().contiguous(memory_format=memory_format)
-    return (x * (1 / 255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """uint8 or [0, 255] float -> (x/255 − mean)/std, written into a new tensor with the canonical strides of
+    ``memory_format`` (the model's layout). Not ``contiguous(memory_format)``: for C = 1 a tensor with strides
+    (HW, 1, W, 1) passes as contiguous, yet PyTorch then runs the whole network channels_last (and oneDNN's AVX2
+    1×1 convolution backward hangs or crashes on it)."""
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    return torch.div(x.float() * (1 / 255.0) - mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), out=out)
 
 
 def seg_scale_crop_flip(images: torch.Tensor, masks: torch.Tensor, size: int, scale: tuple[float, float], flip: bool,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DatasetError
+from ..errors import DatasetError, SelfKDWarning
 from .datasets import (IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageFiles, ImageTensors, MissingFiles,
                        check_labels, decode_rgb, register_dataset, require)
 
@@ -93,7 +93,7 @@ def save_cache(file: Path, arrays: dict[str, np.ndarray], what: str, stale: str 
         with contextlib.suppress(OSError):  # e.g. the cache folder's path runs through a file
             tmp.unlink(missing_ok=True)
         warnings.warn(f"Could not cache {what} in {file} ({err}); they will be made again next time. Set "
-                      "$SELFKD_CACHE to a writable folder.", stacklevel=3)
+                      "$SELFKD_CACHE to a writable folder.", SelfKDWarning, stacklevel=3)
 
 
 def load_cache(file: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SelfKDWarning
 from ..losses import pixel_cross_entropy, pixel_kd_loss
 from ..models.segmentation import BiFPNSeg, SegmentationHead
 from ..registry import NonNegative, NonNegativeInt, Positive
@@ -87,7 +87,7 @@ class SegmentationFRSKD(Method):
         if epoch == 0 and self.warmup_epochs >= num_epochs and (self.alpha or self.beta):
             warnings.warn(f"frskd: warmup_epochs={self.warmup_epochs} but the run has {num_epochs} epochs, so KD and "
                           "AT never start (the official 40 fit its 60-epoch recipe); lower warmup_epochs.",
-                          stacklevel=2)
+                          SelfKDWarning, stacklevel=2)
         self.ramp.fill_(distillation_ramp(epoch, num_epochs, self.warmup_epochs, self.ramp_epochs))
 
     def compute_loss(self, images, targets, index=None):
