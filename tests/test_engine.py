@@ -111,8 +111,8 @@ def test_resume_refuses_a_different_method(tmp_path, run_cli):
 
 
 def test_the_console_lines_show_per_cent_columns_with_a_percent_sign():
-    from selfkd.cli import final_line
-    from selfkd.engine.trainer import epoch_line
+    from selfkd.commands.train import final_line
+    from selfkd.engine.logger import epoch_line
 
     row = {"epoch": 3, "train/loss": 0.42123, "train/top1": 91.2, "test/top1": 88.1, "test/top5": 99.0,
            "test/nll": 0.3512, "test/ece": 2.1, "test/aurc": 8.12, "time/img_per_s": 5123.4}

@@ -179,9 +179,9 @@ def test_exported_weights_give_the_logits_that_were_evaluated(task, name, varian
     from selfkd import create_method, create_model
     from selfkd.data import DataConfig, build_train_loader, load_dataset
     from selfkd.engine.step import TrainStep, build_optimizer
-    from selfkd.engine.trainer import evaluate
+    from selfkd.engine.evaluation import evaluate, rebuild_eval_model
     from selfkd.methods import method_class, data_args
-    from selfkd.weights import load_eval_model, save_eval_model
+    from selfkd.weights import save_eval_model
 
     cpu = torch.device("cpu")
     model_name, model_options, size = TINY_MODELS[task]
@@ -212,7 +212,7 @@ def test_exported_weights_give_the_logits_that_were_evaluated(task, name, varian
 
     want = evaluate(method.eval_model(), [type("B", (), {"images": images, "targets": None})], cpu, None,
                     Record()).logits
-    loaded, got_meta = load_eval_model(tmp_path / "model.safetensors")
+    loaded, got_meta = rebuild_eval_model(tmp_path / "model.safetensors")
     with torch.no_grad():
         out = loaded(images)
     got = out[0] if isinstance(out, tuple) else out

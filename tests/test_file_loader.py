@@ -5,7 +5,7 @@ from torchvision.io import encode_png, write_file
 
 from selfkd.config import DataConfig
 from selfkd.data import ImageFiles, build_test_loader, build_train_loader, load_dataset
-from selfkd.data.datasets import read_synthetic
+from selfkd.data.small_images import read_synthetic
 from selfkd.data.files import FileLoader
 from selfkd.data.loaders import AugmentSpec
 from selfkd.data.resident import ResidentLoader

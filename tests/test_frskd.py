@@ -17,7 +17,8 @@ from selfkd.methods.batch_transforms import aggregate_rotations, cutmix, mixup, 
 from selfkd.methods import create_method
 from selfkd.methods.bifpn import Fusion, TeacherOutput, build_self_teacher
 from selfkd.weights import load_weights
-from selfkd.methods.frskd import attention_transfer_loss, overhaul_margin, partial_l2
+from selfkd.losses import attention_transfer_loss
+from selfkd.methods.frskd import overhaul_margin, partial_l2
 from conftest import tiny_config
 from hand import ce as _ce_by_hand, kd as _kd_by_hand
 

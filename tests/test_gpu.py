@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selfkd import create_method, create_model
-from selfkd.data.datasets import read_synthetic
+from selfkd.data.small_images import read_synthetic
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
 from selfkd.methods import data_args

@@ -7,7 +7,7 @@ import torch
 from selfkd import create_model
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
-from selfkd.methods.one import rampup_weight
+from selfkd.losses import rampup_weight
 from hand import (FC100, S3, S4, all_none as _all_none, all_some as _all_some, batch as _batch, ce as _ce,
                   full_resnet18 as _full_resnet18, grads as _grads, kd as _kd, softmax as _softmax)
 

@@ -7,11 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
+import selfkd.data.decoding as decoding
 import selfkd.data.segmentation as seg
+import selfkd.data.transforms as transforms
 from selfkd.data import load_dataset
 from selfkd.data.augment import seg_scale_crop_flip
 from selfkd.data.datasets import SegmentationFiles
 from selfkd.errors import ConfigError, DatasetError
+from selfkd.tasks import IGNORE_LABEL
 from hand import write_fashion_rectangles, write_idx
 
 PALETTE = [v for k in range(256) for v in (k * 37 % 256, k * 91 % 256, k * 53 % 256)]
@@ -55,13 +58,13 @@ def voc(tmp_path):
 def test_voc_splits_load_and_palette_masks_decode_to_class_indices(voc):
     devkit, masks = voc
     data = load_dataset("voc", data_dir=devkit)
-    assert (data.task, data.num_classes, data.classes[0], data.ignore_index) == ("segmentation", 21, "background", 255)
+    assert (data.task, data.num_classes, data.classes[0]) == ("segmentation", 21, "background")
     assert isinstance(data.train, SegmentationFiles) and not data.in_memory
     names = [p.split("/")[-1] for p in data.train.paths]
     assert names == ["000001.jpg", "000002.jpg", "000004.jpg", "2008_000001.jpg", "2008_000002.jpg", "2008_000003.jpg"]
     assert [p.split("/")[-1] for p in data.test.mask_paths] == ["000003.png"]
     for image_path, mask_path in zip(data.train.paths + data.test.paths, data.train.mask_paths + data.test.mask_paths):
-        image, mask = seg.read_pair(image_path, mask_path, 21)
+        image, mask = decoding.read_pair(image_path, mask_path, 21)
         want = masks[mask_path.split("/")[-1][:-4]]
         assert mask.dtype == torch.uint8 and mask.numpy().tolist() == want.tolist()
         assert image.shape == (3, *want.shape)
@@ -86,13 +89,13 @@ def test_bad_masks_are_refused_naming_the_file(tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(rgb)
     with pytest.raises(DatasetError, match=f"{wrong_size} is 11x8 .* {image} is 10x8"):
-        seg.read_pair(str(image), str(wrong_size), 21)
+        decoding.read_pair(str(image), str(wrong_size), 21)
     with pytest.raises(DatasetError, match=f"{bad_label} has label.* 30"):
-        seg.read_pair(str(image), str(bad_label), 21)
+        decoding.read_pair(str(image), str(bad_label), 21)
     with pytest.raises(DatasetError, match=str(broken)):
-        seg.read_pair(str(image), str(broken), 21)
+        decoding.read_pair(str(image), str(broken), 21)
     with pytest.raises(DatasetError, match=f"{rgb} is a RGB image"):
-        seg.read_pair(str(image), str(rgb), 21)
+        decoding.read_pair(str(image), str(rgb), 21)
 
 
 def test_seg_folder_reads_lists_with_or_without_extensions(tmp_path):
@@ -110,7 +113,7 @@ def test_seg_folder_reads_lists_with_or_without_extensions(tmp_path):
     (root / "classes.txt").write_text("sky\nroad\ncar\n")
     data = load_dataset("seg_folder", data_dir=root)
     assert (data.num_classes, data.classes, data.task) == (3, ["sky", "road", "car"], "segmentation")
-    _, mask = seg.read_pair(data.test.paths[0], data.test.mask_paths[0], 3)
+    _, mask = decoding.read_pair(data.test.paths[0], data.test.mask_paths[0], 3)
     assert mask.numpy().tolist() == masks["c"].tolist()
     with pytest.raises(DatasetError, match="names 3 classes but num_classes=4"):
         load_dataset("seg_folder", data_dir=root, num_classes=4)
@@ -129,7 +132,7 @@ def coded_pair(h=20, w=30):
 
 def test_file_transform_keeps_image_and_mask_aligned_and_pads_masks_with_ignore():
     image, mask = coded_pair()
-    transform = seg.build_seg_transform(True, crop_size=32, short_side=(20, 20), blur=False)  # no resampling
+    transform = transforms.build_seg_transform(True, crop_size=32, short_side=(20, 20), blur=False)  # no resampling
     for seed in range(4):
         torch.manual_seed(seed)
         out_image, out_mask = transform(image, mask)
@@ -139,24 +142,26 @@ def test_file_transform_keeps_image_and_mask_aligned_and_pads_masks_with_ignore(
         assert torch.equal(out_image[:, labelled], (out_mask[labelled] * 10).expand(3, -1))
         assert not out_image[:, ~labelled].any()
     torch.manual_seed(0)
-    _, scaled = seg.build_seg_transform(True, crop_size=32, short_side=(40, 60))(image, mask)
+    _, scaled = transforms.build_seg_transform(True, crop_size=32, short_side=(40, 60))(image, mask)
     assert set(scaled.unique().tolist()) <= set(mask.unique().tolist()) | {255}  # nearest: no new labels
-    assert all(torch.equal(a, b) for a, b in zip(seg.build_seg_transform(False)(image, mask), (image, mask)))
-    small_image, small_mask = seg.build_seg_transform(False, eval_size=16)(image, mask)
+    assert all(torch.equal(a, b) for a, b in zip(transforms.build_seg_transform(False)(image, mask), (image, mask)))
+    small_image, small_mask = transforms.build_seg_transform(False, eval_size=16)(image, mask)
     assert small_image.shape == (3, 16, 16) and small_mask.shape == (16, 16)
 
 
 def test_batched_joint_augmentation_aligns_crops_flips_and_pads():
     masks = torch.randint(0, 10, (8, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     images = (masks * 10)[:, None].expand(8, 3, 16, 16).contiguous()
-    out, labels = seg_scale_crop_flip(images, masks, 16, (1.0, 1.0), True, torch.Generator().manual_seed(1))
+    out, labels = seg_scale_crop_flip(images, masks, 16, (1.0, 1.0), True, torch.Generator().manual_seed(1),
+                                       IGNORE_LABEL)
     assert out.shape == (8, 3, 16, 16) and labels.dtype == torch.int64
     torch.testing.assert_close(out, (labels * 10.0)[:, None].expand(8, 3, 16, 16), atol=1e-3, rtol=0)
     mirrored = [torch.equal(labels[i], masks[i].flip(-1).long()) for i in range(8)]
     assert any(mirrored) and not all(mirrored)
     assert all(m or torch.equal(labels[i], masks[i].long()) for i, m in enumerate(mirrored))
-    again = seg_scale_crop_flip(images, masks, 16, (0.5, 0.5), True, torch.Generator().manual_seed(2))
-    out, labels = seg_scale_crop_flip(images, masks, 16, (0.5, 0.5), True, torch.Generator().manual_seed(2))
+    again = seg_scale_crop_flip(images, masks, 16, (0.5, 0.5), True, torch.Generator().manual_seed(2), IGNORE_LABEL)
+    out, labels = seg_scale_crop_flip(images, masks, 16, (0.5, 0.5), True, torch.Generator().manual_seed(2),
+                                      IGNORE_LABEL)
     assert torch.equal(again[0], out) and torch.equal(again[1], labels)  # seeded
     padded = labels == 255
     assert padded.flatten(1).sum(1).tolist() == [16 * 16 - 8 * 8] * 8  # the 8×8 scaled image, 255 around it

@@ -45,12 +45,12 @@ def test_pixel_ce_and_kd_match_hand_computation():
     targets = torch.tensor([[[0, 1, 255], [2, 2, 0]], [[255, 255, 1], [0, 2, 1]]])
     labelled = [i for i, y in enumerate(targets.flatten().tolist()) if y != 255]
     rows_s, rows_t, ys = pixel_rows(student), pixel_rows(teacher), targets.flatten().tolist()
-    assert pixel_cross_entropy(student, targets).item() == pytest.approx(
+    assert pixel_cross_entropy(student, targets, 255).item() == pytest.approx(
         hand.ce([rows_s[i] for i in labelled], [ys[i] for i in labelled]), rel=1e-5)
     assert pixel_kd_loss(teacher, student, 2.0).item() == pytest.approx(hand.kd(rows_t, rows_s, 2.0), rel=1e-5)
     masked = pixel_kd_loss(teacher, student, 2.0, mask=targets != 255).item()
     assert masked == pytest.approx(hand.kd([rows_t[i] for i in labelled], [rows_s[i] for i in labelled], 2.0), rel=1e-5)
-    assert pixel_cross_entropy(student, torch.full_like(targets, 255)).item() == 0.0  # no labelled pixel: 0, not NaN
+    assert pixel_cross_entropy(student, torch.full_like(targets, 255), 255).item() == 0.0  # no labelled pixel: 0, not NaN
 
 
 def test_ramp_is_zero_during_warmup_then_rises_to_one_at_the_last_epoch():

@@ -80,4 +80,4 @@ def test_state_sums_across_processes():
 def test_confusion_matrix_rows_are_truth_and_columns_predictions():
     pred = torch.tensor([[0, 1, 1, 2]])
     targets = torch.tensor([[0, 0, 255, 2]])
-    assert confusion_matrix(pred, targets, 3).tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+    assert confusion_matrix(pred, targets, 3, 255).tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]

@@ -6,6 +6,7 @@ from torch import nn
 from selfkd.engine.step import StepStats, TrainStep
 from selfkd.losses import cross_entropy
 from selfkd.methods.base import Method, MethodOutput
+from selfkd.tasks import IGNORE_LABEL
 
 
 class LinearNet(nn.Module):
@@ -71,7 +72,7 @@ def test_clipping_by_value_bounds_every_gradient_entry(monkeypatch):
 
 
 def test_training_accuracy_leaves_ignored_targets_out():
-    stats = StepStats(torch.device("cpu"), ignore_index=255)
+    stats = StepStats(torch.device("cpu"), ignore_index=IGNORE_LABEL)
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 2.0]]]])  # (1, 2 classes, 1, 2 pixels): predicts 0 then 1
     loss = torch.tensor(1.0)
     stats.add(logits, torch.tensor([[[0, 255]]]), loss, {"ce": loss})

@@ -41,7 +41,8 @@ def fake_run(path, method, seed, config, finished=True, checkpoint=b""):
 
 
 def test_plan_skips_finished_resumes_checkpointed_and_starts_the_rest(tmp_path):
-    from selfkd.cli import build_parser, run_flags
+    from selfkd.cli import build_parser
+    from selfkd.commands.flags import run_flags
     from selfkd.config import make_config
     from selfkd.sweep import plan
 
@@ -77,7 +78,7 @@ def test_plan_skips_finished_resumes_checkpointed_and_starts_the_rest(tmp_path):
 
 
 def test_bad_grids_fail_before_anything_runs(tmp_path, run_cli):
-    from selfkd.sweep import parse_list
+    from selfkd.commands.flags import parse_list
 
     path, _ = recipe(tmp_path)
     code, _, err = run_cli("sweep", "-c", path, "--methods", "ce,cee", "--out", tmp_path / "s")

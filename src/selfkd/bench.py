@@ -7,7 +7,6 @@ Ratios measured in one run are what count; absolute figures only mean something 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -18,25 +17,16 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .config import Config, make_config, parse_override
 from .data import load_dataset
 from .engine.distributed import resolve_device
 from .engine.setup import build_run, run_task
 from .engine.step import TrainStep, configure_backends
 from .errors import ConfigError, SelfKDError, first_line
+from .tasks import TASKS
 from .methods import method_class
 from .models import create_model
-
-# Per task: the generated dataset, and the defaults of the flags not given (model and batch size: unless a recipe
-# gives them). Segmentation: FRSKD's VOC setting (EfficientNet-B0 segmenter, 21 classes, 512² crops, batch 16).
-TASK_DEFAULTS = {
-    "classification": {"dataset": "synthetic", "methods": "ce,dsr,drg,lightskd,frskd", "model": "cifar_resnet18",
-                       "batch_size": 128, "num_classes": 100, "image_size": 32},
-    "segmentation": {"dataset": "synthetic_seg", "methods": "ce,frskd", "model": "frskd_seg_effb0", "batch_size": 16,
-                     "num_classes": 21, "image_size": 512},
-}
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -83,7 +73,7 @@ def bench_config(args, method: str, options: dict | None = None) -> Config:
     flags = {"method": method, "model": args.model, "batch_size": args.batch_size, "device": args.device}
     cfg = make_config(args.config, {k: v for k, v in flags.items() if v is not None}, quiet=True)
     batch = cfg.data.batch_size
-    data = {"dataset": TASK_DEFAULTS[args.task]["dataset"], "eval_batch_size": batch, "loader": "resident",
+    data = {"dataset": TASKS[args.task].bench.dataset, "eval_batch_size": batch, "loader": "resident",
             "options": {"num_classes": args.num_classes, "train_size": args.train_size, "test_size": batch * 4,
                         "image_size": args.image_size, "channels": args.channels}}
     train = {k: v for k, v in {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last}.items()
@@ -233,65 +223,81 @@ def method_options(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def run(args) -> int:
+def run_bench(args) -> int:
+    """``selfkd bench`` with its parsed flags ``args`` (see :mod:`selfkd.commands.bench`): time every method in
+    this process, print the table (and write ``--json``)."""
     device = resolve_device(args.device)
     configure_backends(deterministic=False)  # the same kernel choices as `selfkd train`
-    options = method_options(args.overrides)
-    recipe = make_config(args.config, quiet=True)
-    args.task = args.task or run_task(recipe)  # the recipe's dataset's (without a recipe: classification)
-    defaults = TASK_DEFAULTS[args.task]
-    for key in ("methods", "num_classes", "image_size") + (() if args.config else ("model", "batch_size")):
-        if getattr(args, key) is None:
-            setattr(args, key, defaults[key])
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.what == "train" else ["ce"]
-    if "ce" not in names:
-        names.insert(0, "ce")
-    batch_size = args.batch_size or recipe.data.batch_size
-    if args.train_size is None:  # 50,000 CIFAR-sized images on a GPU; else as many as the timed steps use
-        big = device.type == "cuda" and args.task == "classification"
-        args.train_size = 50_000 if big else batch_size * (args.steps + args.warmup)
-    configs = {name: bench_config(args, name, options.get(name)) for name in names}  # every mistake refused first
-    for name in names:
-        method_class(name, args.task)
+    configs = _configs(args, device)
     splits = load_dataset(configs["ce"].data.dataset, **configs["ce"].data.options)
     env = environment(device)
     t = configs["ce"].resolved(device.type, distributed=False).train
     print(f"selfkd bench on {env.get('gpu', env['device'])}: {configs['ce'].model.name}, {args.task}, "
-          f"{args.image_size}² images, batch {batch_size}, {args.steps} timed "
+          f"{args.image_size}² images, batch {configs['ce'].data.batch_size}, {args.steps} timed "
           f"steps after {args.warmup} warm-up, amp {t.amp}, compile {t.compile}, channels_last {t.channels_last}",
           file=sys.stderr)
     if args.what == "train":
-        rows, failed = [], []
-        if args.profile and device.type == "cuda":
-            # Start the profiler once before any CUDA graph is captured: graphs captured before its first use
-            # can fail to profile (pytorch/pytorch#100441).
-            with torch.profiler.profile():
-                pass
-        bench_train(configs["ce"], splits, device, args)  # untimed: clocks, cuDNN autotuning, compile caches
-        for name in names:
-            try:
-                rows.append(bench_train(configs[name], splits, device, args, args.profile))
-            except SelfKDError:
-                raise
-            except Exception as err:  # one broken method must not hide the others' numbers
-                print(f"  {name}: FAILED ({type(err).__name__}: {first_line(err)})", file=sys.stderr)
-                failed.append({"method": name, "error": f"{type(err).__name__}: {err}"})
-                continue
-            print(f"  {name}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)
-        ce = next(r for r in rows if r["method"] == "ce")
-        for r in rows:
-            r["relative_to_ce"] = r["ms_per_step"] / ce["ms_per_step"]
-        print(format_table(rows))
-        result = {"what": "train", "settings": _settings(args, t), "environment": env, "results": rows, "failed": failed}
+        result = {"what": "train", **_train_all(configs, splits, device, args)}
     else:
         measure = bench_data if args.what == "data" else bench_eval
         row = measure(configs["ce"], splits, device, args)
         print(json.dumps(row, indent=2))
-        result = {"what": args.what, "settings": _settings(args, t), "environment": env, "results": [row]}
+        result = {"what": args.what, "results": [row]}
+    result.update(settings=_settings(args, t), environment=env)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _configs(args, device: torch.device) -> dict[str, Config]:
+    """The config of every method to time (ce first), after filling the flags not given from the task's bench
+    defaults (:attr:`selfkd.tasks.Task.bench`); every mistake is refused before anything runs."""
+    options = method_options(args.overrides)
+    recipe = make_config(args.config, quiet=True)
+    args.task = args.task or run_task(recipe)  # the recipe's dataset's (without a recipe: classification)
+    defaults = TASKS[args.task].bench
+    for key in ("methods", "num_classes", "image_size") + (() if args.config else ("model", "batch_size")):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(defaults, key))
+    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.what == "train" else ["ce"]
+    if "ce" not in names:
+        names.insert(0, "ce")
+    if args.train_size is None:  # enough images for real epochs on a GPU where the task says so, else the timed steps
+        batch_size = args.batch_size or recipe.data.batch_size
+        gpu_size = defaults.gpu_train_size if device.type == "cuda" else None
+        args.train_size = gpu_size or batch_size * (args.steps + args.warmup)
+    configs = {name: bench_config(args, name, options.get(name)) for name in names}
+    for name in names:
+        method_class(name, args.task)
+    return configs
+
+
+def _train_all(configs: dict[str, Config], splits, device: torch.device, args) -> dict:
+    """Time each method's training step (after an untimed ce run that warms clocks and caches); a method that fails
+    is reported and the others go on. Prints the table; returns its rows and the failures."""
+    rows, failed = [], []
+    if args.profile and device.type == "cuda":
+        # Start the profiler once before any CUDA graph is captured: graphs captured before its first use
+        # can fail to profile (pytorch/pytorch#100441).
+        with torch.profiler.profile():
+            pass
+    bench_train(configs["ce"], splits, device, args)  # untimed: clocks, cuDNN autotuning, compile caches
+    for name, cfg in configs.items():
+        try:
+            rows.append(bench_train(cfg, splits, device, args, args.profile))
+        except SelfKDError:
+            raise
+        except Exception as err:  # one broken method must not hide the others' numbers
+            print(f"  {name}: FAILED ({type(err).__name__}: {first_line(err)})", file=sys.stderr)
+            failed.append({"method": name, "error": f"{type(err).__name__}: {err}"})
+            continue
+        print(f"  {name}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)
+    ce = next(r for r in rows if r["method"] == "ce")
+    for r in rows:
+        r["relative_to_ce"] = r["ms_per_step"] / ce["ms_per_step"]
+    print(format_table(rows))
+    return {"results": rows, "failed": failed}
 
 
 def _settings(args, resolved) -> dict:
@@ -301,46 +307,3 @@ def _settings(args, resolved) -> dict:
             **{k: getattr(resolved, k) for k in ("amp", "compile", "channels_last")}}
 
 
-def _on_off(text: str):
-    return {"on": True, "off": False}.get(text, text)
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure training speed and memory of several methods in one run")
-    p.add_argument("--task", choices=list(TASK_DEFAULTS), help="classification or segmentation (default: the "
-                   "recipe's, else classification); sets the generated data and the defaults below")
-    p.add_argument("--methods", help="comma-separated (ce is always included; default ce,dsr,drg,lightskd,frskd, "
-                                     "segmentation: ce,frskd)")
-    p.add_argument("-c", "--config", help="recipe whose optimizer, model and method settings to run "
-                                              "(its dataset is replaced by generated data of the bench's shape)")
-    p.add_argument("--model", help="backbone name (default: the recipe's, else cifar_resnet18; segmentation: "
-                                   "frskd_seg_effb0)")
-    p.add_argument("--width", type=_at_least(1), help="base width for CIFAR ResNets (smaller for quick CPU runs)")
-    p.add_argument("--batch-size", type=_at_least(1), help="default: the recipe's, else 128 (segmentation: 16)")
-    p.add_argument("--steps", type=_at_least(1), default=50, help="timed steps per method")
-    p.add_argument("--warmup", type=_at_least(0), default=10, help="untimed steps first (compilation happens here)")
-    p.add_argument("--rounds", type=_at_least(1), default=5, help="timed steps are split into rounds; the median round counts")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])
-    p.add_argument("--channels-last", default="auto", type=_on_off, choices=["auto", True, False], help="auto, on or off")
-    p.add_argument("--num-classes", type=_at_least(2), help="default 100 (segmentation: 21)")
-    p.add_argument("--image-size", type=_at_least(1), help="default 32 (segmentation: 512, FRSKD's crop)")
-    p.add_argument("--channels", type=_at_least(1), default=3)
-    p.add_argument("--train-size", type=_at_least(1), help="generated training images (default: 50,000 on a GPU for "
-                                                           "classification, else as many as the timed steps use)")
-    p.add_argument("--what", default="train", choices=["train", "data", "eval"])
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.OPTION=VALUE")
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--profile", metavar="DIR", help="also profile up to 20 more steps per method (after timing) and "
-                   "write each method's operator/kernel table to DIR/METHOD.txt")
-    p.set_defaults(func=run)

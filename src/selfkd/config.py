@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from .data.settings import DataConfig
 from .errors import ConfigError, SelfKDWarning
-from .registry import TASK_NAMES, closest
+from .registry import closest
+from .tasks import TASK_NAMES
 
 
 Task = Literal[("auto", *TASK_NAMES)]  # auto: what the dataset's labels are

@@ -25,23 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DatasetError
+from .tasks import DEFAULT_TASK, TASKS
 
-METHODS = {"classification": ("ce", "lightskd", "frskd", "cskd"), "segmentation": ("ce", "frskd")}
-RECIPES = {"classification": {"cpu": "fashion_mnist.yaml", "gpu": "fashion_mnist_gpu.yaml"},
-           "segmentation": {"cpu": "fmnist_scenes.yaml", "gpu": "fmnist_scenes_gpu.yaml"}}
-DATA_NAMES = {"fashion_mnist": "Fashion-MNIST", "fmnist_scenes": "Fashion-MNIST scenes (segmentation)"}
-SEEDS = {"cpu": "0", "gpu": "0,1,2"}  # default --seeds (one on a CPU: `make demo` trains one run per method)
-# What a run of the seed papers' classification recipes trains (LightSKD's and FRSKD's official code).
-PAPER_RUN = {"dataset": "CIFAR-100", "images": 50_000, "epochs": 200, "model": "cifar_resnet18", "width": 64}
+SEEDS = {"cpu": [0], "gpu": [0, 1, 2]}  # default --seeds (one on a CPU: `make demo` trains one run per method)
 DEMO_FILE = "demo.json"
 INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make fashion-mnist` "
                 "does this), or download the four *-ubyte.gz files from github.com/zalandoresearch/fashion-mnist "
                 "into ./data/fashion-mnist/ (or pass --data-dir).")
 
 
-def recipe_path(setting: str, task: str = "classification") -> Path:
+def recipe_path(setting: str, task: str = DEFAULT_TASK) -> Path:
     """The demo recipe of a task in the source tree's configs/demo (or ./configs/demo)."""
-    name = RECIPES[task][setting]
+    name = TASKS[task].demo.recipes[setting]
     for folder in (Path(__file__).resolve().parents[2] / "configs" / "demo", Path("configs") / "demo"):
         if (folder / name).is_file():
             return folder / name
@@ -49,31 +44,37 @@ def recipe_path(setting: str, task: str = "classification") -> Path:
                       "./configs/demo. Run the demo from a checkout of the selfkd repository (`make demo`).")
 
 
-def describe(setting: str, cfg, num_train: int, num_test: int, task: str = "classification") -> str:
-    """The line that says which regime runs (data sizes, epochs and schedule, model, device) and, for
-    classification, how it differs from a run of the papers' recipes (:data:`PAPER_RUN`)."""
-    d, t, sc = cfg.data, cfg.train, cfg.schedule
+def describe(setting: str, cfg, num_train: int, num_test: int) -> str:
+    """The line that says which regime runs (data sizes, epochs and schedule, model, device) and how it differs
+    from a run of the papers' recipes, where the task's demo names one (:attr:`selfkd.tasks.Demo.paper_run`)."""
+    from .data.datasets import dataset_task
+
+    demo, d, t = TASKS[dataset_task(cfg.data.dataset)].demo, cfg.data, cfg.train
     images = min(d.train_subset or num_train, num_train)
     train = f"{images:,} of {num_train:,}" if images < num_train else f"all {num_train:,}"
     test = f"{min(d.test_subset, num_test):,} of {num_test:,}" if d.test_subset else f"all {num_test:,}"
     width = cfg.model.options().get("width")
-    if sc.name == "multistep" and sc.milestones:
-        after = ", ".join(map(str, sc.milestones[:-1])) + (" and " if len(sc.milestones) > 1 else "") + str(sc.milestones[-1])
-        schedule = f"lr ×{sc.gamma:g} after epoch{'s' if len(sc.milestones) > 1 else ''} {after}"
-    else:
-        schedule = f"{sc.name} lr"
-    line = (f"Demo setting '{setting}': {DATA_NAMES.get(d.dataset, d.dataset)}, {train} training images, {test} test "
-            f"images, {t.epochs} epochs ({schedule}), {cfg.model.name}" + (f" (width {width})" if width else "")
+    data_name = demo.data_names.get(d.dataset, d.dataset)
+    line = (f"Demo setting '{setting}': {data_name}, {train} training images, {test} test images, {t.epochs} epochs "
+            f"({_schedule(cfg.schedule)}), {cfg.model.name}" + (f" (width {width})" if width else "")
             + f", batch {d.batch_size}, device {t.device}.")
-    if task != "classification":
+    paper = demo.paper_run
+    if paper is None:
         return line
-    paper = PAPER_RUN
     differs = [what for what, same in (
-        ("dataset", DATA_NAMES.get(d.dataset, d.dataset) == paper["dataset"]), ("data size", images == paper["images"]),
+        ("dataset", data_name == paper["dataset"]), ("data size", images == paper["images"]),
         ("epochs", t.epochs == paper["epochs"]), ("model", cfg.model.name == paper["model"]),
         ("width", (width or paper["width"]) == paper["width"])) if not same]
-    return line + (f" A paper run (CIFAR-100, {paper['images']:,} training images, {paper['epochs']} epochs, ResNet-18 "
-                   f"of width {paper['width']}) differs in " + ", ".join(differs) + "." if differs else "")
+    return line + (f" A paper run ({paper['dataset']}, {paper['images']:,} training images, {paper['epochs']} epochs, "
+                   f"ResNet-18 of width {paper['width']}) differs in " + ", ".join(differs) + "." if differs else "")
+
+
+def _schedule(sc) -> str:
+    """``lr ×0.1 after epochs 20 and 30`` (multi-step), else ``cosine lr``."""
+    if sc.name != "multistep" or not sc.milestones:
+        return f"{sc.name} lr"
+    after = ", ".join(map(str, sc.milestones[:-1])) + (" and " if len(sc.milestones) > 1 else "") + str(sc.milestones[-1])
+    return f"lr ×{sc.gamma:g} after epoch{'s' if len(sc.milestones) > 1 else ''} {after}"
 
 
 @dataclass
@@ -182,54 +183,40 @@ def estimate_line(estimates: dict[str, float], jobs) -> str:
 
 def demo_command(setting: str, task: str, seeds: list[int], methods: list[str]) -> str:
     """The command line that repeats this demo."""
-    return ("selfkd demo" + (f" --task {task}" if task != "classification" else "") + f" --setting {setting}"
+    return ("selfkd demo" + (f" --task {task}" if task != DEFAULT_TASK else "") + f" --setting {setting}"
             + f" --seeds {','.join(map(str, seeds))}"
-            + (f" --methods {','.join(methods)}" if tuple(methods) != METHODS[task] else ""))
+            + (f" --methods {','.join(methods)}" if tuple(methods) != TASKS[task].demo.methods else ""))
 
 
 def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None, data_dir: str | None = None,
-             task: str = "classification", seeds: list[int] | None = None):
-    """Train the demo methods of ``task`` (default :data:`METHODS`) with ``seeds`` (default :data:`SEEDS` of the
-    setting), printing the estimated time first, and compare them; returns (:class:`selfkd.sweep.SweepResult`,
-    sweep folder)."""
+             task: str = DEFAULT_TASK, seeds: list[int] | None = None):
+    """Train the demo methods of ``task`` (default: the task's :class:`~selfkd.tasks.Demo` methods) with ``seeds``
+    (default :data:`SEEDS` of the setting), printing the estimated time first, and compare them; returns
+    (:class:`selfkd.sweep.SweepResult`, sweep folder)."""
     import torch
 
-    from .bench import environment
     from .config import make_config
     from .data import load_dataset
     from .report.table import format_duration
-    from .sweep import parse_list, plan, sweep
-    from .threads import child_thread_env
+    from .sweep import plan, sweep
 
     began = time.monotonic()
     if setting == "auto":
         setting = "gpu" if torch.cuda.is_available() else "cpu"
-    recipe = recipe_path(setting, task)
-    flags = {"data_dir": data_dir}
+    recipe, flags = recipe_path(setting, task), {"data_dir": data_dir}
     cfg = make_config(recipe, flags)
-    methods = list(methods or METHODS[task])
-    seeds = list(seeds) if seeds is not None else parse_list(SEEDS[setting], "seeds", int)
+    methods = list(methods or TASKS[task].demo.methods)
+    seeds = list(seeds) if seeds is not None else SEEDS[setting]
     try:
         splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
     except DatasetError as err:
         raise DatasetError(f"{err} {INSTALL_HINT}") from None
-    load_s = time.monotonic() - began
-    note = describe(setting, cfg, len(splits.train), len(splits.test), task)
+    note = describe(setting, cfg, len(splits.train), len(splits.test))
     print(note, flush=True)
-    out = Path(out) if out else Path("runs") / ("demo_" + ("segmentation_" if task == "segmentation" else "") + setting)
+    out = Path(out) if out else Path("runs") / f"{TASKS[task].demo.folder}_{setting}"
     jobs = plan(str(recipe), methods, seeds, out, flags)
-    threads = int(child_thread_env(1)["OMP_NUM_THREADS"])
-    estimates: dict[str, float] = {}
-    if any(j.action != "skip" for j in jobs):
-        print(f"Timing each method on this machine ({threads} CPU thread(s), as each run gets)...", flush=True)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            configs = {m: make_config(recipe, {**flags, "method": m}, quiet=True) for m in methods}
-            estimates = estimate(jobs, configs, splits, load_s)
-        finally:
-            torch.set_num_threads(previous)
-        print(estimate_line(estimates, jobs), flush=True)
+    configs = {m: make_config(recipe, {**flags, "method": m}, quiet=True) for m in methods}
+    estimates = timed_estimates(jobs, configs, splits, time.monotonic() - began)
     result = sweep(str(recipe), methods, seeds, out, flags, note=note, estimates=estimates)
     wall_s = time.monotonic() - began
     if estimates:
@@ -237,44 +224,43 @@ def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None,
               "runs).", flush=True)
         record = {"command": demo_command(setting, task, seeds, methods), "regime": note, "setting": setting,
                   "task": task, "methods": methods, "seeds": seeds, "wall_s": wall_s,
-                  "estimate_s": sum(estimates.values()), "threads_per_run": threads,
-                  "trained": [j.name for j in jobs if j.action != "skip"],
-                  "kept": [j.name for j in jobs if j.action == "skip"],
-                  "failed": [j.name for j in result.failed], "interrupted": result.interrupted,
-                  "date": time.strftime("%Y-%m-%d"),
-                  "machine": environment(torch.device("cuda" if setting == "gpu" else "cpu"))}
+                  "estimate_s": sum(estimates.values()), **_outcome(jobs, result, setting)}
         out.mkdir(parents=True, exist_ok=True)
         (out / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return result, out
 
 
-def cmd_demo(args) -> int:
-    from .sweep import parse_list, print_outcome
+def timed_estimates(jobs, configs: dict, splits, load_s: float) -> dict[str, float]:
+    """:func:`estimate` of the jobs still to run, timed with the CPU threads each run will get, and printed; empty
+    when every job is finished."""
+    import torch
 
-    methods = parse_list(args.methods or ",".join(METHODS[args.task]), "methods")
-    seeds = parse_list(args.seeds, "seeds", int) if args.seeds else None
-    result, out = run_demo(args.setting, args.out, methods, args.data_dir, args.task, seeds)
-    return print_outcome(result, out)
+    from .threads import child_thread_env
+
+    if all(j.action == "skip" for j in jobs):
+        return {}
+    threads = int(child_thread_env(1)["OMP_NUM_THREADS"])
+    print(f"Timing each method on this machine ({threads} CPU thread(s), as each run gets)...", flush=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        estimates = estimate(jobs, configs, splits, load_s)
+    finally:
+        torch.set_num_threads(previous)
+    print(estimate_line(estimates, jobs), flush=True)
+    return estimates
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train ce, lightskd, frskd and cskd on Fashion-MNIST and compare them "
-                                           "(--task segmentation: ce and frskd on fmnist_scenes)",
-                              description="Train the demo methods on real Fashion-MNIST (CPU: a 1,000-image subset for "
-                                          "40 epochs, one seed; GPU: the full data, three seeds) and print a "
-                                          "comparison table with each gain's 95 % interval; "
-                                          "the report (plots, index.html) goes to <out>/report. With --task "
-                                          "segmentation: ce and frskd segment scenes composed from Fashion-MNIST.")
-    p.add_argument("--task", choices=list(RECIPES), default="classification",
-                   help="segmentation: ce and frskd on fmnist_scenes, Fashion-MNIST items composed into scenes "
-                        "(default %(default)s)")
-    p.add_argument("--setting", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="recipe configs/demo/fashion_mnist.yaml (cpu) or fashion_mnist_gpu.yaml (gpu), for "
-                        "segmentation fmnist_scenes[_gpu].yaml; auto: gpu when CUDA is available")
-    p.add_argument("--out", help="sweep folder (default runs/demo_<setting>, runs/demo_segmentation_<setting>)")
-    p.add_argument("--methods", help=f"comma-separated methods (default {','.join(METHODS['classification'])}; "
-                                     f"segmentation: {','.join(METHODS['segmentation'])})")
-    p.add_argument("--seeds", help=f"comma-separated seeds (default {SEEDS['cpu']} on a CPU, {SEEDS['gpu']} on a GPU); "
-                                   "with two or more the report gives each gain over ce a 95 %% interval")
-    p.add_argument("--data-dir", help="folder holding fashion-mnist (default: ./data, /usr/share/datasets)")
-    p.set_defaults(func=cmd_demo)
+def _outcome(jobs, result, setting: str) -> dict:
+    """What demo.json records of how the runs went and where they ran."""
+    import torch
+
+    from .bench import environment
+    from .threads import child_thread_env
+
+    return {"threads_per_run": int(child_thread_env(1)["OMP_NUM_THREADS"]),
+            "trained": [j.name for j in jobs if j.action != "skip"], "kept": [j.name for j in jobs if j.action == "skip"],
+            "failed": [j.name for j in result.failed], "interrupted": result.interrupted,
+            "date": time.strftime("%Y-%m-%d"), "machine": environment(torch.device("cuda" if setting == "gpu" else "cpu"))}
+
+

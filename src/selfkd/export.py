@@ -11,7 +11,6 @@ so a file that does not reproduce the model is never left behind. Every failure 
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import re
@@ -23,10 +22,10 @@ from torch import nn
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, SelfKDError, first_line
-from .runfolder import EXPORT, WEIGHTS
-from .weights import load_eval_model, weights_bytes
+from .runfolder import EXPORT, EXPORT_FORMATS, WEIGHTS
+from .engine.evaluation import rebuild_eval_model
+from .weights import weights_bytes
 
-FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
 TOLERANCE = 1e-4  # of the largest logit magnitude (at least 1)
 
@@ -59,7 +58,7 @@ def weights_file(source: Path) -> Path:
 
 def rebuild(weights: Path) -> tuple[nn.Module, dict]:
     """``(LogitsOnly(eval model) in eval mode on the CPU, metadata)`` from a weights file written by selfkd."""
-    module, meta = load_eval_model(weights)
+    module, meta = rebuild_eval_model(weights)
     return LogitsOnly(module).eval(), meta
 
 
@@ -134,8 +133,8 @@ def max_abs_diff(reference: nn.Module, exported, images: torch.Tensor) -> tuple[
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None, image_size: int | None = None) -> dict:
     """Export and check; returns ``{"path", "format", "max_abs_diff", "tolerance", "input_shape", ...}``."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"Unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}.")
     if fmt == "onnx":
         require_onnx()
     if image_size is not None and image_size < 1:
@@ -146,7 +145,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     model, meta = rebuild(weights)
     out = Path(out) if out else weights.parent / EXPORT
     if out == weights.parent / EXPORT or out.is_dir():  # a folder: the file goes in it under its usual name
-        out = out / f"{weights.name.split('.')[0]}{FORMATS[fmt]}"
+        out = out / f"{weights.name.split('.')[0]}{EXPORT_FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
     size = input_size(meta, image_size)
@@ -204,22 +203,3 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {(lines or [''])[0][:300]}"
 
 
-def cmd_export(args) -> int:
-    result = export(args.run, args.format, args.out, args.image_size)
-    _, channels, size, _ = result["input_shape"]
-    print(f"Exported {result['model']} ({result['num_classes']} classes, N×{channels}×{size}×{size} images in, logits out) "
-          f"as {result['format']}: {result['path']}")
-    print(f"Checked against the original on 5×{channels}×{size}×{size} inputs: max abs diff {result['max_abs_diff']:.3g} "
-          f"(tolerance {result['tolerance']:.3g}).")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export the module a run evaluated (logits only) and check it",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run", metavar="RUN_DIR", help="finished run folder (or its model.safetensors)")
-    p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--out", help="output file, or an existing folder to write model<ext> in (default RUN_DIR/export/)")
-    p.add_argument("--image-size", type=int, help="input size used for tracing and the check "
-                                                  "(default: the run's data.image_size, else 32)")
-    p.set_defaults(func=cmd_export)

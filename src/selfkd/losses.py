@@ -5,6 +5,8 @@ second, Hinton direction, "batchmean" (sum over classes, mean over the batch).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +57,13 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=1)
 
 
+def attention_transfer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """``L_AT = Σ_i mean over batch and positions of (AT(F_i) − AT(sg(T_i)))²`` with ``AT(f)`` the L2-normalised
+    channel mean of ``f²`` (:func:`attention_map`); ``teacher`` holds ``ReLU(T_i)``. The mean of
+    squares follows the official code (the paper's text writes a norm)."""
+    return sum((attention_map(s) - attention_map(t.detach())).pow(2).mean() for s, t in zip(student, teacher))
+
+
 def mixed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor,
                         lam: torch.Tensor) -> torch.Tensor:
     """Mixed-target CE of mixup/CutMix: ``λ·CE(z, y) + (1−λ)·CE(z, y_π)``."""
@@ -69,7 +78,7 @@ def non_target_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return F.log_softmax(masked, dim=1).masked_fill(is_target, 0.0)
 
 
-def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Per-pixel CE of ``(B, K, H, W)`` logits against ``(B, H, W)`` targets, averaged over the labelled pixels
     (``targets != ignore_index``); 0 for a batch without any."""
     total = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
@@ -85,3 +94,10 @@ def pixel_kd_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, te
     if mask is None:
         return kl.mean() * temperature**2
     return (kl * mask).sum() / mask.sum().clamp(min=1) * temperature**2
+
+
+def rampup_weight(epoch: int, rampup_epochs: int) -> float:
+    """The official script's ramp ``w(t) = exp(−5·(1 − min(t, R)/R)²)``; ``R = 0`` gives w ≡ 1."""
+    if rampup_epochs <= 0:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - min(epoch, rampup_epochs) / rampup_epochs) ** 2)

@@ -1,11 +1,11 @@
 """Evaluation metrics. Each metric owns its whole life: how it accumulates batches (sums on the device,
 no host sync per batch), how it is reduced across processes, what numbers it reports, and how they are
 shown (its :class:`Column` s, read by the epoch line and the report table). Adding a metric is one class
-here and its name in its task's list (:data:`TASKS`).
+here and its name in its task's list (:data:`selfkd.tasks.TASKS`).
 
 Classification: top-1/top-5 accuracy, NLL, expected calibration error (15 bins), AURC.
 Segmentation: mIoU, pixel accuracy and per-class IoU from one confusion matrix over the whole evaluation set,
-and pixel ECE; pixels labelled ``ignore_index`` (255) are left out of everything.
+and pixel ECE; pixels labelled with the task's ``ignore_index`` are left out of everything.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .comm import all_gather_cat, all_reduce_sum
+from .tasks import TASKS
 
 ECE_BINS = 15
 
@@ -36,11 +37,11 @@ class Column:
 
 class Metric:
     """Accumulates evaluation batches; :meth:`sync` sums its state over processes before :meth:`result`.
-    ``ignore_index`` marks targets to leave out (the unlabelled pixels of segmentation masks)."""
+    ``ignore_index`` marks targets to leave out (the unlabelled pixels of segmentation masks; None: none)."""
 
     columns: tuple[Column, ...] = ()
 
-    def __init__(self, num_classes: int, device: torch.device, ignore_index: int = 255):
+    def __init__(self, num_classes: int, device: torch.device, ignore_index: int | None = None):
         self.num_classes, self.device, self.ignore_index = num_classes, device, ignore_index
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -60,7 +61,7 @@ class Metric:
 class Summed(Metric):
     """A metric whose state is one float64 tensor of sums (all-reduced across processes) of ``state_shape()``."""
 
-    def __init__(self, num_classes: int, device: torch.device, ignore_index: int = 255):
+    def __init__(self, num_classes: int, device: torch.device, ignore_index: int | None = None):
         super().__init__(num_classes, device, ignore_index)
         self.sums = torch.zeros(self.state_shape(), device=device, dtype=torch.float64)
 
@@ -172,7 +173,7 @@ class AURC(Metric):
 
     columns = (Column("aurc", "AURC (×10³)", 1),)
 
-    def __init__(self, num_classes: int, device: torch.device, ignore_index: int = 255):
+    def __init__(self, num_classes: int, device: torch.device, ignore_index: int | None = None):
         super().__init__(num_classes, device, ignore_index)
         self.confidence: list[torch.Tensor] = []
         self.correct: list[torch.Tensor] = []
@@ -195,11 +196,14 @@ class AURC(Metric):
 
 
 def confusion_matrix(pred: torch.Tensor, targets: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int | None) -> torch.Tensor:
     """``(K, K)`` float64 pixel counts, rows = true class, columns = predicted class; ignored pixels are left out
     (they go to an extra cell that is dropped, so no boolean indexing and no host sync)."""
     k = num_classes
-    cell = torch.where(targets != ignore_index, targets.long() * k + pred.long(), k * k).flatten()
+    cell = targets.long() * k + pred.long()
+    if ignore_index is not None:
+        cell = torch.where(targets != ignore_index, cell, k * k)
+    cell = cell.flatten()
     counts = torch.zeros(k * k + 1, device=pred.device, dtype=torch.float64)
     counts.index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
     return counts[:-1].view(k, k)
@@ -241,28 +245,16 @@ class Segmentation(Summed):
                 "iou_per_class": [None if v != v else 100.0 * v for v in iou], "n": int(self.sums.sum())}
 
 
-@dataclass(frozen=True)
-class Task:
-    """What a task evaluates: its metrics, the headline metric (best epoch, gain over ``ce``, first report
-    column) and the name of the training accuracy in the per-epoch rows."""
-
-    metrics: tuple[type[Metric], ...]
-    primary: str
-    train_accuracy: str
-
-
-TASKS: dict[str, Task] = {
-    "classification": Task((Accuracy, NLL, Calibration, AURC), "top1", "top1"),
-    "segmentation": Task((Segmentation, PixelCalibration), "miou", "pixel_acc"),
-}
+def task_metrics(task: str) -> list[type[Metric]]:
+    """The metric classes a task declares (:attr:`selfkd.tasks.Task.metric_names`), in its order."""
+    return [globals()[name] for name in TASKS[task].metric_names]
 
 
 def columns(task: str | None = None) -> list[Column]:
     """The columns of one task's metrics, or of every task's (report tables may mix tasks)."""
-    tasks = [TASKS[task]] if task else list(TASKS.values())
     out: list[Column] = []
-    for t in tasks:
-        for metric in t.metrics:
+    for name in [task] if task else TASKS:
+        for metric in task_metrics(name):
             out += [c for c in metric.columns if c not in out]
     return out
 
@@ -273,10 +265,10 @@ def column(key: str) -> Column:
 
 
 class Evaluation:
-    """The metrics of one task over one evaluation pass."""
+    """The metrics of one task over one evaluation pass (targets equal to the task's ``ignore_index`` left out)."""
 
-    def __init__(self, task: str, num_classes: int, device: torch.device, ignore_index: int = 255):
-        self.metrics = [cls(num_classes, device, ignore_index) for cls in TASKS[task].metrics]
+    def __init__(self, task: str, num_classes: int, device: torch.device):
+        self.metrics = [cls(num_classes, device, TASKS[task].ignore_index) for cls in task_metrics(task)]
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         for m in self.metrics:

@@ -7,6 +7,7 @@ from typing import Annotated, Callable, Generic, TypeVar
 from pydantic import Field
 
 from .errors import ConfigError
+from .tasks import DEFAULT_TASK
 
 F = TypeVar("F", bound=Callable)
 
@@ -16,8 +17,6 @@ NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-
-TASK_NAMES = ("classification", "segmentation")  # what a dataset's labels are: one class per image, or one per pixel
 
 
 def closest(name: str, choices, n: int = 1) -> str:
@@ -43,7 +42,7 @@ class Registry(Generic[F]):
 
     def get(self, name: str) -> F:
         if name not in self._entries:
-            other_task = self.task not in (None, "classification")
+            other_task = self.task not in (None, DEFAULT_TASK)
             what = f"{self.task} {self.kind}" if other_task else self.kind
             listing = f"selfkd list {self.kind}s" + (f" --task {self.task}" if other_task else "")
             raise ConfigError(

@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import socket
+import typing
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .atomic import write_failure
@@ -29,7 +31,8 @@ RELIABILITY = "reliability.json"  # per-bin statistics of the last evaluation
 SUMMARY = "summary.json"  # written when the run finishes
 EXAMPLES = "examples.npz"  # a segmentation run's test images, ground truth and predictions (engine/examples.py)
 EXPORT = "export"  # selfkd export's default folder
-EXPORTS = ("model.safetensors", "model.torchscript.pt", "model.onnx")  # what it writes there for a run
+EXPORT_FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}  # -> extension
+EXPORTS = tuple(f"model{ext}" for ext in EXPORT_FORMATS.values())  # what selfkd export writes there for a run
 MARKER = ".selfkd-run"  # made by selfkd; holds the PID of the process that last locked it
 OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT)
 
@@ -47,6 +50,67 @@ def read_metrics(path: Path) -> list[dict]:
             if isinstance(row, dict) and isinstance(row.get("epoch"), int):
                 rows[row["epoch"]] = row
     return [rows[e] for e in sorted(rows)]
+
+
+@dataclass
+class RunSummary:
+    """``summary.json``: what a finished run reports. The engine writes it, the report, the sweep and a resume of a
+    finished run read it (:func:`read_summary`). ``final`` holds the last epoch's test metrics; ``best_on_test`` the
+    best test epoch, labelled as selected on the test set."""
+
+    selfkd_version: str
+    task: str
+    name: str
+    method: str
+    model: str
+    dataset: str
+    seed: int
+    epochs: int
+    final: dict
+    best_on_test: dict
+    train_time_s: float
+    img_per_s: float | None
+    params: int
+    extra_params: int
+    device: str
+    world_size: int
+    settings: dict  # the resolved amp, channels_last and compile
+    classes: list  # the dataset's class names (segmentation: the names of final's iou_per_class)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _json_kind(hint) -> type | tuple[type, ...]:
+    """The JSON type of a field annotated ``hint`` (a float may be written as an int; ``X | None``: X)."""
+    kind = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+    return (int, float) if kind is float else kind
+
+
+# The JSON types of summary.json's fields, for readers that check a file (old files may lack fields).
+SUMMARY_TYPES = {name: _json_kind(hint) for name, hint in typing.get_type_hints(RunSummary).items()}
+
+
+def summary_problems(summary) -> list[str]:
+    """The fields of a summary.json's contents that selfkd does not write so (present, not null, wrong type)."""
+    if not isinstance(summary, dict):
+        return ["(not a mapping)"]
+    return [key for key, kind in SUMMARY_TYPES.items() if summary.get(key) is not None
+            and (not isinstance(summary[key], kind) or isinstance(summary[key], bool))]
+
+
+def finished_summary(path: Path, method: str, model: str, dataset: str, epochs: int) -> dict | None:
+    """The summary of the run in ``path`` when it is that run (method, model, dataset), trained at least ``epochs``
+    epochs and saved nothing since (None otherwise: there is more to train, or it is another run)."""
+    summary, checkpoint = path / SUMMARY, path / CHECKPOINT
+    try:
+        done = json.loads(summary.read_text())
+        newer = not checkpoint.exists() or summary.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    same = isinstance(done, dict) and [done.get("method"), done.get("model"), done.get("dataset")] == [
+        method, model, dataset]
+    return done if same and newer and isinstance(done.get("epochs"), int) and done["epochs"] >= epochs else None
 
 
 _HELD: set[int] = set()  # the run folder locks this process holds (open_run), released by release()

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
 from .runfolder import CHECKPOINT, CONFIG, SUMMARY
+from .tasks import DEFAULT_TASK, TASKS
 from .threads import child_thread_env
 
 
@@ -58,20 +58,6 @@ class SweepResult:
     @property
     def failed(self) -> list[Job]:
         return [j for j in self.jobs if self.exit_codes.get(j.name, 0) != 0]
-
-
-def parse_list(text: str, what: str, cast=str, unique: bool = True) -> list:
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    try:
-        values = [cast(s) for s in items]
-    except ValueError:
-        raise ConfigError(f"--{what} expects a comma-separated list such as {'0,1,2' if cast is int else 'ce,ls'}, "
-                          f"got '{text}'.") from None
-    if not values:
-        raise ConfigError(f"--{what} is empty; give at least one value.")
-    if unique and len(set(values)) != len(values):
-        raise ConfigError(f"--{what} lists a value twice: '{text}'.")
-    return values
 
 
 def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, flags: dict | None = None,
@@ -222,10 +208,8 @@ def _print_outcome(job: Job, code: int, log: Path) -> None:
 
     if code == 0:
         try:
-            from .metrics import TASKS
-
             summary = json.loads((job.run_dir / SUMMARY).read_text())
-            key = TASKS[summary.get("task", "classification")].primary  # top1, miou
+            key = TASKS[summary.get("task", DEFAULT_TASK)].primary  # top1, miou
             value = summary.get("final", {}).get(key, float("nan"))
             print(f"[{job.name}] finished: test {key} {value:.2f}% (last epoch)", flush=True)
         except (OSError, ValueError, KeyError):
@@ -277,26 +261,3 @@ def print_outcome(result: SweepResult, out: Path) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
-    from .cli import run_flags
-
-    out = Path(args.out) if args.out else Path("runs") / f"sweep_{Path(args.config).stem if args.config else 'default'}"
-    result = sweep(args.config, parse_list(args.methods, "methods"), parse_list(args.seeds, "seeds", int), out,
-                   run_flags(args), args.overrides, parse_list(args.gpus, "gpus", unique=False) if args.gpus else None)
-    return print_outcome(result, out)
-
-
-def register(subparsers) -> None:
-    from .cli import add_run_flags
-
-    p = subparsers.add_parser("sweep", help="train methods × seeds (skipping finished runs), then compare them",
-                              description="Train every method with every seed from one recipe, each run in its own "
-                                          "folder <out>/<method>_s<seed>; finished runs are skipped, interrupted "
-                                          "ones resumed. Ends with `selfkd compare` of the grid in <out>/report.")
-    add_run_flags(p, per_run=False)
-    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. ce,lightskd,frskd")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--gpus", help="comma-separated GPU ids; one run per listed id at a time (list an id twice to share "
-                                  "a GPU between two runs; default: one run at a time on the recipe's device)")
-    p.add_argument("--out", help="sweep folder (default runs/sweep_<recipe name>)")
-    p.set_defaults(func=cmd_sweep)

@@ -1,19 +1,22 @@
-"""Inference weights as safetensors (no pickle): the module a run evaluated, with what rebuilds it in the metadata.
+"""The weights file format: safetensors (no pickle) with selfkd's metadata schema (:data:`METADATA`).
 
 A run writes :meth:`Method.eval_model` — usually the plain backbone (``inference: backbone``), or the whole method
 when it predicts with more (e.g. ONE's ensemble, BYOT's exits; ``inference: method``, rebuilt from the method's
-name and options). Either way the file reproduces the logits the run reported.
+name and options by :func:`selfkd.engine.evaluation.rebuild_eval_model`). Either way the file reproduces the logits
+the run reported.
 """
 from __future__ import annotations
 
 import copy
 import json
+import typing
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .atomic import AGAIN, atomic_write
-from .errors import CheckpointError, ConfigError, SelfKDError, first_line
+from .errors import CheckpointError, ConfigError, first_line
 
 
 def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
@@ -30,9 +33,39 @@ def save_weights(path: Path, module: torch.nn.Module, metadata: dict, then: str 
     atomic_write(path, lambda tmp: tmp.write_bytes(data), then)
 
 
+@dataclass
+class WeightsMeta:
+    """What a run's ``model.safetensors`` records besides its tensors: what rebuilds the module (model, method and
+    their options; ``inference``: the plain backbone or the whole method), how to feed it (image size, mean, std,
+    class names), and how the run evaluated it (dataset options, eval size, test resize, precision), which
+    ``selfkd eval --weights`` repeats."""
+
+    model: str
+    num_classes: int
+    in_channels: int
+    model_options: dict
+    method: str
+    method_options: dict
+    task: str
+    selfkd_version: str
+    image_size: int
+    mean: list
+    std: list
+    classes: list
+    dataset: str
+    data_options: dict
+    eval_size: int | None
+    test_resize: int | None
+    amp: str
+    inference: str = "backbone"  # set by save_eval_model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def save_eval_model(path: Path, method, metadata: dict, then: str = AGAIN) -> None:
-    """The module ``method`` evaluates with (:meth:`~selfkd.methods.Method.eval_model`), marked in the metadata
-    as a plain backbone or a whole method."""
+    """The module ``method`` evaluates with (:meth:`~selfkd.methods.Method.eval_model`), with ``metadata`` (a
+    :class:`WeightsMeta` as a dict) marked as a plain backbone or a whole method."""
     module = method.eval_model()
     inference = "backbone" if module is method.backbone else "method"
     save_weights(path, module, {**metadata, "inference": inference}, then)
@@ -72,12 +105,12 @@ def load_weights(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
 
 
-# The metadata selfkd writes and its types (written as JSON values; a file of another program may lack them). The
-# evaluation's preprocessing (dataset options, image_size, mean, std, eval_size, test_resize) and precision (amp,
-# resolved) let `selfkd eval --weights` evaluate the file as the run did.
-METADATA = {"model": str, "num_classes": int, "in_channels": int, "model_options": dict, "method": str,
-            "method_options": dict, "task": str, "image_size": int, "mean": list, "std": list, "classes": list,
-            "inference": str, "dataset": str, "data_options": dict, "eval_size": int, "test_resize": int, "amp": str}
+def _json_kind(hint) -> type:
+    return next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+
+
+# The metadata selfkd writes and its JSON types (a file of another program, or of an older selfkd, may lack some).
+METADATA = {name: _json_kind(hint) for name, hint in typing.get_type_hints(WeightsMeta).items()}
 POSITIVE = ("num_classes", "in_channels", "image_size", "eval_size", "test_resize")
 CHOICES = {"inference": ("backbone", "method"), "amp": ("bf16", "fp16", "off")}
 
@@ -90,7 +123,8 @@ def _json(text: str):
         return text
 
 
-def _fill(path: Path, module: torch.nn.Module, state: dict, what: str, error: type = CheckpointError) -> None:
+def load_state(path: Path, module: torch.nn.Module, state: dict, what: str, error: type = CheckpointError) -> None:
+    """Load ``state`` (read from ``path``) into ``module``, or refuse naming ``what`` it does not fit."""
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
@@ -114,40 +148,8 @@ def load_backbone(path: Path, like: torch.nn.Module) -> tuple[torch.nn.Module, d
                           f"{like.num_classes} classes is needed; give the weights of a run of that model and class "
                           "count.")
     net = copy.deepcopy(like)
-    _fill(path, net, state, f"{like.name} with these model options (use the options of the run that wrote it)",
+    load_state(path, net, state, f"{like.name} with these model options (use the options of the run that wrote it)",
           ConfigError)
     return net, meta
 
 
-def load_eval_model(path: Path, model: str | None = None, num_classes: int | None = None,
-                    in_channels: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """``(module, metadata)``: the module a run evaluated, rebuilt from a weights file written by selfkd and in
-    eval mode; ``module(images)`` returns the logits (a backbone returns ``(logits, features)``)."""
-    from .methods import create_method, data_args
-
-    state, meta = load_weights(path)
-    net, spec = _model(path, meta, model, num_classes, in_channels)
-    what = f"model '{spec['model']}' with {spec['num_classes']} classes"
-    if meta.get("inference", "backbone") != "backbone":  # the whole method
-        name, options = meta.get("method"), meta.get("method_options", {})
-        try:
-            net = create_method(name, net, **options, **data_args(name, 1, getattr(net, "task", "classification")))
-        except SelfKDError as err:
-            raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: "
-                                  f"{err}") from None
-        what = f"method '{name}' on {what}"
-    _fill(path, net, state, what)
-    return net.eval(), {**meta, **spec}
-
-
-def _model(path: Path, meta: dict, model: str | None, num_classes: int | None, in_channels: int | None):
-    from .models import create_model
-
-    spec = {"model": model or meta.get("model"), "num_classes": num_classes or meta.get("num_classes"),
-            "in_channels": in_channels or meta.get("in_channels")}
-    missing = [key for key, value in spec.items() if value is None]
-    if missing:
-        raise CheckpointError(f"{path} lacks the metadata {', '.join(missing)} that selfkd writes; use the "
-                              "model.safetensors of a selfkd run (or name the model with --model).")
-    return create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                        **meta.get("model_options", {})), spec

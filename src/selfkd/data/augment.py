@@ -99,7 +99,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 
 def seg_scale_crop_flip(images: torch.Tensor, masks: torch.Tensor, size: int, scale: tuple[float, float], flip: bool,
-                        gen: torch.Generator, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+                        gen: torch.Generator, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint random scale, crop and flip of uint8 images ``(B, C, H, W)`` and masks ``(B, H, W)``, per sample.
 
     Each sample is scaled by ``s ~ U(scale)`` (to ``round(H·s) × round(W·s)``), a ``size × size`` window is cut

@@ -14,24 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DatasetError
 from . import augment as aug
-from .datasets import ImageFiles, SegmentationFiles, decode_rgb
+from .datasets import ImageFiles, SegmentationFiles
+from .decoding import decode_rgb, read_pair
 from .loaders import AugmentSpec, Batch, DeviceLoader
 from .samplers import Batches
-from .segmentation import build_seg_transform, read_pair
-
-
-def build_transform(spec: AugmentSpec, train: bool):
-    """torchvision v2 transforms on uint8 ``(3, H, W)`` tensors, ending at ``spec.size`` x ``spec.size``."""
-    from torchvision.transforms import v2
-
-    size = spec.size
-    if not train or spec.kind == "none":
-        return v2.Compose([v2.Resize(spec.test_resize or round(size * 256 / 224), antialias=True),
-                           v2.CenterCrop(size)])
-    if spec.kind == "rrc_flip":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=spec.scale, antialias=True), v2.RandomHorizontalFlip()])
-    crop = v2.RandomCrop(size, padding=spec.padding) if spec.kind == "crop_flip" else v2.CenterCrop(size)
-    return v2.Compose([v2.Resize(size, antialias=True), crop, v2.RandomHorizontalFlip()])
+from .transforms import build_seg_transform, build_transform
 
 
 def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:

@@ -6,36 +6,26 @@ lists (:class:`ImageFiles`) that DataLoader workers decode (:mod:`selfkd.data.fi
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import warnings
-import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import DatasetError, SelfKDWarning
-from .datasets import (IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageFiles, ImageTensors, MissingFiles,
-                       check_labels, decode_rgb, register_dataset, require)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")  # what torchvision.io.decode_image reads
-
-
-def _lines(file: Path) -> list[str]:
-    """Non-empty lines, stripped (the lists of some datasets have Windows line ends)."""
-    if not file.is_file():
-        raise MissingFiles(f"{file.parent} has no {file.name}.")
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+from ..errors import DatasetError
+from .caches import cache_dir, fingerprint, load_cache, save_cache
+from .datasets import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageFiles, ImageTensors,
+                       check_exist, lines,
+                       check_labels, register_dataset, require)
+from .decoding import decode_rgb
 
 
 def _table(file: Path, columns: int) -> list[list[str]]:
     """Whitespace-separated rows of ``columns`` fields (the last field keeps its inner spaces)."""
-    rows = [line.split(None, columns - 1) for line in _lines(file)]
+    rows = [line.split(None, columns - 1) for line in lines(file)]
     for number, row in enumerate(rows, start=1):
         if len(row) != columns:
             raise DatasetError(f"{file} line {number} has {len(row)} fields instead of {columns}; the file is "
@@ -48,13 +38,6 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _check_exist(paths: list[str], where: Path) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise DatasetError(f"{len(missing)} of the {len(paths)} images listed for {where} are missing "
-                           f"(e.g. {missing[0]}). Extract the image archive completely into {where}.")
-
-
 def _file_splits(name: str, where: Path, train, test, classes: list[str], listed: bool = True) -> DatasetSplits:
     """Splits of file lists with the usual ImageNet-style recipe: RandomResizedCrop(224) + flip. ``listed``: the
     paths come from the dataset's list files, so check they exist (paths found on disk need no check)."""
@@ -64,7 +47,7 @@ def _file_splits(name: str, where: Path, train, test, classes: list[str], listed
             raise DatasetError(f"{where} lists no {split} images; the dataset is incomplete.")
         labels = check_labels(torch.tensor(labels, dtype=torch.int64), len(classes), where)
         if listed:
-            _check_exist(paths, where)
+            check_exist(paths, where)
         return ImageFiles(paths, labels)
 
     return DatasetSplits(name, files(*train, "training"), files(*test, "test"), len(classes), 3,
@@ -72,41 +55,6 @@ def _file_splits(name: str, where: Path, train, test, classes: list[str], listed
 
 
 # --------------------------------------------------------------------------- TinyImageNet
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SELFKD_CACHE") or "~/.cache/selfkd").expanduser()
-
-
-def save_cache(file: Path, arrays: dict[str, np.ndarray], what: str, stale: str | None = None) -> None:
-    """Write ``arrays`` (``what``, for the warning) to the ``.npz`` cache ``file`` through a temporary file of this
-    process (several ranks may write at once), first removing the older caches matching the glob ``stale``. A failure
-    only warns: the data is made again next time."""
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        for old in file.parent.glob(stale) if stale else ():
-            old.unlink(missing_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, file)
-    except OSError as err:
-        with contextlib.suppress(OSError):  # e.g. the cache folder's path runs through a file
-            tmp.unlink(missing_ok=True)
-        warnings.warn(f"Could not cache {what} in {file} ({err}); they will be made again next time. Set "
-                      "$SELFKD_CACHE to a writable folder.", SelfKDWarning, stacklevel=3)
-
-
-def load_cache(file: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
-    """The uint8 arrays named in ``shapes`` from the ``.npz`` cache ``file``, or None when it is absent, damaged
-    or holds other shapes (then the data is made again)."""
-    try:
-        with np.load(file, allow_pickle=False) as saved:
-            arrays = {key: saved[key] for key in shapes}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
-    if all(a.dtype == np.uint8 and a.shape == shapes[key] for key, a in arrays.items()):
-        return arrays
-    return None
 
 
 def decode_images(files: list[str], size: int) -> np.ndarray:
@@ -130,20 +78,6 @@ def decode_images(files: list[str], size: int) -> np.ndarray:
     return out
 
 
-def _fingerprint(groups: dict[str, list[str]]) -> str:
-    """Hash of every file's path, size and modification time: a changed dataset gets a new key."""
-    digest = hashlib.sha256()
-    for group, files in groups.items():
-        digest.update(f"{group}:{len(files)}\n".encode())
-        for f in files:
-            try:
-                st = os.stat(f)
-            except OSError as err:
-                raise DatasetError(f"Could not read the image {f}: {err.strerror}. Re-extract the dataset.") from None
-            digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def cached_images(name: str, root: Path, groups: dict[str, list[str]], size: int) -> dict[str, np.ndarray]:
     """Decoded images of each group of files, read from / written to an ``.npz`` in :func:`cache_dir`.
 
@@ -151,7 +85,7 @@ def cached_images(name: str, root: Path, groups: dict[str, list[str]], size: int
     older caches of the same folder are replaced. A damaged or unwritable cache only costs a re-decode.
     """
     prefix = f"{name}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}-"
-    file = cache_dir() / f"{prefix}{_fingerprint(groups)[:16]}.npz"
+    file = cache_dir() / f"{prefix}{fingerprint(groups)[:16]}.npz"
     arrays = load_cache(file, {group: (len(files), 3, size, size) for group, files in groups.items()})
     if arrays is not None:
         return arrays
@@ -167,7 +101,7 @@ def cached_images(name: str, root: Path, groups: dict[str, list[str]], size: int
 def read_tinyimagenet(path: Path) -> DatasetSplits:
     """200 classes (sorted wnids, as ImageFolder numbers them), 100,000 train / 10,000 val images."""
     require(path, "wnids.txt", "words.txt", "train", "val/images", "val/val_annotations.txt")
-    wnids = sorted(_lines(path / "wnids.txt"))
+    wnids = sorted(lines(path / "wnids.txt"))
     if len(set(wnids)) != len(wnids):
         raise DatasetError(f"{path / 'wnids.txt'} lists a class twice; the file is damaged.")
     label_of = {wnid: k for k, wnid in enumerate(wnids)}
@@ -275,7 +209,7 @@ def read_mit67(path: Path) -> DatasetSplits:
 
     def split(list_name: str):
         paths, labels = [], []
-        for number, line in enumerate(_lines(path / list_name), start=1):
+        for number, line in enumerate(lines(path / list_name), start=1):
             category = line.replace("\\", "/").split("/", 1)[0]
             if category not in label_of:
                 raise DatasetError(f"{path / list_name} line {number}: '{line}' is in no category folder of "

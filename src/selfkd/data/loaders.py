@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tasks import IGNORE_LABEL
 from .samplers import Batches
 
 
@@ -31,10 +32,9 @@ class AugmentSpec:
     test_resize: int | None = None
     scale_range: tuple[float, float] = (0.5, 2.0)  # seg_scale_crop_flip: the image's scale factor
     short_side: tuple[int, int] = (256, 1024)  # seg_voc: the random short side before the crop
-    pad_label: int = 255  # seg_voc: the mask label of padding
+    pad_label: int = IGNORE_LABEL  # seg_voc: the mask label of padding
     blur: bool = True  # seg_voc: Gaussian blur of the image with p = 0.5
     eval_size: int | None = None  # segmentation evaluation: None = original resolution, else resized to size²
-    ignore_index: int = 255
 
 
 class DeviceLoader:

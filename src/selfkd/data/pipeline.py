@@ -8,13 +8,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..tasks import TASKS
 from .datasets import DatasetSplits, ImageFiles, ImageTensors, SegmentationFiles
 from .files import FileLoader
 from .loaders import AugmentSpec
 from .needs import DataNeeds
 from .resident import ResidentLoader
 from .samplers import Batches, ClassPartnerBatches, ShardedSequential
-from .settings import DataConfig
+from .settings import DataConfig, resolve_data
 
 
 def subset(data: ImageTensors | ImageFiles | SegmentationFiles, n: int | None, seed: int):
@@ -42,27 +43,19 @@ def train_sampler(labels: torch.Tensor | None, batch_size: int, needs: DataNeeds
     return Batches(len(labels) if n is None else n, batch_size, seed, rank, world, min_batch=needs.min_batch)
 
 
-# The augmentations each kind of data can take: (task, held in memory) -> kinds.
-AUGMENTS = {("classification", True): ("crop_flip", "rrc_flip", "flip", "none"),
-            ("classification", False): ("crop_flip", "rrc_flip", "flip", "none"),
-            ("segmentation", True): ("seg_scale_crop_flip", "none"),
-            ("segmentation", False): ("seg_voc", "none")}
-
-
-def _spec_and_norm(splits: DatasetSplits, cfg: DataConfig, resident: bool):
-    padding = splits.padding if cfg.padding is None else cfg.padding
-    spec = AugmentSpec(cfg.augment or splits.augment, cfg.image_size or splits.image_size, padding,
-                       tuple(cfg.rrc_scale), cfg.test_resize, tuple(cfg.scale_range), tuple(cfg.short_side),
-                       cfg.pad_label, cfg.blur, cfg.eval_size, splits.ignore_index)
-    kinds = AUGMENTS[splits.task, resident]
+def _spec(splits: DatasetSplits, cfg: DataConfig, resident: bool) -> AugmentSpec:
+    """The augmentation of ``cfg`` (resolved for ``splits``), checked against what the task's data can take."""
+    spec = AugmentSpec(cfg.augment, cfg.image_size, cfg.padding, tuple(cfg.rrc_scale), cfg.test_resize,
+                       tuple(cfg.scale_range), tuple(cfg.short_side), cfg.pad_label, cfg.blur, cfg.eval_size)
+    kinds = TASKS[splits.task].augments[resident]
     if spec.kind not in kinds:
         held = "held in memory" if resident else "read from files"
         raise ConfigError(f"data.augment={spec.kind} does not fit {splits.name}, a {splits.task} dataset {held}; "
                           f"use {', '.join(kinds)}.")
-    mean, std = cfg.mean or splits.mean, cfg.std or splits.std
-    if len(mean) != splits.in_channels or len(std) != splits.in_channels:
-        raise ConfigError(f"data.mean/std need {splits.in_channels} values for {splits.name}, got {mean} / {std}.")
-    return spec, mean, std
+    if len(cfg.mean) != splits.in_channels or len(cfg.std) != splits.in_channels:
+        raise ConfigError(f"data.mean/std need {splits.in_channels} values for {splits.name}, got {cfg.mean} / "
+                          f"{cfg.std}.")
+    return spec
 
 
 def _resident(data, cfg: DataConfig, name: str) -> bool:
@@ -78,17 +71,18 @@ def build_train_loader(splits: DatasetSplits, cfg: DataConfig, needs: DataNeeds,
                        seed: int = 0, rank: int = 0, world: int = 1,
                        memory_format: torch.memory_format = torch.contiguous_format):
     """The training batches for this rank, in ``memory_format`` (the model's layout)."""
+    cfg = resolve_data(cfg, splits)
     train = subset(splits.train, cfg.train_subset, seed)
     resident = _resident(train, cfg, splits.name)
-    spec, mean, std = _spec_and_norm(splits, cfg, resident)
-    if splits.task == "segmentation" and needs.class_partners:
+    spec = _spec(splits, cfg, resident)
+    if TASKS[splits.task].dense and needs.class_partners:
         raise ConfigError(f"{splits.name} is a segmentation dataset: its images have no single class, so it cannot "
                           "serve same-class partners. Use a method of the segmentation task (selfkd list methods "
                           "--task segmentation).")
     sampler = train_sampler(getattr(train, "labels", None), cfg.batch_size, needs, seed, rank, world, len(train))
     if resident:
-        return ResidentLoader(train, sampler, device, mean, std, spec, needs.views, seed, rank, memory_format)
-    return FileLoader(train, sampler, device, mean, std, spec, needs.views, cfg.workers, train=True, seed=seed,
+        return ResidentLoader(train, sampler, device, cfg.mean, cfg.std, spec, needs.views, seed, rank, memory_format)
+    return FileLoader(train, sampler, device, cfg.mean, cfg.std, spec, needs.views, cfg.workers, train=True, seed=seed,
                       num_classes=splits.num_classes, memory_format=memory_format)
 
 
@@ -96,16 +90,17 @@ def build_test_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.devi
                       rank: int = 0, world: int = 1, memory_format: torch.memory_format = torch.contiguous_format):
     """The test split for this rank: samples rank, rank+world, ... (no padding, no augmentation), in
     ``memory_format`` (the model's layout)."""
+    cfg = resolve_data(cfg, splits)
     test = subset(splits.test, cfg.test_subset, seed)
     resident = _resident(test, cfg, splits.name)
-    spec, mean, std = _spec_and_norm(splits, cfg, resident)
+    spec = _spec(splits, cfg, resident)
     batch_size = cfg.eval_batch_size
     if isinstance(test, SegmentationFiles) and spec.eval_size is None:
         batch_size = 1  # evaluated at their original resolution, images of different sizes cannot share a batch
     sampler = ShardedSequential(len(test), batch_size, rank, world)
-    if resident:  # segmentation: the original resolution unless eval_size is set (as for files)
-        size = (spec.eval_size or test.images.shape[-1]) if splits.task == "segmentation" else spec.size
+    if resident:  # dense targets: the original resolution unless eval_size is set (as for files)
+        size = (spec.eval_size or test.images.shape[-1]) if TASKS[splits.task].dense else spec.size
         test_spec = AugmentSpec("none", size) if size != test.images.shape[-1] else None
-        return ResidentLoader(test, sampler, device, mean, std, test_spec, 1, seed, rank, memory_format)
-    return FileLoader(test, sampler, device, mean, std, spec, 1, cfg.workers, train=False, seed=seed,
+        return ResidentLoader(test, sampler, device, cfg.mean, cfg.std, test_spec, 1, seed, rank, memory_format)
+    return FileLoader(test, sampler, device, cfg.mean, cfg.std, spec, 1, cfg.workers, train=False, seed=seed,
                       num_classes=splits.num_classes, memory_format=memory_format)

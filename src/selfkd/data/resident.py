@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..tasks import IGNORE_LABEL
 from . import augment as aug
 from .datasets import ImageTensors
 from .loaders import AugmentSpec, Batch, DeviceLoader
@@ -47,7 +48,7 @@ class ResidentLoader(DeviceLoader):
             return aug.normalize(aug.resize(x, a.size), self.mean, self.std, self.memory_format), y.long()
         self.gen.manual_seed(hash((self.seed, self.sampler.epoch, step, self.rank)) % (2**63))
         if a.kind == "seg_scale_crop_flip":
-            x, y = aug.seg_scale_crop_flip(x, y, a.size, a.scale_range, True, self.gen, a.ignore_index)
+            x, y = aug.seg_scale_crop_flip(x, y, a.size, a.scale_range, True, self.gen, IGNORE_LABEL)
         elif a.kind == "rrc_flip":
             x = aug.random_resized_crop_flip(x, a.size, a.scale, True, self.gen)
         else:

@@ -20,80 +20,18 @@ from pydantic import Field
 
 from ..errors import ConfigError, DatasetError
 from ..registry import NonNegativeInt, PositiveInt
-from .datasets import (FASHION_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageTensors, MissingFiles,
-                       SegmentationFiles, _idx_file, decode_rgb, read_fashion_mnist, register_dataset, require)
-from .folders import IMAGE_EXTENSIONS, _check_exist, _fingerprint, _lines, cache_dir, load_cache, save_cache
+from ..tasks import IGNORE_LABEL
+from .caches import cache_dir, fingerprint, load_cache, save_cache
+from .datasets import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageTensors, MissingFiles,
+                       SegmentationFiles, check_exist, lines, register_dataset, require)
+from .small_images import FASHION_CLASSES, idx_file, read_fashion_mnist
 
-IGNORE_INDEX = 255
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor"]
-MASK_MODES = ("P", "L", "1", "I", "I;16")  # single-channel PNG modes whose pixel values are class indices
 
 
 # --------------------------------------------------------------------------- decoding (in loader workers)
-
-def read_mask(path: str | Path, num_classes: int) -> torch.Tensor:
-    """A label PNG (palette or greyscale: the pixel value is the class index, 255 = ignore) as uint8 ``(H, W)``."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            values = np.asarray(image) if mode in MASK_MODES else None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports damaged PNGs with all three
-        raise DatasetError(f"Could not read the mask {path}: {err}. The file is missing, corrupt or not a PNG; "
-                           "re-extract the dataset.") from None
-    if values is None:
-        raise DatasetError(f"The mask {path} is a {mode} image; a mask must be a single-channel PNG (palette or "
-                           "greyscale) whose pixel values are class indices, 255 for unlabelled pixels.")
-    bad = (values >= num_classes) & (values != IGNORE_INDEX) | (values < 0)
-    if bad.any():
-        found = ", ".join(str(v) for v in np.unique(values[bad])[:5])
-        raise DatasetError(f"The mask {path} has label(s) {found}, but the dataset has {num_classes} classes "
-                           f"(labels 0..{num_classes - 1}, and 255 for unlabelled pixels). The mask is of another "
-                           "dataset, or the number of classes is wrong.")
-    return torch.from_numpy(values.astype(np.uint8))
-
-
-def read_pair(image_path: str, mask_path: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB image ``(3, H, W)`` and its mask ``(H, W)``; refuses a mask whose size is not the image's."""
-    image, mask = decode_rgb(image_path), read_mask(mask_path, num_classes)
-    if image.shape[1:] != mask.shape:
-        raise DatasetError(f"The mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                           f"{image_path} is {image.shape[2]}x{image.shape[1]}; every mask must label its image "
-                           "pixel for pixel.")
-    return image, mask
-
-
-def build_seg_transform(train: bool, crop_size: int = 512, short_side: tuple[int, int] = (256, 1024),
-                        pad_label: int = IGNORE_INDEX, blur: bool = True, eval_size: int | None = None):
-    """Joint transform of a uint8 image ``(3, H, W)`` and mask ``(H, W)`` (torchvision v2; masks resampled
-    nearest). Returns ``f(image, mask) -> (image, mask)``.
-
-    Training (FRSKD's VOC recipe): horizontal flip, random short side in ``short_side``, padding to
-    ``crop_size`` where smaller (image 0, mask ``pad_label``; 255 = ignored, the official code pads masks with
-    0 = background), random ``crop_size`` crop, Gaussian blur (σ ∈ (0, 1]) of the image with p = 0.5. torchvision
-    pads both sides, so a small image lands anywhere in the crop (the official code pads bottom/right only).
-    Evaluation: the original resolution, or ``eval_size``² (the official, aspect-distorting resize).
-    """
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
-
-    if train:
-        steps = [v2.RandomHorizontalFlip(), v2.RandomResize(short_side[0], short_side[1] + 1, antialias=True),
-                 v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: pad_label})]
-        if blur:
-            steps.append(v2.RandomApply([v2.GaussianBlur(7, sigma=(0.01, 1.0))], p=0.5))
-    else:
-        steps = [v2.Resize((eval_size, eval_size), antialias=True) if eval_size else v2.Identity()]
-    compose = v2.Compose(steps)
-
-    def transform(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = compose(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-
-    return transform
 
 
 # --------------------------------------------------------------------------- file datasets
@@ -101,18 +39,18 @@ def build_seg_transform(train: bool, crop_size: int = 512, short_side: tuple[int
 def _listed_pairs(list_file: Path, where: Path, image_of, mask_of) -> tuple[list[str], list[str]]:
     """Image and mask paths of every id in ``list_file``; refuses a list that names a missing file (of the dataset
     folder ``where``)."""
-    ids = _lines(list_file)
+    ids = lines(list_file)
     if not ids:
         raise DatasetError(f"{list_file} lists no images.")
     images, masks = [str(image_of(i)) for i in ids], [str(mask_of(i)) for i in ids]
-    _check_exist([p for pair in zip(images, masks) for p in pair], where)
+    check_exist([p for pair in zip(images, masks) for p in pair], where)
     return images, masks
 
 
 def _seg_splits(name: str, train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
                 classes: list[str]) -> DatasetSplits:
     return DatasetSplits(name, SegmentationFiles(*train), SegmentationFiles(*test), len(classes), 3, IMAGENET_MEAN,
-                         IMAGENET_STD, 512, "seg_voc", classes, ignore_index=IGNORE_INDEX)
+                         IMAGENET_STD, 512, "seg_voc", classes)
 
 
 @register_dataset("voc", ("VOCdevkit",),
@@ -150,7 +88,7 @@ def read_seg_folder(path: Path, num_classes: PositiveInt | None = None) -> Datas
     eval_list = next((path / f for f in ("val.txt", "test.txt") if (path / f).is_file()), None)
     if eval_list is None:
         raise MissingFiles(f"{path} has no val.txt or test.txt.")
-    classes = _lines(path / "classes.txt") if (path / "classes.txt").is_file() else None
+    classes = lines(path / "classes.txt") if (path / "classes.txt").is_file() else None
     if classes is None and num_classes is None:
         raise DatasetError(f"{path} has no classes.txt: list the class names there (one per line, in label order) "
                            "or give the dataset option num_classes.")
@@ -158,7 +96,7 @@ def read_seg_folder(path: Path, num_classes: PositiveInt | None = None) -> Datas
         raise DatasetError(f"{path / 'classes.txt'} names {len(classes)} classes but num_classes={num_classes}; "
                            "make them agree (or leave num_classes out).")
     classes = classes or [f"class_{k}" for k in range(num_classes)]
-    if len(classes) > IGNORE_INDEX:
+    if len(classes) > IGNORE_LABEL:
         raise DatasetError(f"{path} has {len(classes)} classes; label PNGs hold at most 255 (255 means unlabelled).")
     by_stem = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(path / "images"))
                if f.lower().endswith(IMAGE_EXTENSIONS)}
@@ -237,7 +175,7 @@ def mark_edges(masks: np.ndarray, band: int) -> np.ndarray:
     for dy in range(2 * band + 1):
         for dx in range(2 * band + 1):
             edge |= padded[:, dy:dy + h, dx:dx + w] != masks
-    return np.where(edge, IGNORE_INDEX, masks).astype(np.uint8)
+    return np.where(edge, IGNORE_LABEL, masks).astype(np.uint8)
 
 
 def compose_scenes(items: np.ndarray, classes: np.ndarray, layout: SceneLayout, canvas: int, threshold: int,
@@ -295,9 +233,9 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     options = dict(train_size=train_size, test_size=test_size, canvas=canvas, min_items=min_items,
                    max_items=max_items, min_size=min_size, max_size=max_size, threshold=threshold,
                    ignore_band=ignore_band, seed=seed, version=SCENES_VERSION)
-    sources = [str(_idx_file(path, f"{p}-{k}").resolve()) for p in ("train", "t10k")
+    sources = [str(idx_file(path, f"{p}-{k}").resolve()) for p in ("train", "t10k")
                for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode() + _fingerprint({"idx": sources}).encode())
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode() + fingerprint({"idx": sources}).encode())
     file = cache_dir() / f"fmnist_scenes-{digest.hexdigest()[:16]}.npz"
     sizes = {"train": train_size, "test": test_size}
     shapes = {f"{split}_{kind}": (n, 1, canvas, canvas) if kind == "images" else (n, canvas, canvas)
@@ -319,7 +257,7 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     mean = float((counts * level).sum() / counts.sum())
     std = float(np.sqrt((counts * (level - mean) ** 2).sum() / counts.sum()))
     return DatasetSplits("fmnist_scenes", train, test, 11, 1, (mean,), (std,), canvas, "seg_scale_crop_flip",
-                         ["background"] + FASHION_CLASSES, padding=0, ignore_index=IGNORE_INDEX)
+                         ["background"] + FASHION_CLASSES, padding=0)
 
 
 # --------------------------------------------------------------------------- synthetic_seg
@@ -357,5 +295,4 @@ def read_synthetic_segmentation(path=None, num_classes: Annotated[int, Field(ge=
 
     return DatasetSplits("synthetic_seg", split(train_size), split(test_size), num_classes, channels,
                          (0.5,) * channels, (0.25,) * channels, image_size, "seg_scale_crop_flip",
-                         ["background"] + [f"class_{k}" for k in range(1, num_classes)], padding=0,
-                         ignore_index=IGNORE_INDEX)
+                         ["background"] + [f"class_{k}" for k in range(1, num_classes)], padding=0)

@@ -1,6 +1,7 @@
 """The ``data`` section of a run's config: which dataset, how it is batched, augmented and normalised.
 
-Defined in the data layer, which reads it; :mod:`selfkd.config` includes it in the run's schema.
+Defined in the data layer, which reads it; :mod:`selfkd.config` includes it in the run's schema. A ``None`` setting
+means "the dataset's usual one": :func:`resolve_data` decides them all, in one place.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+from ..tasks import IGNORE_LABEL
 
 
 class DataConfig(BaseModel):
@@ -27,7 +30,7 @@ class DataConfig(BaseModel):
     # Segmentation (masks are transformed with their images):
     scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0)  # seg_scale_crop_flip: random scale factor
     short_side: tuple[PositiveInt, PositiveInt] = (256, 1024)  # seg_voc: random short side before the crop
-    pad_label: int = Field(255, ge=0, le=255)  # seg_voc: mask label of padding (FRSKD's code: 0 = background)
+    pad_label: int = Field(IGNORE_LABEL, ge=0, le=255)  # seg_voc: mask label of padding (FRSKD's code: 0 = background)
     blur: bool = True  # seg_voc: Gaussian blur of the image with p = 0.5
     eval_size: PositiveInt | None = None  # evaluation: None = original resolution; FRSKD's code resizes to 512²
     mean: tuple[float, ...] | None = None
@@ -52,3 +55,13 @@ class DataConfig(BaseModel):
         if value is not None and min(value, default=1) <= 0:
             raise ValueError("every value must be > 0 (images are divided by it)")
         return value
+
+
+def resolve_data(cfg: DataConfig, splits) -> DataConfig:
+    """``cfg`` with every dataset default decided for ``splits`` (a :class:`~selfkd.data.DatasetSplits`): the
+    augmentation, image size, crop padding, mean and std the config leaves to the dataset. The one place these are
+    settled (as timm's ``resolve_data_config``); resolving a resolved config changes nothing."""
+    return cfg.model_copy(update={
+        "augment": cfg.augment or splits.augment, "image_size": cfg.image_size or splits.image_size,
+        "padding": splits.padding if cfg.padding is None else cfg.padding,
+        "mean": tuple(cfg.mean or splits.mean), "std": tuple(cfg.std or splits.std)})

@@ -1,3 +1,4 @@
-from .trainer import Trainer, evaluate, train
+from .evaluation import evaluate
+from .trainer import Trainer, train
 
 __all__ = ["Trainer", "evaluate", "train"]

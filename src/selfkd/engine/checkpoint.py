@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError, first_line
 

@@ -5,12 +5,15 @@ import contextlib
 import csv
 import io
 import json
+import math
 import sys
 import threading
 from pathlib import Path
 
 from ..atomic import atomic_write, write_failure
+from ..metrics import columns
 from ..runfolder import METRICS, METRICS_CSV, TENSORBOARD, next_step, read_metrics
+from ..tasks import TASKS
 
 
 class RunLogger:
@@ -95,5 +98,24 @@ def _tensorboard_thread(args) -> bool:
     return type(args.thread).__name__ == "_AsyncWriterThread"
 
 
-def use_progress_bar(setting) -> bool:
-    return sys.stderr.isatty() if setting == "auto" else bool(setting)
+def progress_bar(setting, main: bool, total: int, initial: int, desc: str):
+    """A tqdm bar over an epoch's steps on the main process when ``train.progress`` asks for one (``auto``: when
+    stderr is a terminal), else None."""
+    if not main or not (sys.stderr.isatty() if setting == "auto" else bool(setting)):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def epoch_line(row: dict, epochs: int, task: str) -> str:
+    """``epoch 3/10  loss 0.4212  train 91.20%  test 88.10%  nll 0.351  ece 2.10%  5123 img/s``: the task's test
+    metrics that have a console label (:class:`selfkd.metrics.Column`), in their order."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', math.nan):.4f}",
+             f"train {row.get('train/' + TASKS[task].train_accuracy, math.nan):.2f}%"]
+    for column in columns(task):
+        value = row.get(f"test/{column.key}")
+        if column.line and isinstance(value, (int, float)):
+            parts.append(f"{column.line} {column.format(value)}")
+    parts.append(f"{row.get('time/img_per_s', 0):.0f} img/s")
+    return "  ".join(parts)

@@ -11,11 +11,13 @@ import torch
 from ..config import Config
 from ..data import DatasetSplits, build_test_loader, build_train_loader
 from ..data.datasets import dataset_task
+from ..data.settings import resolve_data
 from ..errors import ConfigError
 from ..methods import Method, create_method, data_args
 from ..methods.registry import DATA_ARGS
 from ..models import create_model
 from ..models.registry import MODEL_TASKS
+from ..tasks import DEFAULT_TASK, TASKS
 from .distributed import Dist
 from .step import TrainStep, build_optimizer
 
@@ -43,11 +45,11 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
     """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
     of training images the run uses). A model or method of another task than the dataset's is refused."""
     task = run_task(cfg)
-    model_task = MODEL_TASKS.get(cfg.model.name, "classification")  # timm:<name> models classify
+    model_task = MODEL_TASKS.get(cfg.model.name, DEFAULT_TASK)  # timm:<name> models classify
     if model_task != task:
-        kind = {"classification": "a classification backbone", "segmentation": "a segmenter"}
-        raise ConfigError(f"Model '{cfg.model.name}' is {kind[model_task]}, but dataset '{cfg.data.dataset}' is for "
-                          f"{task}, which needs {kind[task]}. Choose one with `selfkd list models --task {task}`.")
+        raise ConfigError(f"Model '{cfg.model.name}' is {TASKS[model_task].model_kind}, but dataset "
+                          f"'{cfg.data.dataset}' is for {task}, which needs {TASKS[task].model_kind}. Choose one with "
+                          f"`selfkd list models --task {task}`.")
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **cfg.model.options())
     num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
@@ -57,12 +59,14 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
         raise ConfigError(f"method.{given[0]} comes from the dataset ({cfg.data.dataset}), not from the config; remove "
                           f"it from the method's section.")
     return create_method(cfg.method.name, model, num_classes=splits.num_classes, **options,
-                         **data_args(cfg.method.name, num_train, task, splits.ignore_index))
+                         **data_args(cfg.method.name, num_train, task))
 
 
 def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Dist = Dist()) -> RunParts:
-    """Everything a training loop needs, on ``device``, for this process of ``dist``."""
+    """Everything a training loop needs, on ``device``, for this process of ``dist``; ``parts.cfg`` is ``cfg`` with
+    every ``auto`` setting and every dataset default decided."""
     cfg = cfg.resolved(device.type, dist.enabled)
+    cfg = cfg.model_copy(update={"data": resolve_data(cfg.data, splits)})
     t, o = cfg.train, cfg.optim
     method = build_method(cfg, splits)
     if t.sync_bn and dist.enabled:
@@ -79,8 +83,7 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
     lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
     optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device)
-    ignore = splits.ignore_index if method.task == "segmentation" else -100
     step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
-                     ignore_index=ignore, accumulate=t.accumulate_steps,
+                     ignore_index=TASKS[method.task].ignore_index, accumulate=t.accumulate_steps,
                      clip_mode=t.grad_clip_mode)  # wrapped in DDP by the trainer (TrainStep.distribute)
     return RunParts(cfg, method, optimizer, step, train_loader, test_loader)

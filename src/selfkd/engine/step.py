@@ -6,7 +6,9 @@ of the steps (loss terms, correct predictions, non-finite flags) are kept on the
 from __future__ import annotations
 
 import contextlib
+import random
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +29,14 @@ def configure_backends(deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python's, NumPy's and torch's generators and choose the kernels (:func:`configure_backends`)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    configure_backends(deterministic)
 
 
 def amp_dtype(amp: str) -> torch.dtype | None:
@@ -59,10 +69,11 @@ class StepStats:
 
     Per step: every named loss term (non-finite values are kept as such, so the trainer can name them), the
     correct predictions among the labelled targets of the primary images (``ignore_index`` excluded: the
-    pixels a segmentation mask leaves out), the primary images seen, and the first step with a non-finite loss.
+    pixels a segmentation mask leaves out; None: every target is labelled), the primary images seen, and the first
+    step with a non-finite loss.
     """
 
-    def __init__(self, device: torch.device, ignore_index: int = -100):
+    def __init__(self, device: torch.device, ignore_index: int | None = None):
         self.device, self.ignore_index = device, ignore_index
         self.names: list[str] | None = None
         self.sums: torch.Tensor | None = None
@@ -80,7 +91,8 @@ class StepStats:
         terms = torch.stack([loss.detach().float(), *(v.detach().float() for v in losses.values())])
         n = logits.shape[0]
         primary = targets[:n]
-        labelled = primary != self.ignore_index
+        labelled = (primary != self.ignore_index if self.ignore_index is not None
+                    else torch.ones_like(primary, dtype=torch.bool))
         self.correct += ((logits.detach().argmax(1) == primary) & labelled).sum()
         self.labelled += labelled.sum()
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(terms[0]), self.steps, self.first_bad)
@@ -145,7 +157,7 @@ class TrainStep:
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off",
                  compile_mode: str = "off", grad_clip: float | None = None, skip_nonfinite: bool = False,
-                 ignore_index: int = -100, accumulate: int = 1, clip_mode: str = "norm"):
+                 ignore_index: int | None = None, accumulate: int = 1, clip_mode: str = "norm"):
         self.method, self.optimizer, self.device = method, optimizer, device
         self.dtype = amp_dtype(amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import attention_map, cross_entropy, kd_loss, mixed_cross_entropy
+from ..losses import attention_transfer_loss, cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone, init_weights
 from ..registry import NonNegative, Positive, PositiveInt
 from .batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
@@ -18,13 +18,6 @@ from .bifpn import TeacherOutput, build_self_teacher
 from .registry import register_method
 
 MIX_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # the paper's Beta(0.2, 0.2) / Beta(1, 1)
-
-
-def attention_transfer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-    """``L_AT = Σ_i mean over batch and positions of (AT(F_i) − AT(sg(T_i)))²`` with ``AT(f)`` the L2-normalised
-    channel mean of ``f²`` (:func:`~selfkd.losses.attention_map`); ``teacher`` holds ``ReLU(T_i)``. The mean of
-    squares follows the official code (the paper's text writes a norm)."""
-    return sum((attention_map(s) - attention_map(t.detach())).pow(2).mean() for s, t in zip(student, teacher))
 
 
 def overhaul_margin(bn: nn.BatchNorm2d) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """ONE: on-the-fly native ensemble (:class:`ONE`)."""
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 import torch
@@ -9,19 +8,12 @@ from pydantic import Field
 from torch import nn
 
 from ..data.needs import DataNeeds
-from ..losses import cross_entropy, kd_loss
+from ..losses import cross_entropy, kd_loss, rampup_weight
 from ..models.base import Backbone
 from ..registry import NonNegativeInt, Positive
 from .base import Method, MethodOutput
 from .branches import StageCopyBranch, check_source_stage
 from .registry import register_method
-
-
-def rampup_weight(epoch: int, rampup_epochs: int) -> float:
-    """The official script's ramp ``w(t) = exp(−5·(1 − min(t, R)/R)²)``; ``R = 0`` gives w ≡ 1."""
-    if rampup_epochs <= 0:
-        return 1.0
-    return math.exp(-5.0 * (1.0 - min(epoch, rampup_epochs) / rampup_epochs) ** 2)
 
 
 @register_method("one")

@@ -6,12 +6,13 @@ exist in both; the model's ``task`` picks the registry.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..registry import TASK_NAMES, Registry, checked_call
+from ..registry import Registry, checked_call
+from ..tasks import DEFAULT_TASK, TASK_NAMES
 
 METHODS: dict[str, Registry] = {task: Registry("method", task) for task in TASK_NAMES}
 
 
-def register_method(name: str, task: str = "classification"):
+def register_method(name: str, task: str = DEFAULT_TASK):
     """Class decorator: register the method ``name`` for ``task`` and set the class's ``task`` to it."""
     def add(cls):
         METHODS[task].register(name)(cls)
@@ -21,7 +22,7 @@ def register_method(name: str, task: str = "classification"):
     return add
 
 
-def method_class(name: str, task: str = "classification"):
+def method_class(name: str, task: str = DEFAULT_TASK):
     return METHODS[task].get(name)
 
 
@@ -48,21 +49,20 @@ def create_method(name: str, model, num_classes: int | None = None, **hparams):
 
 
 def model_task(model) -> str:
-    return getattr(model, "task", "classification")
+    return getattr(model, "task", DEFAULT_TASK)
 
 
-DATA_ARGS = ("num_samples", "ignore_index")  # constructor arguments a method takes from the dataset, not the user
+DATA_ARGS = ("num_samples",)  # constructor arguments a method takes from the dataset, not the user
 
 
-def data_args(name: str, num_samples: int, task: str = "classification", ignore_index: int = 255) -> dict:
+def data_args(name: str, num_samples: int, task: str = DEFAULT_TASK) -> dict:
     """The arguments of :data:`DATA_ARGS` the method takes: ``num_samples`` for per-sample state (PS-KD's table), the
-    training-set size; ``ignore_index`` for pixel-wise methods, the label of the dataset's unlabelled pixels."""
+    training-set size."""
     import inspect
 
     params = inspect.signature(method_class(name, task).__init__).parameters
-    given = {"num_samples": num_samples, "ignore_index": ignore_index}
-    return {key: value for key, value in given.items() if key in params}
+    return {"num_samples": num_samples} if "num_samples" in params else {}
 
 
-def list_methods(task: str = "classification") -> list[str]:
+def list_methods(task: str = DEFAULT_TASK) -> list[str]:
     return METHODS[task].names()

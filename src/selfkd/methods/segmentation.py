@@ -1,6 +1,7 @@
 """Segmentation methods: plain pixel CE and FRSKD's self-teacher for segmentation.
 
-Targets are ``(B, H, W)`` int64 class indices with ``ignore_index`` (255) for unlabelled pixels; the model is a
+Targets are ``(B, H, W)`` int64 class indices with :data:`~selfkd.tasks.IGNORE_LABEL` for unlabelled pixels; the model
+is a
 :class:`~selfkd.models.segmentation.Segmenter` (``forward(x) -> (logits, pyramid)``). Inference uses the
 segmenter's logits alone. A pixel-wise version of another method is one more class here: the pixel losses
 are in :mod:`selfkd.losses` (``pixel_cross_entropy``, ``pixel_kd_loss``).
@@ -13,12 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, SelfKDWarning
-from ..losses import pixel_cross_entropy, pixel_kd_loss
+from ..losses import attention_transfer_loss, pixel_cross_entropy, pixel_kd_loss, rampup_weight
 from ..models.segmentation import BiFPNSeg, SegmentationHead
 from ..registry import NonNegative, NonNegativeInt, Positive
+from ..tasks import IGNORE_LABEL
 from .base import Method, MethodOutput
-from .frskd import attention_transfer_loss
-from .one import rampup_weight
 from .registry import register_method
 
 
@@ -26,13 +26,9 @@ from .registry import register_method
 class SegmentationCE(Method):
     """``CE(out, y)`` averaged over labelled pixels: the baseline of every segmentation method."""
 
-    def __init__(self, model: nn.Module, num_classes: int, ignore_index: int = 255):
-        super().__init__(model, num_classes)
-        self.ignore_index = ignore_index
-
     def compute_loss(self, images, targets, index=None):
         logits, _ = self.backbone(images)
-        ce = pixel_cross_entropy(logits, targets, self.ignore_index)
+        ce = pixel_cross_entropy(logits, targets, IGNORE_LABEL)
         return MethodOutput(logits, ce, {"ce": ce})
 
 
@@ -67,7 +63,7 @@ class SegmentationFRSKD(Method):
 
     def __init__(self, model: nn.Module, num_classes: int, alpha: NonNegative = 1.0, beta: NonNegative = 50.0,
                  temperature: Positive = 1.0, warmup_epochs: NonNegativeInt = 40,
-                 ramp_epochs: NonNegativeInt | None = None, kd_mask: bool = False, ignore_index: int = 255):
+                 ramp_epochs: NonNegativeInt | None = None, kd_mask: bool = False):
         super().__init__(model, num_classes)
         channels = getattr(model, "pyramid_channels", 0)
         if not channels:
@@ -78,7 +74,7 @@ class SegmentationFRSKD(Method):
             )
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
-        self.kd_mask, self.ignore_index = kd_mask, ignore_index
+        self.kd_mask = kd_mask
         self.teacher = nn.Sequential(BiFPNSeg(channels), BiFPNSeg(channels, top_down_only=True))
         self.teacher_head = SegmentationHead(channels, model.head_channels, num_classes)
         self.register_buffer("ramp", torch.zeros(()))  # r_e, set by on_epoch_start
@@ -94,10 +90,10 @@ class SegmentationFRSKD(Method):
         out1, s1 = self.backbone(images)
         s2 = self.teacher(s1)
         out2 = self.teacher_head(s2[0], images.shape[-2:])
-        mask = targets != self.ignore_index if self.kd_mask else None
+        mask = targets != IGNORE_LABEL if self.kd_mask else None
         losses = {
-            "ce": pixel_cross_entropy(out1, targets, self.ignore_index),
-            "ce_teacher": pixel_cross_entropy(out2, targets, self.ignore_index),
+            "ce": pixel_cross_entropy(out1, targets, IGNORE_LABEL),
+            "ce_teacher": pixel_cross_entropy(out2, targets, IGNORE_LABEL),
             "kd": self.alpha * self.ramp * pixel_kd_loss(out2, out1, self.temperature, mask),
             "at": self.beta * self.ramp * attention_transfer_loss(s1, s2),
         }

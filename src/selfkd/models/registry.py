@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..registry import Registry, checked_call
+from ..tasks import DEFAULT_TASK
 from .base import Backbone
 
 MODELS: Registry = Registry("model")
-MODEL_TASKS: dict[str, str] = {}  # model name -> task (selfkd.registry.TASK_NAMES)
+MODEL_TASKS: dict[str, str] = {}  # model name -> task (selfkd.tasks.TASKS)
 
 
-def register_model(name: str | None = None, task: str = "classification"):
+def register_model(name: str | None = None, task: str = DEFAULT_TASK):
     """Register a model factory; ``task``: classification backbones or segmentation segmenters."""
     def add(factory):
         MODELS.register(name)(factory)
@@ -28,5 +29,14 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
     return checked_call(factory, "model", name, dict(kwargs, num_classes=num_classes, in_channels=in_channels))
 
 
-def list_models(task: str = "classification") -> list[str]:
+def list_models(task: str = DEFAULT_TASK) -> list[str]:
     return [name for name in MODELS.names() if MODEL_TASKS[name] == task]
+
+
+def count_parameters(name: str, num_classes: int) -> int:
+    """Parameters of a registered model with its defaults and ``num_classes`` outputs, counted on the meta device
+    (nothing is allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(name, num_classes=num_classes).parameters())

@@ -58,18 +58,3 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
     return Report(out, groups, unfinished, warnings, plots, text)
 
 
-def cmd_compare(args) -> int:
-    report = compare(args.runs, args.out)
-    print(report.text, end="")
-    print(f"\nReport: {report.out / 'index.html'} (table: results.md, results.csv; {len(report.plots)} plots)")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="table, plots and an HTML page comparing finished runs",
-                              description="Group runs by (dataset, model, method) and report last-epoch test "
-                                          "metrics over seeds, with plots and an index.html.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="run folders, or folders holding run folders (e.g. a sweep folder, or runs/)")
-    p.add_argument("--out", help="report folder (default reports/<timestamp>)")
-    p.set_defaults(func=cmd_compare)

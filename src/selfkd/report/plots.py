@@ -21,10 +21,10 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from ..metrics import Column, column
 from ..runfolder import EXAMPLES
+from ..tasks import IGNORE_LABEL, TASKS
 from .table import Group
 
 EXAMPLE_KEYS = ("images", "masks", "predictions", "sizes", "index", "classes")
-IGNORED = 255
 
 
 def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
@@ -229,7 +229,7 @@ def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
     for ax in axes:
         ax.set_axis_off()
     handles = [Patch(facecolor=palette[k] / 255, edgecolor="0.5",
-                     label="ignored (255)" if k == IGNORED else names[k] if k < len(names) else f"class {k}")
+                     label=f"ignored ({IGNORE_LABEL})" if k == IGNORE_LABEL else names[k] if k < len(names) else f"class {k}")
                for k in sorted(shown)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
     fig.suptitle(f"{title}\ntest images, ground truth and predictions (last epoch)", fontsize=10)
@@ -257,7 +257,7 @@ def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
              lambda p: plot_reliability(members, title, p)),
             (f"{title}: accuracy vs training cost", f"cost_{name}.png", lambda p: plot_cost(members, title, p, metric)),
         ]
-        if members[0].task == "segmentation":
+        if "examples" in TASKS[members[0].task].report_sections:
             plots.append((f"{title}: test images, ground truth and each method's prediction", f"examples_{name}.png",
                           lambda p: plot_examples(members, title, p)))
         for caption, filename, draw in plots:

@@ -14,12 +14,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics
+from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics, summary_problems
+from ..tasks import DEFAULT_TASK
 
-# What the report reads from summary.json, and its type.
-SUMMARY_FIELDS = {"final": dict, "train_time_s": (int, float), "img_per_s": (int, float), "params": int,
-                  "extra_params": int, "epochs": int, "classes": list, "device": str, "dataset": str, "model": str,
-                  "method": str, "task": str}
 # Keys that may differ between runs of one group without making them different experiments.
 INCIDENTAL_KEYS = ("seed", "name", "run_dir", "data.data_dir", "train.device", "train.progress")
 
@@ -59,7 +56,8 @@ class Run:
 
     @property
     def task(self) -> str:
-        return str(self._get("task", "task") or "classification").replace("auto", "classification")
+        task = self._get("task", "task")
+        return DEFAULT_TASK if task in (None, "auto") else str(task)
 
     @property
     def seed(self):
@@ -137,8 +135,7 @@ def load_run(path: Path) -> Run:
         summary, problem = _read_json(path / SUMMARY)
         if summary is not None and not isinstance(summary, dict):
             summary, problem = None, "summary.json does not hold a mapping"
-        wrong = [key for key, kind in SUMMARY_FIELDS.items() if summary and summary.get(key) is not None
-                 and (not isinstance(summary[key], kind) or isinstance(summary[key], bool))]
+        wrong = summary_problems(summary) if summary is not None else []
         if wrong:
             summary, problem = None, f"summary.json holds values selfkd does not write ({', '.join(wrong)})"
     reliability = None

@@ -15,8 +15,9 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from ..metrics import TASKS, Column, columns
+from ..metrics import Column, columns
 from ..runfolder import CHECKPOINT
+from ..tasks import DEFAULT_TASK, TASKS
 from .runs import Run, differing_settings
 from .stats import Interval, gain_interval
 
@@ -34,7 +35,7 @@ class Group:
     train_time_s: float | None = None
     img_per_s: float | None = None
     extra_params: int | None = None
-    task: str = "classification"
+    task: str = DEFAULT_TASK
     gain: float | None = None  # mean of the headline metric minus ce's (same dataset and model)
     interval: Interval | None = None  # 95 % interval of the gain (None for ce, or with one value on a side)
     devices: list[str] = field(default_factory=list)

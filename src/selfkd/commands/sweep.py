@@ -1,0 +1,29 @@
+"""``selfkd sweep``: methods × seeds from one recipe, one run folder each, then a comparison."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .flags import add_run_flags, parse_list, run_flags
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="train methods × seeds (skipping finished runs), then compare them",
+                              description="Train every method with every seed from one recipe, each run in its own "
+                                          "folder <out>/<method>_s<seed>; finished runs are skipped, interrupted "
+                                          "ones resumed. Ends with `selfkd compare` of the grid in <out>/report.")
+    add_run_flags(p, per_run=False)
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. ce,lightskd,frskd")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--gpus", help="comma-separated GPU ids; one run per listed id at a time (list an id twice to share "
+                                  "a GPU between two runs; default: one run at a time on the recipe's device)")
+    p.add_argument("--out", help="sweep folder (default runs/sweep_<recipe name>)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..sweep import print_outcome, sweep
+
+    out = Path(args.out) if args.out else Path("runs") / f"sweep_{Path(args.config).stem if args.config else 'default'}"
+    result = sweep(args.config, parse_list(args.methods, "methods"), parse_list(args.seeds, "seeds", int), out,
+                   run_flags(args), args.overrides, parse_list(args.gpus, "gpus", unique=False) if args.gpus else None)
+    return print_outcome(result, out)
