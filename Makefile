@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 # oneDNN's AVX2 kernels are the ones that crashed (issue 19): the suite runs them on every processor, so an
 # AVX-512 machine catches what an AVX2-only one would hit. Override with ONEDNN_MAX_CPU_ISA=DEFAULT.
 test: $(STAMP)
+	$(BIN)/ruff check src tests
 	ONEDNN_MAX_CPU_ISA=$${ONEDNN_MAX_CPU_ISA:-AVX2} $(BIN)/python -m pytest -q
 
 demo: $(STAMP) fashion-mnist

@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
+from hand import batch as _batch
+from hand import ce as _ce
+from hand import kd_probs as _kl_probs
+from hand import softmax as _softmax
 from selfkd import create_model
 from selfkd.data.pipeline import train_sampler
 from selfkd.methods import DataNeeds, create_method
 from selfkd.methods.bake import ensemble_targets
-from hand import batch as _batch, ce as _ce, kd_probs as _kl_probs, softmax as _softmax
 
 K = 5  # classes in the hand-computed examples
 
@@ -28,7 +31,7 @@ def _bake_q(embeddings, logits, t, omega):
         a.append([s / sum(sims) for s in sims])
     term = [_softmax(r, t) for r in logits.tolist()]
     q = [[(1 - omega) * v for v in row] for row in term]
-    for k in range(1, 200):
+    for _ in range(1, 200):
         term = [[omega * v for v in row] for row in _matmul(a, term)]
         q = [[x + (1 - omega) * y for x, y in zip(qr, tr)] for qr, tr in zip(q, term)]
     return q

@@ -3,11 +3,11 @@ evaluation options and a run that learns."""
 import pytest
 import torch
 
+from hand import ce, has_grad_in, kd, no_grad_in, quick_config
 from selfkd import create_model
 from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
-from hand import ce, has_grad_in, kd, no_grad_in, quick_config
 
 
 def test_byot_parameter_counts_full_resnet18():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from selfkd.methods import create_method
 from hand import A, PixelNet, as_images, ce, soft_ce
+from selfkd.methods import create_method
 
 
 def test_ce_and_both_label_smoothing_forms_by_hand():

@@ -6,14 +6,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from conftest import own_methods, per_step_summaries
 from selfkd import create_method
-from selfkd.data.datasets import DatasetSplits, ImageTensors
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
+from selfkd.data.datasets import DatasetSplits, ImageTensors
 from selfkd.engine.step import TrainStep, build_optimizer
-from selfkd.methods import method_class, data_args
-
-from conftest import own_methods, per_step_summaries
+from selfkd.methods import data_args, method_class
 
 
 def _compile_with(monkeypatch, backend: str, fullgraph: bool):

@@ -87,4 +87,4 @@ def test_run_name_placeholders():
     assert cfg.run_name == "ce_lightskd_recipe_s3" and str(cfg.run_path) == "runs/ce_lightskd_recipe_s3"
     assert build_config({"method": {"name": "ls"}, "seed": 1}).run_name == "cifar100_cifar_resnet18_ls_s1"
     with pytest.raises(ConfigError, match="placeholder"):
-        build_config({"name": "run_{sed}"}).run_name
+        _ = build_config({"name": "run_{sed}"}).run_name

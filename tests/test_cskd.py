@@ -2,13 +2,13 @@
 import pytest
 import torch
 
+from hand import A, B, PixelNet, as_images, ce, kd, quick_config
 from selfkd.config import make_config
 from selfkd.data.datasets import load_dataset
 from selfkd.data.pipeline import build_train_loader
 from selfkd.engine import train
 from selfkd.methods import DataNeeds, create_method
 from selfkd.methods.cskd import CSKD
-from hand import A, B, PixelNet, as_images, ce, kd, quick_config
 
 
 def test_cskd_loss_by_hand_and_partners_get_no_gradient():

@@ -13,9 +13,9 @@ import scipy.io
 import torch
 from torchvision.io import encode_jpeg, encode_png, write_file
 
+from hand import write_fashion, write_idx
 from selfkd.data import ImageFiles, ImageTensors, load_dataset
 from selfkd.errors import ConfigError, DatasetError
-from hand import write_fashion, write_idx
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+from hand import A, PixelNet, as_images, assert_rows, ce, kd, quick_config, softmax
 from selfkd.engine import train
 from selfkd.methods import create_method
 from selfkd.methods.ddgsd import DDGSD
 from selfkd.methods.dlb import DLB
-from hand import A, PixelNet, as_images, assert_rows, ce, kd, quick_config, softmax
 
 
 def test_ddgsd_loss_by_hand_both_forms():

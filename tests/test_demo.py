@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_report import write_run
 from hand import write_fashion
+from test_report import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

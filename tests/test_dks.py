@@ -2,9 +2,13 @@
 import pytest
 import torch
 
+from hand import FC100, S4
+from hand import batch as _batch
+from hand import ce as _ce
+from hand import full_resnet18 as _full_resnet18
+from hand import kd as _kd
+from hand import stage_params as _stage_params
 from selfkd.methods import create_method
-from hand import (FC100, S4, batch as _batch, ce as _ce, full_resnet18 as _full_resnet18, kd as _kd,
-                  stage_params as _stage_params)
 
 K = 5  # classes in the hand-computed examples
 

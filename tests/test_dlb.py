@@ -3,8 +3,8 @@ cache in the state, and a run that learns and resumes exactly."""
 import pytest
 import torch
 
-from selfkd.methods import create_method
 from hand import A, B, PixelNet, as_images, assert_resumes_exactly, ce, kd
+from selfkd.methods import create_method
 
 
 def test_dlb_first_step_is_ce_then_last_batch_is_distilled_across_epochs():

@@ -10,13 +10,12 @@ import pytest
 import torch
 import yaml
 
-from selfkd.engine import train
-from selfkd.errors import Interrupted
-from selfkd.errors import ConfigError, TrainingError
-from selfkd.methods import list_methods, register_method
+import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
 from conftest import tiny_config
 from hand import write_image_folder
-import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+from selfkd.engine import train
+from selfkd.errors import ConfigError, Interrupted, TrainingError
+from selfkd.methods import list_methods, register_method
 
 if "test_sigterm_nan" not in list_methods():
     @register_method("test_sigterm_nan")

@@ -178,9 +178,9 @@ def test_exported_weights_give_the_logits_that_were_evaluated(task, name, varian
     module whose logits equal the evaluation path's (selfkd eval --weights and export read it the same way)."""
     from selfkd import create_method, create_model
     from selfkd.data import DataConfig, build_train_loader, load_dataset
-    from selfkd.engine.step import TrainStep, build_optimizer
     from selfkd.engine.evaluation import evaluate, rebuild_eval_model
-    from selfkd.methods import method_class, data_args
+    from selfkd.engine.step import TrainStep, build_optimizer
+    from selfkd.methods import data_args, method_class
     from selfkd.weights import save_eval_model
 
     cpu = torch.device("cpu")

@@ -12,12 +12,11 @@ import pytest
 import torch
 import yaml
 
+import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+from conftest import tiny_config
 from selfkd.engine import train
 from selfkd.engine.checkpoint import load_checkpoint
-from selfkd.errors import Interrupted
-from selfkd.errors import TrainingError
-from conftest import tiny_config
-import fault_methods  # noqa: F401  (registers the fault-injecting test methods)
+from selfkd.errors import Interrupted, TrainingError
 
 
 def _state(run_dir):

@@ -5,14 +5,13 @@ from torchvision.io import encode_png, write_file
 
 from selfkd.config import DataConfig
 from selfkd.data import ImageFiles, build_test_loader, build_train_loader, load_dataset
-from selfkd.data.small_images import read_synthetic
 from selfkd.data.files import FileLoader
 from selfkd.data.loaders import AugmentSpec
-from selfkd.data.resident import ResidentLoader
-from selfkd.data.samplers import ShardedSequential
-from selfkd.data.samplers import Batches
-from selfkd.errors import DatasetError
 from selfkd.data.needs import DataNeeds
+from selfkd.data.resident import ResidentLoader
+from selfkd.data.samplers import Batches, ShardedSequential
+from selfkd.data.small_images import read_synthetic
+from selfkd.errors import DatasetError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 

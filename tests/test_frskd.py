@@ -8,19 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import selfkd.methods.batch_transforms
+import selfkd.methods.parts.batch_transforms
+from conftest import tiny_config
+from hand import ce as _ce_by_hand
+from hand import kd as _kd_by_hand
 from selfkd import create_model, list_models
 from selfkd.config import make_config
 from selfkd.engine import train
 from selfkd.errors import ConfigError
-from selfkd.methods.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
-from selfkd.methods import create_method
-from selfkd.methods.bifpn import Fusion, TeacherOutput, build_self_teacher
-from selfkd.weights import load_weights
 from selfkd.losses import attention_transfer_loss
+from selfkd.methods import create_method
+from selfkd.methods.parts.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
+from selfkd.methods.parts.bifpn import Fusion, TeacherOutput, build_self_teacher
 from selfkd.methods.frskd import overhaul_margin, partial_l2
-from conftest import tiny_config
-from hand import ce as _ce_by_hand, kd as _kd_by_hand
+from selfkd.weights import load_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -153,7 +154,7 @@ def test_overhaul_margin_and_partial_l2_by_hand():
 
 
 def test_mixup_and_cutmix_with_fixed_lambda(monkeypatch):
-    monkeypatch.setattr(selfkd.methods.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.75))
+    monkeypatch.setattr(selfkd.methods.parts.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.75))
     images = torch.arange(1.0, 5.0).view(4, 1, 1, 1).expand(4, 2, 8, 8).contiguous()  # image b is all b+1
     mixed, perm, lam = mixup(images, 0.2)
     assert lam.item() == 0.75 and sorted(perm.tolist()) == [0, 1, 2, 3]
@@ -332,7 +333,7 @@ def test_sla_terms_directions_and_gradients(tiny_resnet):
 
 
 def test_mixup_gives_the_hand_computed_mixed_ce(tiny_resnet, monkeypatch):
-    monkeypatch.setattr(selfkd.methods.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.3))
+    monkeypatch.setattr(selfkd.methods.parts.batch_transforms, "sample_beta", lambda alpha, device: torch.tensor(0.3))
     method = create_method("frskd", tiny_resnet(), mix="mixup").train()
     images, targets = _batch()
     torch.manual_seed(7)

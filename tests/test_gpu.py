@@ -3,13 +3,12 @@ as eager training, including methods that keep state between steps."""
 import pytest
 import torch
 
+from conftest import per_step_summaries
 from selfkd import create_method, create_model
-from selfkd.data.small_images import read_synthetic
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader
+from selfkd.data.small_images import read_synthetic
 from selfkd.methods import data_args
-
-from conftest import per_step_summaries
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

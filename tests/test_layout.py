@@ -47,10 +47,10 @@ def test_resident_batches_have_the_canonical_strides_of_the_layout(dataset, augm
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_file_batches_have_the_canonical_strides_of_the_layout(tmp_path, layout):
+    from hand import write_image_folder
     from selfkd.config import build_config
     from selfkd.data import build_test_loader, build_train_loader, load_dataset
     from selfkd.data.needs import DataNeeds
-    from hand import write_image_folder
 
     write_image_folder(tmp_path / "images")
     cfg = build_config(tiny_config(tmp_path, data={"dataset": "imagefolder", "options": {}, "image_size": 16,

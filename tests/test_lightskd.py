@@ -7,18 +7,18 @@ import pytest
 import torch
 from torch import nn
 
+import fault_methods  # noqa: F401  (registers test_lightskd_stop)
+from conftest import tiny_config
+from hand import kd as _kd_by_hand
+from hand import softmax as _softmax
 from selfkd import create_model
 from selfkd.config import make_config
 from selfkd.engine import train
-from selfkd.errors import Interrupted
-from selfkd.errors import ConfigError
+from selfkd.errors import ConfigError, Interrupted
 from selfkd.losses import cross_entropy
 from selfkd.methods import create_method
 from selfkd.methods.lightskd import DRG, DSR, LightSKD
 from selfkd.models.base import Backbone
-from conftest import tiny_config
-import fault_methods  # noqa: F401  (registers test_lightskd_stop)
-from hand import kd as _kd_by_hand, softmax as _softmax
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

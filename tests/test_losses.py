@@ -4,9 +4,18 @@ import math
 import pytest
 import torch
 
-from hand import ce as _ce_by_hand, kd as _kd_by_hand, softmax as _softmax
-from selfkd.losses import (attention_map, kd_loss, kd_prob_loss, mixed_cross_entropy, non_target_log_softmax,
-                           smoothed_targets, soft_cross_entropy)
+from hand import ce as _ce_by_hand
+from hand import kd as _kd_by_hand
+from hand import softmax as _softmax
+from selfkd.losses import (
+    attention_map,
+    kd_loss,
+    kd_prob_loss,
+    mixed_cross_entropy,
+    non_target_log_softmax,
+    smoothed_targets,
+    soft_cross_entropy,
+)
 
 
 def test_kd_loss_matches_hand_computation():

@@ -8,13 +8,13 @@ import re
 import pytest
 import torch
 
+from conftest import own_methods
+from hand import assert_one_epoch_learns, assert_selfkdlib_recipe
 from selfkd import create_model
 from selfkd.config import DataConfig
 from selfkd.data import build_train_loader, load_dataset
 from selfkd.errors import ConfigError
-from conftest import own_methods
-from selfkd.methods import create_method, method_class, data_args
-from hand import assert_one_epoch_learns, assert_selfkdlib_recipe
+from selfkd.methods import create_method, data_args, method_class
 
 CLASSES = 4
 METHODS = [pytest.param(task, name, id=f"{task}-{name}") for task in ("classification", "segmentation")

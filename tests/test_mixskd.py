@@ -5,11 +5,17 @@ import math
 import pytest
 import torch
 
+from hand import CONFIGS, FC100, S2, S3, S4
+from hand import all_none as _all_none
+from hand import all_some as _all_some
+from hand import batch as _batch
+from hand import ce as _ce
+from hand import full_resnet18 as _full_resnet18
+from hand import grads as _grads
+from hand import kd as _kd
 from selfkd.config import make_config
 from selfkd.methods import create_method
 from selfkd.methods import mixskd as mixskd_module
-from hand import (CONFIGS, FC100, S2, S3, S4, all_none as _all_none, all_some as _all_some, batch as _batch,
-                  ce as _ce, full_resnet18 as _full_resnet18, grads as _grads, kd as _kd)
 
 K = 5  # classes in the hand-computed examples
 

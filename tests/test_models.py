@@ -187,7 +187,7 @@ def test_timm_backbone_contract(name, channels, reductions):
     with pytest.raises(ConfigError, match="stage copies"):
         model.make_stage(0, 1)
     with pytest.raises(ConfigError, match="stem/stages"):
-        model.stages
+        _ = model.stages
 
 
 def test_timm_resnet18_has_torchvision_size_and_embeds_by_gap():

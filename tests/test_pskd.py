@@ -3,9 +3,9 @@ resumes exactly."""
 import pytest
 import torch
 
+from hand import A, PixelNet, as_images, assert_resumes_exactly, ce, soft_ce, softmax
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method, data_args
-from hand import A, PixelNet, as_images, assert_resumes_exactly, ce, soft_ce, softmax
 
 
 def test_pskd_alpha_schedule():

@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hand import batch as _batch
+from hand import ce as _ce
+from hand import softmax as _softmax
 from selfkd.methods import create_method
 from selfkd.methods.sad import spatial_attention
-from hand import batch as _batch, ce as _ce, softmax as _softmax
 
 K = 5  # classes in the hand-computed examples
 

@@ -10,12 +10,12 @@ from PIL import Image
 import selfkd.data.decoding as decoding
 import selfkd.data.segmentation as seg
 import selfkd.data.transforms as transforms
+from hand import write_fashion_rectangles, write_idx
 from selfkd.data import load_dataset
 from selfkd.data.augment import seg_scale_crop_flip
 from selfkd.data.datasets import SegmentationFiles
 from selfkd.errors import ConfigError, DatasetError
 from selfkd.tasks import IGNORE_LABEL
-from hand import write_fashion_rectangles, write_idx
 
 PALETTE = [v for k in range(256) for v in (k * 37 % 256, k * 91 % 256, k * 53 % 256)]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfkd.metrics import Evaluation, confusion_matrix, columns
+from selfkd.metrics import Evaluation, columns, confusion_matrix
 
 K = 5
 

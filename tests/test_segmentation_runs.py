@@ -72,9 +72,9 @@ def test_a_segmenter_on_a_classification_dataset_is_refused(tmp_path):
 def test_voc_layout_trains_with_file_workers_and_evaluates_at_original_resolution(tmp_path):
     """A tiny VOCdevkit (palette PNG masks, split lists): random scale/crop/pad/blur in worker processes, evaluation
     one image at a time at its own size; the ignored boundary pixels are left out of the metrics."""
-    from test_segmentation_data import random_pair
-
     import numpy as np
+
+    from test_segmentation_data import random_pair
 
     rng = np.random.default_rng(0)
     devkit, test_masks = tmp_path / "VOCdevkit", []

@@ -3,13 +3,12 @@ joint head's size and a run that learns."""
 import pytest
 import torch
 
+from hand import PixelNet, assert_rows, ce, has_grad_in, kd, no_grad_in, quick_config
 from selfkd import create_model
 from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
-from selfkd.methods.batch_transforms import rotate_batch
-from hand import PixelNet, assert_rows, ce, has_grad_in, kd, no_grad_in, quick_config
-
+from selfkd.methods.parts.batch_transforms import rotate_batch
 
 X1, X2 = [[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [-1.0, 2.0]]
 # 0°, 90°, 180°, 270° (torch.rot90 on H–W: [[a, b], [c, d]] -> [[b, d], [a, c]]), flattened

@@ -28,10 +28,14 @@ def modules() -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: dict) -> set[str]:
-    """The selfkd modules ``name`` imports anywhere in its file (function-level imports included)."""
+    """The selfkd modules ``name`` imports anywhere in its file (function-level imports included; a package that
+    discovers its modules with ``pkgutil.iter_modules`` imports each of them)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    text = path.read_text()
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    if "pkgutil.iter_modules(__path__)" in text:
+        found.update(m for m in known if m.rsplit(".", 1)[0] == name)
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "selfkd")
         elif isinstance(node, ast.ImportFrom):

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-
 from selfkd.errors import ConfigError
 
 
@@ -153,9 +152,9 @@ def test_segmentation_demo_recipes_methods_and_missing_dataset_message(tmp_path,
     import selfkd.data.datasets as datasets
     import selfkd.demo
     import selfkd.sweep
+    from hand import write_fashion_rectangles
     from selfkd.config import make_config
     from selfkd.demo import describe, recipe_path
-    from hand import write_fashion_rectangles
 
     cpu, gpu = (make_config(recipe_path(s, "segmentation")) for s in ("cpu", "gpu"))
     assert cpu.data.dataset == gpu.data.dataset == "fmnist_scenes" and (cpu.train.device, gpu.train.device) == ("cpu", "cuda")

@@ -8,14 +8,29 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hand import (
+    CONFIGS,
+    A,
+    PixelNet,
+    as_images,
+    assert_rows,
+    assert_selfkdlib_recipe,
+    ce,
+    checkpoint_state,
+    has_grad_in,
+    kd,
+    kl,
+    no_grad_in,
+    quick_config,
+    soft_ce,
+    softmax,
+)
 from selfkd.config import make_config
 from selfkd.engine import train
 from selfkd.errors import CheckpointError, ConfigError
 from selfkd.methods import create_method
 from selfkd.methods.tfkd import TFKDSelf
 from selfkd.weights import load_weights
-from hand import (A, CONFIGS, PixelNet, as_images, assert_rows, assert_selfkdlib_recipe, ce, checkpoint_state,
-                  has_grad_in, kd, kl, no_grad_in, quick_config, soft_ce, softmax)
 
 
 def _virtual_teacher(y, k=3, a=0.99, tau=20.0):

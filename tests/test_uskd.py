@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
+from hand import all_none as _all_none
+from hand import all_some as _all_some
+from hand import batch as _batch
+from hand import ce as _ce
+from hand import full_resnet18 as _full_resnet18
+from hand import grads as _grads
+from hand import softmax as _softmax
 from selfkd.methods import create_method
-from hand import (all_none as _all_none, all_some as _all_some, batch as _batch, ce as _ce,
-                  full_resnet18 as _full_resnet18, grads as _grads, softmax as _softmax)
 
 K = 5  # classes in the hand-computed examples
 

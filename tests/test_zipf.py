@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hand import batch as _batch
+from hand import ce as _ce
 from selfkd.methods import create_method
 from selfkd.methods.zipf import competition_ranks, dense_votes, zipf_targets
-from hand import batch as _batch, ce as _ce
 
 K = 5  # classes in the hand-computed examples
 

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import torch
 
-from .version import __version__
 from .config import Config, make_config, parse_override
 from .data import load_dataset
 from .engine.distributed import resolve_device
 from .engine.setup import build_run, run_task
 from .engine.step import TrainStep, configure_backends
 from .errors import ConfigError, SelfKDError, first_line
-from .tasks import TASKS
 from .methods import method_class
 from .models import create_model
+from .tasks import TASKS
+from .version import __version__
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":

@@ -22,7 +22,6 @@ from .errors import ConfigError, SelfKDWarning
 from .registry import closest
 from .tasks import TASK_NAMES
 
-
 Task = Literal[("auto", *TASK_NAMES)]  # auto: what the dataset's labels are
 
 
@@ -116,7 +115,7 @@ class Config(Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
-    def resolved(self, device_type: str, distributed: bool) -> "Config":
+    def resolved(self, device_type: str, distributed: bool) -> Config:
         """This config with every ``auto`` training setting decided for the device it runs on.
 
         ``amp``: bf16 on CUDA, off elsewhere. ``channels_last``: on CUDA, never on the CPU. ``compile``: CUDA graphs

@@ -29,9 +29,9 @@ from .tasks import DEFAULT_TASK, TASKS
 
 SEEDS = {"cpu": [0], "gpu": [0, 1, 2]}  # default --seeds (one on a CPU: `make demo` trains one run per method)
 DEMO_FILE = "demo.json"
-INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `make fashion-mnist` "
-                "does this), or download the four *-ubyte.gz files from github.com/zalandoresearch/fashion-mnist "
-                "into ./data/fashion-mnist/ (or pass --data-dir).")
+INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
+                "`make fashion-mnist` does this), or download the four *-ubyte.gz files from "
+                "github.com/zalandoresearch/fashion-mnist into ./data/fashion-mnist/ (or pass --data-dir).")
 
 
 def recipe_path(setting: str, task: str = DEFAULT_TASK) -> Path:
@@ -73,7 +73,8 @@ def _schedule(sc) -> str:
     """``lr ×0.1 after epochs 20 and 30`` (multi-step), else ``cosine lr``."""
     if sc.name != "multistep" or not sc.milestones:
         return f"{sc.name} lr"
-    after = ", ".join(map(str, sc.milestones[:-1])) + (" and " if len(sc.milestones) > 1 else "") + str(sc.milestones[-1])
+    *first, last = sc.milestones
+    after = ", ".join(map(str, first)) + (" and " if first else "") + str(last)
     return f"lr ×{sc.gamma:g} after epoch{'s' if len(sc.milestones) > 1 else ''} {after}"
 
 
@@ -148,9 +149,9 @@ def run_seconds(speed: Speed, epochs: int, eval_every: int, done: int = 0) -> fl
 def estimate(jobs, configs: dict, splits, load_s: float) -> dict[str, float]:
     """Estimated seconds of each job still to run (by run name), from :func:`measure` of its method's config in
     ``configs``; a resumed run counts the epochs its metrics.jsonl still lacks."""
-    from .runfolder import METRICS, read_metrics
-
     import torch
+
+    from .runfolder import METRICS, read_metrics
 
     todo = [j for j in jobs if j.action != "skip"]
     started = time.perf_counter()  # each run is a new process: its interpreter and imports count too
@@ -259,8 +260,10 @@ def _outcome(jobs, result, setting: str) -> dict:
     from .threads import child_thread_env
 
     return {"threads_per_run": int(child_thread_env(1)["OMP_NUM_THREADS"]),
-            "trained": [j.name for j in jobs if j.action != "skip"], "kept": [j.name for j in jobs if j.action == "skip"],
+            "trained": [j.name for j in jobs if j.action != "skip"],
+            "kept": [j.name for j in jobs if j.action == "skip"],
             "failed": [j.name for j in result.failed], "interrupted": result.interrupted,
-            "date": time.strftime("%Y-%m-%d"), "machine": environment(torch.device("cuda" if setting == "gpu" else "cpu"))}
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": environment(torch.device("cuda" if setting == "gpu" else "cpu"))}
 
 

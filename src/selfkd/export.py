@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .engine.evaluation import rebuild_eval_model
 from .errors import CheckpointError, ConfigError, SelfKDError, first_line
 from .runfolder import EXPORT, EXPORT_FORMATS, WEIGHTS
-from .engine.evaluation import rebuild_eval_model
 from .weights import weights_bytes
 
 ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
@@ -140,17 +140,37 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     if image_size is not None and image_size < 1:
         raise ConfigError(f"--image-size {image_size}: give the side of the input images in pixels (a positive "
                           "number), or leave it out for the size the model was trained on.")
-    source = Path(source)
-    weights = weights_file(source)
+    weights = weights_file(Path(source))
     model, meta = rebuild(weights)
+    out = output_path(weights, out, fmt)
+    size = input_size(meta, image_size)
+    example, check = _inputs(model, meta, size)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        raise ConfigError(f"Cannot write {out}: its folder {out.parent} cannot be made ({reason}). Pass --out with a "
+                          "writable place.") from None
+    diff, tolerance = _write_checked(model, meta, fmt, weights, out, example, check)
+    return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
+            "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": diff, "tolerance": tolerance}
+
+
+def output_path(weights: Path, out: str | Path | None, fmt: str) -> Path:
+    """Where the export goes: ``--out`` (a file, or a folder to write ``model<ext>`` in), by default the run's
+    ``export/`` folder; never the weights file itself."""
     out = Path(out) if out else weights.parent / EXPORT
     if out == weights.parent / EXPORT or out.is_dir():  # a folder: the file goes in it under its usual name
         out = out / f"{weights.name.split('.')[0]}{EXPORT_FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
-    size = input_size(meta, image_size)
+    return out
+
+
+def _inputs(model: nn.Module, meta: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tracing batch of 2 and a check batch of 5 (another batch size, so that one baked into the file shows
+    up), refused when the model cannot run on them."""
     gen = torch.Generator().manual_seed(0)
-    # Trace with one batch size and check with another, so a batch size baked into the file shows up.
     example = torch.randn(2, meta["in_channels"], size, size, generator=gen)
     check = torch.randn(5, meta["in_channels"], size, size, generator=gen)
     try:
@@ -158,21 +178,20 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
             model(check)
     except (RuntimeError, ValueError, IndexError) as err:
         raise ConfigError(f"Model '{meta['model']}' cannot run on {meta['in_channels']}×{size}×{size} inputs "
-                          f"({first_line(err, limit=200)}); pass --image-size with the size it was trained on.") from None
+                          f"({first_line(err, limit=200)}); pass --image-size with the size it was trained "
+                          "on.") from None
+    return example, check
 
+
+def _write_checked(model, meta: dict, fmt: str, weights: Path, out: Path, example, check) -> tuple[float, float]:
+    """Write the file through a temporary file, load it back and compare with ``model`` on ``check``; a file that
+    fails is never renamed to ``out``. Returns ``(max abs difference, tolerance)``."""
     write, load = WRITERS[fmt]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
-        raise ConfigError(f"Cannot write {out}: its folder {out.parent} cannot be made ({reason}). Pass --out with a "
-                          "writable place.") from None
-    report = f"Nothing was written to {out}. Report this with the model name ('{meta['model']}') and the selfkd/torch " \
-             "versions."
+    report = (f"Nothing was written to {out}. Report this with the model name ('{meta['model']}') and the "
+              "selfkd/torch versions.")
     checked: dict = {}
 
     def write_checked(tmp: Path) -> None:
-        """Write the file, load it back and compare; a file that fails is never renamed to ``out``."""
         try:
             with torch.no_grad():
                 write(model, meta, example, tmp)
@@ -189,9 +208,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
                 f"{report}")
 
     atomic_write(out, write_checked, "Free some space, or pass --out with a writable place.")
-    return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
-            "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": checked["diff"],
-            "tolerance": checked["tolerance"]}
+    return checked["diff"], checked["tolerance"]
 
 
 def _reason(err: Exception) -> str:

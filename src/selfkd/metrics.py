@@ -112,7 +112,8 @@ def ece_bin_stats(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BI
     predictions of ``probs`` (classes on dim 1: ``(N, K)``, or ``(B, K, H, W)`` for pixels) whose target is not
     ``ignore_index``. No boolean indexing, so no host sync."""
     conf, pred = probs.max(dim=1)
-    labelled = torch.ones_like(conf, dtype=torch.float64) if ignore_index is None else (targets != ignore_index).double()
+    labelled = (torch.ones_like(conf, dtype=torch.float64) if ignore_index is None
+                else (targets != ignore_index).double())
     idx = torch.clamp(torch.ceil(conf * bins).long() - 1, 0, bins - 1).flatten()
     stats = torch.zeros(3, bins, device=probs.device, dtype=torch.float64)
     stats[0].index_add_(0, idx, labelled.flatten())

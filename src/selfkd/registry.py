@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import Field
 

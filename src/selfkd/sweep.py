@@ -172,21 +172,9 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None,
         while busy or (pending and not stop.is_set()):
             while pending and not stop.is_set() and len(busy) < len(slots):
                 index = next(i for i in range(len(slots)) if i not in busy.values())
-                slot, job = slots[index], pending.pop(0)
-                env = dict(os.environ, PYTHONUNBUFFERED="1", **threads)
-                if slot is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = slot
-                command = [sys.executable, "-m", "selfkd", "train", *job.train_args]
-                log = open(logs / f"{job.name}.log", "a")
-                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(command[1:])}"
-                          + (f"  (CUDA_VISIBLE_DEVICES={slot})" if slot is not None else "") + "\n")
-                print(f"[{job.name}] {job.action}" + (f" on GPU {slot}" if slot is not None else "")
-                      + f"; log {logs / (job.name + '.log')}", flush=True)
-                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=env, start_new_session=True)
-                procs.append(proc)
+                job = pending.pop(0)
+                procs.append(_launch(job, slots[index], logs, threads, done))
                 busy[job.name], launched[job.name] = index, time.monotonic()
-                threading.Thread(target=_pump, args=(proc, log, f"[{job.name}] ", done, job), daemon=True).start()
             job, code = done.get()
             busy.pop(job.name)
             codes[job.name] = code
@@ -201,6 +189,24 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None,
             print(progress_line(len(codes), len(codes) + len(busy) + len(pending), time.monotonic() - began, left),
                   flush=True)
     return codes, stop.is_set()
+
+
+def _launch(job: Job, slot: str | None, logs: Path, threads: dict, done: queue.Queue) -> subprocess.Popen:
+    """Start ``selfkd train`` for ``job`` in its own session (on GPU ``slot`` when given), its output appended to
+    its log and echoed with the run's name; ``done`` gets ``(job, exit code)`` when it ends."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **threads)
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    command = [sys.executable, "-m", "selfkd", "train", *job.train_args]
+    log = open(logs / f"{job.name}.log", "a")  # closed by _pump when the run ends
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(command[1:])}"
+              + (f"  (CUDA_VISIBLE_DEVICES={slot})" if slot is not None else "") + "\n")
+    print(f"[{job.name}] {job.action}" + (f" on GPU {slot}" if slot is not None else "")
+          + f"; log {logs / (job.name + '.log')}", flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    threading.Thread(target=_pump, args=(proc, log, f"[{job.name}] ", done, job), daemon=True).start()
+    return proc
 
 
 def _print_outcome(job: Job, code: int, log: Path) -> None:

@@ -56,9 +56,9 @@ def oversubscription_note(runnable: float, threads: int, total: int) -> str | No
     fewer = max(1, total - math.ceil(others))
     return (f"note: this machine is oversubscribed: about {runnable:.1f} threads were runnable on average while this "
             f"run trained ({threads} of them its own, about {others:.1f} from other work) for {total} cores, which "
-            f"slows CPU training down many times (OpenMP threads spin while they wait). Stop the other work or wait for "
-            f"it, give this run fewer threads (OMP_NUM_THREADS={fewer}) or start it with OMP_WAIT_POLICY=PASSIVE, or "
-            "run fewer runs at once.")
+            "slows CPU training down many times (OpenMP threads spin while they wait). Stop the other work or wait "
+            f"for it, give this run fewer threads (OMP_NUM_THREADS={fewer}) or start it with OMP_WAIT_POLICY=PASSIVE, "
+            "or run fewer runs at once.")
 
 
 class LoadWatch:

@@ -33,11 +33,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=_at_least(1), help="default: the recipe's, else 128 (segmentation: 16)")
     p.add_argument("--steps", type=_at_least(1), default=50, help="timed steps per method")
     p.add_argument("--warmup", type=_at_least(0), default=10, help="untimed steps first (compilation happens here)")
-    p.add_argument("--rounds", type=_at_least(1), default=5, help="timed steps are split into rounds; the median round counts")
+    p.add_argument("--rounds", type=_at_least(1), default=5,
+                   help="timed steps are split into rounds; the median round counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"])
-    p.add_argument("--channels-last", default="auto", type=_on_off, choices=["auto", True, False], help="auto, on or off")
+    p.add_argument("--channels-last", default="auto", type=_on_off, choices=["auto", True, False],
+                   help="auto, on or off")
     p.add_argument("--num-classes", type=_at_least(2), help="default 100 (segmentation: 21)")
     p.add_argument("--image-size", type=_at_least(1), help="default 32 (segmentation: 512, FRSKD's crop)")
     p.add_argument("--channels", type=_at_least(1), default=3)

@@ -17,9 +17,19 @@ import torch
 
 from ..errors import DatasetError
 from .caches import cache_dir, fingerprint, load_cache, save_cache
-from .datasets import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageFiles, ImageTensors,
-                       check_exist, lines,
-                       check_labels, register_dataset, require)
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetSplits,
+    ImageFiles,
+    ImageTensors,
+    check_exist,
+    check_labels,
+    lines,
+    register_dataset,
+    require,
+)
 from .decoding import decode_rgb
 
 
@@ -202,7 +212,8 @@ def read_stanford_dogs(path: Path) -> DatasetSplits:
                   "a folder with Images/<category>/*.jpg (from indoorCVPR_09.tar) and the official "
                   "TrainImages.txt / TestImages.txt (lines like 'kitchen/int474.jpg')")
 def read_mit67(path: Path) -> DatasetSplits:
-    """The official split: 80 train / 20 test images per indoor scene category (67, sorted)."""
+    """The official split: 80 train / 20 test images per indoor scene category (67 categories, sorted by name;
+    the label of an image is its category folder)."""
     require(path, "Images", "TrainImages.txt", "TestImages.txt")
     classes = _subfolders(path / "Images")
     label_of = {c: k for k, c in enumerate(classes)}

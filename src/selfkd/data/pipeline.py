@@ -62,7 +62,8 @@ def _resident(data, cfg: DataConfig, name: str) -> bool:
     """Whether ``data`` is served from memory on the device (else by DataLoader workers from files)."""
     in_memory = isinstance(data, ImageTensors)
     if cfg.loader != "auto" and (cfg.loader == "resident") != in_memory:
-        held = "held in memory (data.loader: resident or auto)" if in_memory else "read from files (data.loader: workers or auto)"
+        held = ("held in memory (data.loader: resident or auto)" if in_memory
+                else "read from files (data.loader: workers or auto)")
         raise ConfigError(f"data.loader={cfg.loader} does not fit {name}, which is {held}.")
     return in_memory
 

@@ -22,8 +22,19 @@ from ..errors import ConfigError, DatasetError
 from ..registry import NonNegativeInt, PositiveInt
 from ..tasks import IGNORE_LABEL
 from .caches import cache_dir, fingerprint, load_cache, save_cache
-from .datasets import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageTensors, MissingFiles,
-                       SegmentationFiles, check_exist, lines, register_dataset, require)
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetSplits,
+    ImageTensors,
+    MissingFiles,
+    SegmentationFiles,
+    check_exist,
+    lines,
+    register_dataset,
+    require,
+)
 from .small_images import FASHION_CLASSES, idx_file, read_fashion_mnist
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

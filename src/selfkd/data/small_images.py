@@ -14,8 +14,18 @@ import torch
 
 from ..errors import DatasetError
 from ..registry import NonNegativeInt, PositiveInt
-from .datasets import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DatasetSplits, ImageTensors,
-                       MissingFiles, check_labels, register_dataset, require)
+from .datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DatasetSplits,
+    ImageTensors,
+    MissingFiles,
+    check_labels,
+    register_dataset,
+    require,
+)
 
 
 class _CifarUnpickler(pickle.Unpickler):

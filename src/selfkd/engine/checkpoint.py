@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..version import __version__
 from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError, first_line
+from ..version import __version__
 
 FORMAT = "selfkd-checkpoint"
 FORMAT_VERSION = 1

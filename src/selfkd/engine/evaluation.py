@@ -10,8 +10,8 @@ from ..config import DataConfig, build_config, read_yaml
 from ..data import build_test_loader, load_dataset
 from ..data.datasets import dataset_task
 from ..errors import CheckpointError, ConfigError, SelfKDError
-from ..metrics import Evaluation
 from ..methods import create_method, data_args, model_task
+from ..metrics import Evaluation
 from ..models import create_model
 from ..runfolder import CHECKPOINT, CONFIG, WEIGHTS, check_run
 from ..tasks import DEFAULT_TASK

@@ -62,9 +62,10 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
                          **data_args(cfg.method.name, num_train, task))
 
 
-def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Dist = Dist()) -> RunParts:
+def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Dist | None = None) -> RunParts:
     """Everything a training loop needs, on ``device``, for this process of ``dist``; ``parts.cfg`` is ``cfg`` with
     every ``auto`` setting and every dataset default decided."""
+    dist = dist or Dist()
     cfg = cfg.resolved(device.type, dist.enabled)
     cfg = cfg.model_copy(update={"data": resolve_data(cfg.data, splits)})
     t, o = cfg.train, cfg.optim

@@ -18,8 +18,21 @@ from ..data.datasets import load_dataset
 from ..data.resident import ResidentLoader
 from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError, first_line
 from ..metrics import Evaluation
-from ..runfolder import (CHECKPOINT, CONFIG, EXAMPLES, SUMMARY, WEIGHTS, RunSummary, check_free, check_new,
-                         check_run, finished_summary, next_step, open_run, release)
+from ..runfolder import (
+    CHECKPOINT,
+    CONFIG,
+    EXAMPLES,
+    SUMMARY,
+    WEIGHTS,
+    RunSummary,
+    check_free,
+    check_new,
+    check_run,
+    finished_summary,
+    next_step,
+    open_run,
+    release,
+)
 from ..tasks import TASKS
 from ..threads import LoadWatch
 from ..version import __version__
@@ -333,7 +346,8 @@ class Trainer:
             params=sum(q.numel() for q in self.method.eval_model().parameters()),
             extra_params=self.method.extra_parameters(),
             device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
-            world_size=self.dist.world, settings={k: getattr(cfg.train, k) for k in ("amp", "channels_last", "compile")},
+            world_size=self.dist.world,
+            settings={k: getattr(cfg.train, k) for k in ("amp", "channels_last", "compile")},
             classes=list(self.splits.classes))
 
     def _weights_meta(self) -> WeightsMeta:

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import comm
+from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss, kd_prob_loss
 from ..models.base import Backbone
 from ..registry import NonNegative, Positive, PositiveInt
-from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
 from .registry import register_method
 

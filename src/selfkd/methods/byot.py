@@ -12,7 +12,7 @@ from ..losses import cross_entropy, kd_loss
 from ..models.base import init_weights
 from ..registry import NonNegative, Positive, PositiveInt
 from .base import Method, MethodOutput
-from .branches import StageCopyBranch
+from .parts.branches import StageCopyBranch
 from .registry import register_method
 
 

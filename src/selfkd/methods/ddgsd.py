@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss
 from ..registry import NonNegative, Positive
-from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
 from .registry import register_method
 

@@ -10,7 +10,7 @@ from ..losses import cross_entropy, kd_loss
 from ..models.base import Backbone
 from ..registry import Positive
 from .base import Method, MethodOutput
-from .branches import StageCopyBranch
+from .parts.branches import StageCopyBranch
 from .registry import register_method
 
 TEMPERATURE = {"official": 1.0, "selfkdlib": 4.0}

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss
 from ..registry import NonNegative, Positive
-from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -24,8 +24,8 @@ class DLB(Method):
 
     with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(sg t_b/T) ‖ σ(s_b/T))``. T and α are the paper's (the official
     script has no defaults). The CE averages over all rows of both halves. The cache lives in buffers (so
-    checkpoints carry it) and is carried across epoch boundaries: only the very first training step, when the cache is still
-    empty, is plain ``CE(z, y_t)`` (its ``kd`` term is 0). Whether the cache exists is read from the
+    checkpoints carry it) and is carried across epoch boundaries: only the very first training step, when the cache
+    is still empty, is plain ``CE(z, y_t)`` (its ``kd`` term is 0). Whether the cache exists is read from the
     buffers' shape (empty before the first step), never from a tensor value, so the step needs no host
     sync; it runs one forward on the first step and two afterwards. The cache is copied into storage the
     method owns. Two separate B-image forwards (separate BN batches, as the official code);

@@ -12,9 +12,9 @@ from ..errors import ConfigError
 from ..losses import attention_transfer_loss, cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone, init_weights
 from ..registry import NonNegative, Positive, PositiveInt
-from .batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from .base import Method, MethodOutput
-from .bifpn import TeacherOutput, build_self_teacher
+from .parts.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
+from .parts.bifpn import TeacherOutput, build_self_teacher
 from .registry import register_method
 
 MIX_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # the paper's Beta(0.2, 0.2) / Beta(1, 1)

@@ -13,9 +13,9 @@ from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss, mixed_cross_entropy
 from ..models.base import Backbone
 from ..registry import Positive
-from .batch_transforms import mixup
 from .base import Method, MethodOutput
-from .branches import StageCopyBranch
+from .parts.batch_transforms import mixup
+from .parts.branches import StageCopyBranch
 from .registry import register_method
 
 

@@ -12,7 +12,7 @@ from ..losses import cross_entropy, kd_loss, rampup_weight
 from ..models.base import Backbone
 from ..registry import NonNegativeInt, Positive
 from .base import Method, MethodOutput
-from .branches import StageCopyBranch, check_source_stage
+from .parts.branches import StageCopyBranch, check_source_stage
 from .registry import register_method
 
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ..comm import all_gather_cat
+from ..data.needs import DataNeeds
 from ..errors import ConfigError
 from ..losses import soft_cross_entropy
 from ..registry import Fraction, PositiveInt
-from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
 from .registry import register_method
 

@@ -8,7 +8,7 @@ from torch import nn
 from ..losses import cross_entropy, kd_loss
 from ..registry import Positive
 from .base import Method, MethodOutput
-from .batch_transforms import aggregate_rotations, rotate_batch, rotation_targets
+from .parts.batch_transforms import aggregate_rotations, rotate_batch, rotation_targets
 from .registry import register_method
 
 ROTATIONS = 4
@@ -59,6 +59,4 @@ class SLASD(Method):
         return self.backbone if self.eval_mode == "single" else self
 
     def predict(self, images):
-        if self.eval_mode == "single":
-            return super().predict(images)
-        return self._joint_forward(images)[2]
+        return super().predict(images) if self.eval_mode == "single" else self._joint_forward(images)[2]

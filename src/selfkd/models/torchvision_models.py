@@ -8,7 +8,7 @@ mobilenetv2_imagenet 3,504,872. ``in_channels`` other than 3 replaces the first 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torchvision.models import resnet as tv_resnet

@@ -12,7 +12,8 @@ from .runs import load_runs
 from .table import Group, class_tables, csv_text, markdown_rows, markdown_table, notes, summarize, unfinished_lines
 
 HOW_TO_READ = ("Last-epoch test metrics (summary.json 'final'), never the best test epoch. The headline metric "
-               "(top-1 for classification, mIoU for segmentation): mean ± sample standard deviation over seeds (n runs); "
+               "(top-1 for classification, mIoU for segmentation): mean ± sample standard deviation over seeds (n "
+               "runs); "
                "other metrics: means. Δ vs ce: difference of the headline metric's mean to `ce` on the same dataset "
                "and model, with its 95 % interval [low, high]: a t-interval on the per-seed differences when the "
                "method and ce ran the same seeds, else Welch's; 'within noise' when the interval contains 0.")

@@ -11,6 +11,7 @@ import math
 import re
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,10 @@ def pooled_reliability(group: Group) -> tuple[list[float], list[float], list[flo
     bins = len(tables[0]["count"])
     tables = [t for t in tables if len(t["count"]) == bins]
     count = [sum(t["count"][b] for t in tables) for b in range(bins)]
-    conf = [sum(t["count"][b] * t["confidence"][b] for t in tables) / count[b] if count[b] else 0.0 for b in range(bins)]
-    acc = [sum(t["count"][b] * t["accuracy"][b] for t in tables) / count[b] if count[b] else 0.0 for b in range(bins)]
+    def weighted(key: str) -> list[float]:
+        return [sum(t["count"][b] * t[key][b] for t in tables) / count[b] if count[b] else 0.0 for b in range(bins)]
+
+    conf, acc = weighted("confidence"), weighted("accuracy")
     return count, conf, acc
 
 
@@ -198,14 +201,9 @@ def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
         return False
     ref = sources[0][1]
     palette = voc_palette()
-    names = [str(c) for c in ref["classes"]]
     rows, cols = len(ref["index"]), 2 + len(sources)
     fig, axes = _figure(1.9 * cols, 1.9 * rows + 0.9, cols, rows)
     shown: set[int] = set()
-
-    def crop(examples: dict, i: int, key: str) -> np.ndarray:
-        h, w = examples["sizes"][i]
-        return examples[key][i, :h, :w]
 
     def draw_labels(ax, labels: np.ndarray) -> None:
         shown.update(np.unique(labels).tolist())
@@ -213,28 +211,57 @@ def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
 
     for i, index in enumerate(ref["index"]):
         row = axes[i * cols:(i + 1) * cols]
-        image = crop(ref, i, "images")
+        image = _crop(ref, i, "images")
         if image.shape[-1] == 3:
             row[0].imshow(image, interpolation="nearest")
         else:
             row[0].imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        truth = crop(ref, i, "masks")
+        truth = _crop(ref, i, "masks")
         draw_labels(row[1], truth)
         for ax, (_, examples) in zip(row[2:], sources):
             at = np.flatnonzero(examples["index"] == index)
-            if len(at) and np.array_equal(crop(examples, at[0], "masks"), truth):
-                draw_labels(ax, crop(examples, at[0], "predictions"))
+            if len(at) and np.array_equal(_crop(examples, at[0], "masks"), truth):
+                draw_labels(ax, _crop(examples, at[0], "predictions"))
     for ax, heading in zip(axes, ["test image", "ground truth", *(g.method for g, _ in sources)]):
         ax.set_title(heading, fontsize=9)
     for ax in axes:
         ax.set_axis_off()
-    handles = [Patch(facecolor=palette[k] / 255, edgecolor="0.5",
-                     label=f"ignored ({IGNORE_LABEL})" if k == IGNORE_LABEL else names[k] if k < len(names) else f"class {k}")
-               for k in sorted(shown)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.legend(handles=_legend(palette, [str(c) for c in ref["classes"]], shown), loc="outside lower center",
+               ncol=min(len(shown), 6), fontsize=8)
     fig.suptitle(f"{title}\ntest images, ground truth and predictions (last epoch)", fontsize=10)
     fig.savefig(path)
     return True
+
+
+def _crop(examples: dict, i: int, key: str) -> np.ndarray:
+    """Example ``i`` of ``examples[key]`` without its padding."""
+    h, w = examples["sizes"][i]
+    return examples[key][i, :h, :w]
+
+
+def _legend(palette: np.ndarray, names: list[str], shown: set[int]) -> list[Patch]:
+    def label(k: int) -> str:
+        return f"ignored ({IGNORE_LABEL})" if k == IGNORE_LABEL else names[k] if k < len(names) else f"class {k}"
+
+    return [Patch(facecolor=palette[k] / 255, edgecolor="0.5", label=label(k)) for k in sorted(shown)]
+
+
+def _panel_plots(members: list[Group], out: Path, name: str, title: str) -> list[tuple[str, str]]:
+    """The plots of one dataset and model (its groups ``members``); returns the ``(caption, file name)`` drawn."""
+    metric = column(members[0].primary)  # the headline metric: top-1, mIoU
+    header = f"test {metric.header}"
+    plots = [
+        (f"{title}: {header} per epoch", f"accuracy_{name}.png",
+         partial(plot_curves, members, f"test/{metric.key}", header, f"{title}: {header}")),
+        (f"{title}: training loss per epoch", f"loss_{name}.png", partial(
+            plot_curves, members, "train/loss", "training loss (all terms)", f"{title}: training loss", log_y=True)),
+        (f"{title}: reliability diagrams", f"reliability_{name}.png", partial(plot_reliability, members, title)),
+        (f"{title}: accuracy vs training cost", f"cost_{name}.png", partial(plot_cost, members, title, metric=metric)),
+    ]
+    if "examples" in TASKS[members[0].task].report_sections:
+        plots.append((f"{title}: test images, ground truth and each method's prediction", f"examples_{name}.png",
+                      partial(plot_examples, members, title)))
+    return [(caption, filename) for caption, filename, draw in plots if draw(out / filename)]
 
 
 def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
@@ -244,23 +271,5 @@ def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
         panels.setdefault((g.dataset, g.model), []).append(g)
     made = []
     for (dataset, model), members in panels.items():
-        title = f"{dataset} / {model}"
-        name = slug(dataset, model)
-        metric = column(members[0].primary)  # the headline metric: top-1, mIoU
-        plots = [
-            (f"{title}: test {metric.header} per epoch", f"accuracy_{name}.png",
-             lambda p: plot_curves(members, f"test/{metric.key}", f"test {metric.header}", f"{title}: test {metric.header}", p)),
-            (f"{title}: training loss per epoch", f"loss_{name}.png",
-             lambda p: plot_curves(members, "train/loss", "training loss (all terms)", f"{title}: training loss",
-                                   p, log_y=True)),
-            (f"{title}: reliability diagrams", f"reliability_{name}.png",
-             lambda p: plot_reliability(members, title, p)),
-            (f"{title}: accuracy vs training cost", f"cost_{name}.png", lambda p: plot_cost(members, title, p, metric)),
-        ]
-        if "examples" in TASKS[members[0].task].report_sections:
-            plots.append((f"{title}: test images, ground truth and each method's prediction", f"examples_{name}.png",
-                          lambda p: plot_examples(members, title, p)))
-        for caption, filename, draw in plots:
-            if draw(out / filename):
-                made.append((caption, filename))
+        made += _panel_plots(members, out, slug(dataset, model), f"{dataset} / {model}")
     return made

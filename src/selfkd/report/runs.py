@@ -150,7 +150,8 @@ def load_runs(paths) -> tuple[list[Run], list[Path]]:
     dirs, empty = find_run_dirs(paths)
     if not dirs:
         raise ConfigError(f"No run folder found in {', '.join(map(str, paths)) or '(nothing given)'}: a run "
-                          "folder holds config.yaml (and summary.json once finished). Pass run folders or a sweep folder.")
+                          "folder holds config.yaml (and summary.json once finished). Pass run folders or a sweep "
+                          "folder.")
     return [load_run(d) for d in dirs], empty
 
 

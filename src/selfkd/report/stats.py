@@ -55,7 +55,8 @@ def welch_interval(method: list[float], baseline: list[float]) -> Interval | Non
         return None
     vx, vc = statistics.variance(method) / len(method), statistics.variance(baseline) / len(baseline)
     se2 = vx + vc
-    df = se2**2 / (vx**2 / (len(method) - 1) + vc**2 / (len(baseline) - 1)) if se2 > 0 else len(method) + len(baseline) - 2
+    pooled_df = len(method) + len(baseline) - 2
+    df = se2**2 / (vx**2 / (len(method) - 1) + vc**2 / (len(baseline) - 1)) if se2 > 0 else pooled_df
     return _t_interval(statistics.fmean(method) - statistics.fmean(baseline), math.sqrt(se2), df, "welch")
 
 

@@ -73,7 +73,8 @@ def summarize(runs: list[Run]) -> list[Group]:
         if run.finished:
             by_key.setdefault(run.key, []).append(run)
     groups = []
-    for (dataset, model, method), members in sorted(by_key.items(), key=lambda kv: (*kv[0][:2], method_order(kv[0][2]))):
+    ordered = sorted(by_key.items(), key=lambda kv: (*kv[0][:2], method_order(kv[0][2])))
+    for (dataset, model, method), members in ordered:
         g = Group(dataset, model, method, sorted(members, key=lambda r: str(r.seed)), task=members[0].task)
         for column in columns():
             g.mean[column.key], g.std[column.key] = _mean_std(r.final(column.key) for r in members)

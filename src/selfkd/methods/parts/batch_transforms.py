@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 def sample_beta(alpha: float, device: torch.device) -> torch.Tensor:

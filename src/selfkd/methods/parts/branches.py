@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.base import Backbone
+from ...errors import ConfigError
+from ...models.base import Backbone
 
 
 def stage_blocks(model: Backbone, index: int) -> int:

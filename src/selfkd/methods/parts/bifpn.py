@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.base import init_weights
-from ..models.segmentation import cbr
+from ...errors import ConfigError
+from ...models.base import init_weights
+from ...models.segmentation import cbr
 
 
 class SeparableBlock(nn.Sequential):
