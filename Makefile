@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.selfkd-installed
+SLURM_LOCAL := scripts/slurm-local.sh
 FASHION_DIRS := /usr/share/datasets/fashion-mnist data/fashion-mnist
 
 .PHONY: setup test demo fashion-mnist clean
@@ -18,9 +19,19 @@ $(STAMP): pyproject.toml
 
 # oneDNN's AVX2 kernels are the ones that crashed (issue 19): the suite runs them on every processor, so an
 # AVX-512 machine catches what an AVX2-only one would hit. Override with ONEDNN_MAX_CPU_ISA=DEFAULT.
+# As root on a machine with apt (CI), a real one-node Slurm cluster (scripts/slurm-local.sh) is started for
+# tests/test_slurm_cluster.py and stopped after pytest, whatever its outcome (pytest's exit code is make's); a cluster
+# that does not come up fails make test. Elsewhere, or with SELFKD_SLURM=0, those tests skip and say why.
 test: $(STAMP)
 	$(BIN)/ruff check src tests
-	ONEDNN_MAX_CPU_ISA=$${ONEDNN_MAX_CPU_ISA:-AVX2} $(BIN)/python -m pytest -q
+	@pytest="ONEDNN_MAX_CPU_ISA=$${ONEDNN_MAX_CPU_ISA:-AVX2} $(BIN)/python -m pytest -q"; \
+	if [ "$${SELFKD_SLURM:-1}" != 0 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  holder=$$$$; trap 'SELFKD_SLURM_HOLDER=$$holder bash $(SLURM_LOCAL) down' EXIT; trap 'exit 130' INT TERM HUP; \
+	  SELFKD_SLURM_HOLDER=$$holder bash $(SLURM_LOCAL) up || { echo "make test: the Slurm test cluster did not start" \
+	    "(SELFKD_SLURM=0 make test runs without it)"; exit 1; }; \
+	  pytest="SELFKD_REQUIRE_SLURM=1 $$pytest"; \
+	fi; \
+	echo "$$pytest"; eval "$$pytest"
 
 demo: $(STAMP) fashion-mnist
 	$(BIN)/selfkd demo

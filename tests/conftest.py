@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
+import subprocess
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +85,44 @@ def run_cli():
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A live Slurm cluster: ``scripts/slurm-local.sh up`` (``make test`` starts one when run as root with apt).
+    Gives its default partition and whether accounting (sacct, which submitit reads job states from) is on. Skips,
+    saying why, where there is none; fails instead under SELFKD_REQUIRE_SLURM=1 (make test sets it after starting
+    the cluster, so a cluster that dies is not mistaken for a machine without Slurm)."""
+
+    def missing(reason: str):
+        if os.environ.get("SELFKD_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{reason} (SELFKD_REQUIRE_SLURM=1)")
+        pytest.skip(f"{reason}: start one with `sudo scripts/slurm-local.sh up`, or run make test as root")
+
+    if shutil.which("sinfo") is None:
+        missing("no Slurm here (sinfo not found)")
+    with pytest.MonkeyPatch.context() as mp:
+        local = Path(os.environ.get("SELFKD_SLURM_DIR", "/var/lib/selfkd-slurm")) / "etc" / "slurm.conf"
+        if "SLURM_CONF" not in os.environ and local.exists() and not Path("/etc/slurm/slurm.conf").exists():
+            mp.setenv("SLURM_CONF", str(local))  # sbatch passes it on to the jobs (their srun, scontrol)
+        if Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).resolve() == local.resolve():
+            try:  # sinfo would retry a dead controller for 10 s
+                pid = (local.parent.parent / "run" / "slurmctld.pid").read_text().strip()
+            except OSError:
+                pid = ""
+            if not (pid and Path("/proc", pid).exists()):
+                missing("the local test cluster is down (no slurmctld)")
+        try:
+            sinfo = subprocess.run(["sinfo", "-h", "-o", "%P %T"], check=False, capture_output=True, text=True,
+                                   timeout=20)
+        except subprocess.TimeoutExpired:
+            missing("no Slurm cluster answering (sinfo timed out)")
+        states = [line.split() for line in sinfo.stdout.splitlines() if line.strip()]
+        usable = [p for p, state in states if state.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
+        if sinfo.returncode != 0 or not usable:
+            missing(f"no Slurm cluster up (sinfo: {(sinfo.stdout + sinfo.stderr).strip()[:200] or 'no nodes'})")
+        default = [p for p in usable if p.endswith("*")]
+        config = subprocess.run(["scontrol", "show", "config"], check=False, capture_output=True, text=True,
+                                timeout=20).stdout
+        yield types.SimpleNamespace(partition=(default or usable)[0].rstrip("*"),
+                                    accounting="accounting_storage/none" not in config)
