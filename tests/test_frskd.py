@@ -18,9 +18,9 @@ from selfkd.engine import train
 from selfkd.errors import ConfigError
 from selfkd.losses import attention_transfer_loss
 from selfkd.methods import create_method
+from selfkd.methods.frskd import overhaul_margin, partial_l2
 from selfkd.methods.parts.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from selfkd.methods.parts.bifpn import Fusion, TeacherOutput, build_self_teacher
-from selfkd.methods.frskd import overhaul_margin, partial_l2
 from selfkd.weights import load_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[slurm]')")
 import cloudpickle  # submitit's dependency
+import pytest
+import submitit
 
 # The jobs cannot import this module by name (pytest put tests/ on sys.path, the job's python has no such path):
 # its functions and classes travel by value.
