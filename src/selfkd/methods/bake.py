@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import comm
-from ..losses import cross_entropy, fp32, kd_loss, kd_prob_loss
+from ..losses import cross_entropy, kd_loss, kd_prob_loss, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative, Positive, PositiveInt
 from ..data.needs import DataNeeds
@@ -28,10 +28,10 @@ def ensemble_targets(embeddings: torch.Tensor, logits: torch.Tensor, temperature
     cannot be captured in a CUDA graph).
     """
     with torch.no_grad(), torch.autocast(embeddings.device.type, enabled=False):
-        h = F.normalize(fp32(embeddings.detach()), dim=1)
+        h = F.normalize(upcast(embeddings.detach()), dim=1)
         eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
         power = omega * F.softmax(h @ h.T - 1e9 * eye, dim=1)
-        q = F.softmax(fp32(logits.detach()) / temperature, dim=1)
+        q = F.softmax(upcast(logits.detach()) / temperature, dim=1)
         for _ in range(doubling_rounds(omega)):
             q = q + power @ q
             power = power @ power
@@ -83,7 +83,7 @@ class BAKE(Method):
             return h, z, 0
         sizes = comm.all_gather_cat(torch.tensor([h.shape[0]], device=h.device))
         offset = int(sizes[: comm.rank()].sum())
-        return comm.all_gather_cat(fp32(h.detach())), comm.all_gather_cat(fp32(z.detach())), offset
+        return comm.all_gather_cat(upcast(h.detach())), comm.all_gather_cat(upcast(z.detach())), offset
 
     def compute_loss(self, images, targets, index=None):
         logits, feats = self.backbone(images)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..losses import cross_entropy, fp32, kd_loss
+from ..losses import cross_entropy, kd_loss, upcast
 from ..registry import NonNegative, Positive
 from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
@@ -39,7 +39,7 @@ class DDGSD(Method):
         h = self.backbone.embed(self.backbone.features(images)[-1])
         logits = self.backbone.fc(h)
         b = images.shape[0] // 2
-        z1, z2, h1, h2 = logits[:b], logits[b:], fp32(h[:b]), fp32(h[b:])
+        z1, z2, h1, h2 = logits[:b], logits[b:], upcast(h[:b]), upcast(h[b:])
         ce = cross_entropy(logits, targets)
         kd = kd_loss(z2, z1, self.temperature) + kd_loss(z1, z2, self.temperature)
         if self.compat == "selfkdlib":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import compute_dtype, cross_entropy, fp32, kd_loss
+from ..losses import compute_dtype, cross_entropy, kd_loss, upcast
 from ..registry import NonNegative, Positive
 from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
@@ -66,7 +66,7 @@ class DLB(Method):
                 "ce": cross_entropy(torch.cat([prev_out, logits]), torch.cat([prev_y, y])),
                 "kd": self.kd_weight * kd_loss(prev_z, prev_out, self.temperature),
             }
-        self._cache(images[b:], y, fp32(logits.detach()))
+        self._cache(images[b:], y, upcast(logits.detach()))
         return MethodOutput(logits, losses["ce"] + losses["kd"], losses)
 
     def _cache(self, images, targets, logits) -> None:

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from ..data.needs import DataNeeds
 from ..errors import ConfigError
-from ..losses import cross_entropy, fp32, kd_loss, mixed_cross_entropy
+from ..losses import cross_entropy, kd_loss, mixed_cross_entropy, upcast
 from ..models.base import Backbone
 from ..registry import Positive
 from .batch_transforms import mixup
@@ -38,7 +38,7 @@ def discriminator(channels: int, hidden: int = 128) -> nn.Sequential:
 
 def two_class_bce(logits: torch.Tensor, label: int) -> torch.Tensor:
     """BCE-with-logits of 2-d outputs against the one-hot of ``label`` (mean over rows and both outputs)."""
-    logits = fp32(logits)
+    logits = upcast(logits)
     target = torch.zeros_like(logits)
     target[:, label] = 1.0
     return F.binary_cross_entropy_with_logits(logits, target)
@@ -105,7 +105,7 @@ class MixSKD(Method):
             return lam * u[:b] + (1 - lam) * u[:b][perm]
 
         logits = [z for z, _ in outputs]
-        maps = [fp32(g) for _, g in outputs]
+        maps = [upcast(g) for _, g in outputs]
         mixed_maps = [mix(g) for g in maps]
         teachers = self.teacher_head(torch.cat([torch.cat(mixed_maps, 1), torch.cat([g[b:] for g in maps], 1)]))
         t_hat, t_tilde = teachers[:b], teachers[b:]

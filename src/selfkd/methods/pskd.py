@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..comm import all_gather_cat
 from ..errors import ConfigError
-from ..losses import compute_dtype, fp32, soft_cross_entropy
+from ..losses import compute_dtype, soft_cross_entropy, upcast
 from ..registry import Fraction, PositiveInt
 from ..data.needs import DataNeeds
 from .base import Method, MethodOutput
@@ -60,6 +60,6 @@ class PSKD(Method):
         one_hot = F.one_hot(targets, self.num_classes).to(dtype)
         target = torch.lerp(one_hot, self.table[index].to(dtype), self.alpha.to(dtype))
         loss = soft_cross_entropy(logits, target)
-        probs = F.softmax(fp32(logits.detach()), dim=1).to(self.table.dtype)
+        probs = F.softmax(upcast(logits.detach()), dim=1).to(self.table.dtype)
         self.table.index_copy_(0, all_gather_cat(index), all_gather_cat(probs))
         return MethodOutput(logits, loss, {"pskd": loss})

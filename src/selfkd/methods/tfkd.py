@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, SelfKDError
-from ..losses import compute_dtype, cross_entropy, fp32, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy
+from ..losses import compute_dtype, cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy, upcast
 from ..registry import Fraction, NonNegative, Positive
 from ..weights import load_backbone, save_weights
 from .base import Method, MethodOutput
@@ -63,10 +63,10 @@ class TFKDRegularization(Method):
         logits, _ = self.backbone(images)
         t = self.temperature
         if self.compat == "selfkdlib":
-            reg = soft_cross_entropy(fp32(logits) / t, smoothed_targets(targets, self.num_classes, 0.1,
+            reg = soft_cross_entropy(upcast(logits) / t, smoothed_targets(targets, self.num_classes, 0.1,
                                                                         dtype=compute_dtype(logits)))
         else:
-            student = fp32(logits) / t if self.student_temperature else logits
+            student = upcast(logits) / t if self.student_temperature else logits
             reg = kd_prob_loss(self.teacher_probs(targets, compute_dtype(logits)), student)
         losses = {"ce": self.ce_weight * cross_entropy(logits, targets), "reg": self.reg_weight * reg}
         return MethodOutput(logits, losses["ce"] + losses["reg"], losses)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import compute_dtype, cross_entropy, fp32, non_target_log_softmax, smoothed_targets, soft_cross_entropy
+from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, smoothed_targets, soft_cross_entropy, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative
 from .base import Method, MethodOutput
@@ -52,8 +52,8 @@ class USKD(Method):
     def soft_labels(self, logits: torch.Tensor, weak_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The customised non-target label ζ (rows sum to 1, ζ_y = 0), without gradient."""
         with torch.no_grad():
-            w = F.softmax(fp32(weak_logits.detach()), dim=1)
-            s = F.log_softmax(fp32(logits.detach()), dim=1)
+            w = F.softmax(upcast(weak_logits.detach()), dim=1)
+            s = F.log_softmax(upcast(logits.detach()), dim=1)
             if self.rank_on == "prob":
                 s = s.exp()
             y = targets[:, None]
@@ -66,7 +66,7 @@ class USKD(Method):
     def compute_loss(self, images, targets, index=None):
         logits, feats = self.backbone(images)
         weak = self.weak_head(feats[-2].mean(dim=(2, 3)))
-        log_p_y = F.log_softmax(fp32(logits), dim=1).gather(1, targets[:, None]).squeeze(1)
+        log_p_y = F.log_softmax(upcast(logits), dim=1).gather(1, targets[:, None]).squeeze(1)
         p_y2 = log_p_y.detach().exp().pow(2)
         target_term = -((p_y2 + 1 - p_y2.mean()) * log_p_y).mean()
         zeta = self.soft_labels(logits, weak, targets)

@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..losses import compute_dtype, cross_entropy, fp32, non_target_log_softmax
+from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
@@ -69,7 +69,7 @@ class ZipfLS(Method):
             if self.dense:
                 scores = dense_votes(feats[-1].detach(), self.backbone.fc, self.num_classes, self.upsample)
             else:
-                scores = fp32(logits.detach())
+                scores = upcast(logits.detach())
             pi = zipf_targets(scores, targets, self.power)
         per_sample = (torch.special.xlogy(pi, pi) - pi * non_target_log_softmax(logits, targets)).sum(dim=1)
         if self.loss_mask:
