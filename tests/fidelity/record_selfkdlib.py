@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fidelity import harness, recording, scripts  # noqa: E402
+from fidelity import harness, layouts, recording, scripts  # noqa: E402
 
 REPOSITORY = "winycg/Self-KD-Lib"
 K, B, SIZE = 10, 4, 16  # classes, primary images per batch, image side (the networks pool adaptively)
@@ -74,41 +74,13 @@ CASES = {
 }
 
 
-def layout_labels(layout: str, step: int, index: list[int] | None) -> torch.Tensor:
-    """Labels of one batch in the official layout."""
-    if layout == "indexed":  # PS-KD: each sample keeps its label across epochs
-        return harness.labels(2000, 2 * B, K)[torch.tensor(index)]
-    if layout == "groups":  # anchors, then each anchor's partners in a row (IdentityBatchSampler)
-        y = harness.labels(2000 + step, BAKE_ANCHORS, K)
-        return torch.cat([y, y.repeat_interleave(PARTNERS)])
-    y = harness.labels(2000 + step, B, K)
-    return torch.cat([y, y]) if layout == "pairs" else y  # [anchors; partners] (PairBatchSampler)
-
-
-def plan(layout: str, per_epoch: tuple[int, ...]) -> list[dict]:
-    """Every step's batch: images from a seed, labels listed; PS-KD's indices are a fresh permutation of its 2B
-    samples each epoch (new images each step: a new augmentation)."""
-    steps = []
-    for epoch, count in enumerate(per_epoch):
-        order = torch.randperm(2 * B, generator=torch.Generator().manual_seed(3000 + epoch)).tolist()
-        for i in range(count):
-            index = order[i * B:(i + 1) * B] if layout == "indexed" else None
-            y = layout_labels(layout, len(steps), index)
-            n = 2 * B if layout == "views" else len(y)
-            entry = {"epoch": epoch, "images_seed": 1000 + len(steps), "images": [n, 3, SIZE, SIZE],
-                     "labels": y.tolist()}
-            steps.append(entry if index is None else {**entry, "index": index})
-    return steps
-
-
 def official_batch(layout: str, entry: dict, dtype: torch.dtype):
-    """One batch as the official loader yields it."""
-    x = harness.images(entry["images_seed"], entry["images"], dtype)
-    y = torch.tensor(entry["labels"])
+    """One planned batch as the official loader yields it."""
+    x, y, index = layouts.tensors(entry, dtype)
     if layout == "views":  # TwoCropsTransform: a list of the two views
         return [x[:B], x[B:]], y
     if layout == "indexed":  # Custom_CIFAR100: (image, [target, index])
-        return x, [y, torch.tensor(entry["index"])]
+        return x, [y, index]
     return x, y
 
 
@@ -247,7 +219,7 @@ def base(checkout: Path, case: str) -> dict:
             "reference": {"repository": REPOSITORY, "commit": recording.commit_of(checkout), "entry": entry,
                           "arch": arch},
             "options": options, "model": model, "layout": layout, "weight_seed": WEIGHT_SEED,
-            "shapes": {"num_classes": K, "num_samples": 2 * B}, "epochs": EPOCHS, **extra}
+            "shapes": {"num_classes": K, "num_samples": 2 * B, "partners": PARTNERS}, "epochs": EPOCHS, **extra}
 
 
 def main(argv=None) -> None:
@@ -259,7 +231,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     checkout = args.official.resolve()
     for case in chosen.only:
-        steps = plan(CASES[case][2], CASES[case][3])
+        layout, per_epoch = CASES[case][2:4]
+        steps = layouts.plan(layout, per_epoch, BAKE_ANCHORS * (PARTNERS + 1) if layout == "groups" else B, K, SIZE,
+                             PARTNERS)
         runs = recording.dtype_runs(lambda dtype, settings: run(checkout, case, steps, dtype, settings), OPTIMIZER)
         for run_ in runs:
             recording.write(args.out, recording.fixture(base(checkout, case), run_))

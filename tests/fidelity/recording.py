@@ -38,11 +38,11 @@ def cpu_only():
 
 
 def official_functions(path: Path, names: Iterable[str], namespace: dict) -> dict:
-    """Execute only the top-level ``def`` s called ``names`` of the script at ``path`` in ``namespace`` (which
-    supplies the script's globals: imports, parsed arguments, ...); returns ``namespace``."""
+    """Execute only the top-level ``def`` s and ``class`` es called ``names`` of the script at ``path`` in
+    ``namespace`` (which supplies the script's globals: imports, parsed arguments, ...); returns ``namespace``."""
     tree = ast.parse(path.read_text(), str(path))
     wanted = set(names)
-    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    defs = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in wanted]
     missing = wanted - {node.name for node in defs}
     if missing:
         raise KeyError(f"{path} has no top-level function {sorted(missing)}")

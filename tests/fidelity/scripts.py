@@ -10,7 +10,7 @@ import ast
 import contextlib
 import io
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -52,11 +52,15 @@ class Loader(list):
         self.dataset = range(num_samples)
 
 
-def records(optimizer: RecordingSGD, terms: Mapping[str, str], total: str = "loss") -> list[dict]:
+def records(optimizer: RecordingSGD, terms: Mapping[str, str | Callable[[dict], object]],
+            total: str = "loss") -> list[dict]:
     """One :func:`harness.step_record` per step of ``optimizer`` (a :class:`recording.RecordingSGD`): ``terms``
-    maps a fixture's term name to the local variable of the official training loop that holds it; ``total`` is
-    the variable it back-propagates."""
-    return [step_record({name: local[var] for name, var in terms.items()}, local[total], grads)
+    maps a fixture's term name to the local variable of the official training loop that holds it, or to a function
+    of those locals; ``total`` is the variable it back-propagates."""
+    def value(local: dict, source):
+        return source(local) if callable(source) else local[source]
+
+    return [step_record({name: value(local, src) for name, src in terms.items()}, local[total], grads)
             for grads, local in optimizer.steps]
 
 

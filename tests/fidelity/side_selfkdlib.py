@@ -18,7 +18,8 @@ import torch
 from selfkd import create_method, create_model
 from selfkd.methods import batch_transforms
 
-from .harness import images, loaded, selfkd_side, train_steps
+from .harness import loaded, selfkd_side, train_steps
+from .layouts import selfkd_inputs
 
 PREACT = [(r"conv1\.", "backbone.stem.0."), (r"bn1\.", "backbone.stem.1."), (r"fc\.", "backbone.fc."),
           (r"layer(\d)\.", lambda m: f"backbone.stages.{int(m[1]) - 1}."),
@@ -58,21 +59,10 @@ def renamer(rules):
 
 
 def inputs(fixture, entry, dtype):
-    """The official batch in selfkd's layout: DDGSD's two views with their targets repeated; BAKE's partners
-    ``[anchors; 1st partners; 2nd; 3rd]`` (the official batch lists each anchor's partners in a row)."""
-    x, y = images(entry["images_seed"], entry["images"], dtype), torch.tensor(entry["labels"])
-    layout = fixture["layout"]
-    if layout == "views":
-        return x, torch.cat([y, y])
-    if layout == "groups":
-        n = y.shape[0] // 4
-        order = list(range(n)) + [n + b * 3 + k for k in range(3) for b in range(n)]
-        return x[order], y[order]
-    if layout == "indexed":
-        return x, y, torch.tensor(entry["index"])
-    if "mixup" in fixture:  # mixup's permutation is the first draw after this seed (sample_beta is pinned)
+    """The batch in selfkd's layout; MixSKD's permutation is the first draw after its seed (λ is pinned)."""
+    if "mixup" in fixture:
         torch.manual_seed(fixture["mixup"]["perm_seed"])
-    return x, y
+    return selfkd_inputs(fixture, entry, dtype)
 
 
 @contextlib.contextmanager
