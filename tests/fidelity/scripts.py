@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .harness import step_record
-from .recording import RecordingSGD
+from . import recording
+from .recording import RecordingSGD, commit_of, cpu_only
 
 
 def kept_lr(optimizer, *args, **kwargs) -> float:
@@ -45,11 +46,19 @@ def official_arguments(path: Path, argv: Iterable[str] = ()) -> argparse.Namespa
 
 
 class Loader(list):
-    """A training loop's batches, with the ``dataset`` its loop may read (only its length matters)."""
+    """A training loop's batches, with the ``dataset`` its loop may read (its length, its ``classes``)."""
 
-    def __init__(self, batches: Iterable, num_samples: int):
+    def __init__(self, batches: Iterable, num_samples: int, num_classes: int = 0):
         super().__init__(batches)
-        self.dataset = range(num_samples)
+        self.dataset = _Dataset(num_samples, num_classes)
+
+
+class _Dataset:
+    def __init__(self, num_samples: int, num_classes: int):
+        self.num_samples, self.classes = num_samples, list(range(num_classes))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def records(optimizer: RecordingSGD, terms: Mapping[str, str | Callable[[dict], object]],
@@ -95,3 +104,65 @@ def on_path(checkout: Path, packages: Iterable[str]):
         for name in list(sys.modules):
             if name.split(".")[0] in set(packages):
                 del sys.modules[name]
+
+
+def fixture_base(case: str, method: str, compared: str, repository: str, checkout: Path, entry: str,
+                 options: Mapping | None = None, **extra) -> dict:
+    """What a case's float64 and float32 fixtures share (``recording.fixture`` adds the runs): ``side`` is
+    ``selfkd_side``'s module, the reference's short name (``"authors"`` for the authors' repositories)."""
+    options = dict(options or {})
+    return {"case": case, "method": method, "task": "classification", "selfkd_side": extra.pop("side"),
+            "compared": compared, "options_needed": ", ".join(f"{k}={v}" for k, v in options.items()) or "none",
+            "reference": {"repository": repository, "commit": commit_of(checkout), "entry": entry},
+            "options": options, **extra}
+
+
+@contextlib.contextmanager
+def official_run(checkout: Path, packages: Iterable[str], dtype: torch.dtype):
+    """Everything an official run needs: its packages importable, ``.cuda()`` a no-op, the default dtype, quiet."""
+    with default_dtype(dtype), cpu_only(), quiet(), on_path(checkout, packages):
+        yield
+
+
+def sgd(names: Mapping[str, torch.nn.Parameter], settings: Mapping | None, optimizer: Mapping) -> RecordingSGD:
+    """The recording optimizer of one run: ``optimizer``'s SGD, with lr 0 where ``settings`` is None (the runs
+    that keep the weights fixed, ``recording.dtype_runs``)."""
+    return RecordingSGD(dict(names), lr=settings["lr"] if settings else 0.0, momentum=optimizer["momentum"],
+                        weight_decay=optimizer["weight_decay"])
+
+
+def recorder_main(doc: str, required: str, base: Callable[[Path], dict], run: Callable, optimizer: Mapping):
+    """The ``main`` of a one-case recorder: ``--official CHECKOUT`` (which must hold ``required``), ``--out``;
+    writes the float64 and float32 fixtures of ``run(checkout, dtype, settings)`` with ``base(checkout)``."""
+    def main(argv=None) -> None:
+        args = recording.arguments(doc.splitlines()[0], argv)
+        recording.official_path(args.official, required)
+        torch.set_num_threads(1)
+        checkout = args.official.resolve()
+        for run_ in recording.dtype_runs(lambda dtype, settings: run(checkout, dtype, settings), optimizer):
+            recording.write(args.out, recording.fixture(base(checkout), run_))
+
+    return main
+
+
+def ce_kd_records(optimizer: RecordingSGD, weight: float, kd: str) -> list[dict]:
+    """Step records of a loop whose total is ``CE + weight · <kd>`` added in place (so only the total and the
+    unweighted KD term ``kd`` are locals): ``kd`` = weight · kd, ``ce`` = the total minus that."""
+    return records(optimizer, {"ce": lambda local: local["loss"] - weight * local[kd],
+                               "kd": lambda local: weight * local[kd]})
+
+
+class NoProgress:
+    """Stands in for a progress bar (``tqdm``, ``Bar``): a context manager whose every method does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

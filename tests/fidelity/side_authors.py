@@ -1,0 +1,74 @@
+"""selfkd's side of the fixtures recorded from the methods' authors' repositories (``record_<reference>.py``).
+
+Official networks map one to one onto selfkd's: the pre-activation ``CIFAR_ResNet18`` of CS-KD, BAKE, PS-KD and
+Zipf's LS (``conv1``, ``bn1``, ``layer1..4``, ``linear``) onto ``preact_resnet18``; TF-KD's post-activation
+``ResNet18`` onto ``cifar_resnet18``; the three-stage CIFAR ResNets of DLB and ONE (16/32/64 channels) onto
+:class:`~selfkd.models.cifar_resnet.CifarResNet` with three stages of width 16 (no registered model has that
+shape), ONE's copies of the last stage and its gate onto the method's ``branches`` and ``gate``.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+
+import torch
+
+from selfkd import create_method, create_model
+from selfkd.methods import method_class
+from selfkd.models.cifar_resnet import BasicBlock, CifarResNet
+
+from .harness import loaded, selfkd_side, train_steps
+from .layouts import selfkd_inputs
+
+BACKBONE = [(r"conv1\.", "backbone.stem.0."), (r"bn1\.", "backbone.stem.1."), (r"(linear|fc)\.", "backbone.fc."),
+            (r"layer(\d)\.", lambda m: f"backbone.stages.{int(m[1]) - 1}.")]
+RULES = {
+    "cskd": BACKBONE, "pskd": BACKBONE, "bake": BACKBONE, "zipf_ls": BACKBONE, "dlb": BACKBONE,
+    "tfkd_reg": BACKBONE,
+    "tfkd_self": BACKBONE,
+    "one": [(r"layer3_1\.", "backbone.stages.2."), (r"classfier3_1\.", "backbone.fc."),
+            (r"layer3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.stages.0."),
+            (r"classfier3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.fc."),
+            (r"control_v1\.", "gate.0."), (r"bn_v1\.", "gate.1.")] + BACKBONE,
+}
+
+
+def rename(rules):
+    """Official name -> selfkd name: the first rule matching its start; ``downsample`` is selfkd's ``shortcut``;
+    TF-KD-self's ``teacher_model.*`` is the method's frozen ``teacher`` (a backbone: no ``backbone.`` prefix)."""
+    def apply(name: str) -> str:
+        teacher = name.startswith("teacher_model.")
+        name = name.removeprefix("teacher_model.").removeprefix("model.")
+        for pattern, target in rules:
+            new, hits = re.subn(f"^{pattern}", target, name)
+            if hits:
+                new = new.replace(".downsample.", ".shortcut.")
+                return "teacher." + new.removeprefix("backbone.") if teacher else new
+        raise KeyError(name)
+
+    return apply
+
+
+def model(fixture):
+    """The fixture's selfkd backbone: a registered model, or ``CifarResNet`` of width 16 with ``blocks``."""
+    k, spec = fixture["shapes"]["num_classes"], fixture["model"]
+    if isinstance(spec, dict):
+        return CifarResNet(BasicBlock, spec["blocks"], k, width=spec["width"], name="cifar_resnet_3stage")
+    return create_model(spec, num_classes=k)
+
+
+def run(name: str, fixture) -> list[dict]:
+    backbone, options = model(fixture), dict(fixture["options"])
+    with tempfile.TemporaryDirectory() as folder:
+        if fixture["method"] == "tfkd_self":  # a teacher file to build from; the fixture's weights replace it
+            options.update(method_class("tfkd_self").example_options(backbone, folder))
+        if fixture["method"] == "pskd":
+            options["num_samples"] = fixture["shapes"]["num_samples"]
+        method = create_method(fixture["method"], backbone, **options)
+    state = [n for n, _ in method.named_buffers() if "." not in n]  # the method's own (tables, caches, ramps)
+    params = loaded(fixture, method, rename(RULES[name]), state)
+    return train_steps(fixture, method, params, selfkd_inputs)
+
+
+for _name in RULES:
+    selfkd_side(f"authors.{_name}")(lambda fixture, _n=_name: run(_n, fixture))
