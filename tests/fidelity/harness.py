@@ -207,22 +207,24 @@ def _largest(recorded: list[Mapping], actual: list[Mapping], skip: Iterable[str]
     return worst
 
 
-def tolerances(fixture: Mapping, float64: float, float32_factor: float) -> dict[str, float]:
-    """The largest relative difference allowed of each kind. float64: ``float64``. float32: ``float32_factor`` times
-    the official float32 run's own largest distance from the float64 run of the same steps (``exact_steps``), per
-    kind (at least float32's epsilon): two correct float32 implementations differ by rounding of that size."""
+def tolerances(fixture: Mapping, float64: float | Mapping[str, float], float32_factor: float,
+               skip: Iterable[str] = ()) -> dict[str, float]:
+    """The largest relative difference allowed of each kind. float64: ``float64`` (or one per kind). float32:
+    ``float32_factor`` times the official float32 run's own largest distance from the float64 run of the same steps
+    (``exact_steps``; gradients in ``skip`` left out), per kind (at least float32's epsilon): two correct float32
+    implementations differ by rounding of that size."""
     kinds = ("losses", "loss", "grad_norm", "grad_entries")
     if fixture["dtype"] == "float64":
-        return dict.fromkeys(kinds, float64)
-    noise = _largest(fixture["exact_steps"], fixture["steps"])
+        return dict(float64) if isinstance(float64, Mapping) else dict.fromkeys(kinds, float64)
+    noise = _largest(fixture["exact_steps"], fixture["steps"], skip)
     return {kind: float32_factor * max(noise[kind], 2.0**-23) for kind in kinds}
 
 
-def check(fixture: Mapping, steps: list[dict], float64: float, float32_factor: float,
+def check(fixture: Mapping, steps: list[dict], float64: float | Mapping[str, float], float32_factor: float,
           skip: Iterable[str] = ()) -> dict[str, float]:
     """Assert selfkd's ``steps`` match ``fixture`` within :func:`tolerances`; returns the largest differences."""
     worst = largest_differences(fixture, steps, skip)
-    limits = tolerances(fixture, float64, float32_factor)
+    limits = tolerances(fixture, float64, float32_factor, skip)
     over = {kind: (worst[kind], limits[kind]) for kind in limits if not worst[kind] <= limits[kind]}
     assert not over, f"{fixture['name']}: relative differences over the tolerance (found, allowed): {over}"
     return worst

@@ -166,3 +166,16 @@ class NoProgress:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def fixed_copy(path: Path, fixes: Mapping[str, str], folder: str) -> Path:
+    """A copy of ``path`` in ``folder`` with each ``old`` text replaced by ``new``, for official code that current
+    Python or PyTorch cannot run as written (each recorder names its fixes and why). Every ``old`` must occur."""
+    text = path.read_text()
+    for old, new in fixes.items():
+        if old not in text:
+            raise ValueError(f"{path}: {old!r} not found; is this the recorded commit?")
+        text = text.replace(old, new)
+    copy = Path(folder) / path.name
+    copy.write_text(text)
+    return copy

@@ -23,9 +23,13 @@ from .layouts import selfkd_inputs
 BACKBONE = [(r"conv1\.", "backbone.stem.0."), (r"bn1\.", "backbone.stem.1."), (r"(linear|fc)\.", "backbone.fc."),
             (r"layer(\d)\.", lambda m: f"backbone.stages.{int(m[1]) - 1}.")]
 RULES = {
-    "cskd": BACKBONE, "pskd": BACKBONE, "bake": BACKBONE, "zipf_ls": BACKBONE, "dlb": BACKBONE,
+    "cskd": BACKBONE, "pskd": BACKBONE, "bake": BACKBONE, "dlb": BACKBONE,
+    "zipf_ls": [(r"linear[23]\.", None)] + BACKBONE,  # heads in no loss: not created
     "tfkd_reg": BACKBONE,
     "tfkd_self": BACKBONE,
+    "sla_sd": [(r"base_model\.0\.", "backbone.stem.0."), (r"base_model\.1\.", "backbone.stem.1."),
+               (r"base_model\.([4-7])\.", lambda m: f"backbone.stages.{int(m[1]) - 4}."),
+               (r"classifiers\.0\.", "joint."), (r"classifiers\.1\.", "backbone.fc.")],
     "one": [(r"layer3_1\.", "backbone.stages.2."), (r"classfier3_1\.", "backbone.fc."),
             (r"layer3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.stages.0."),
             (r"classfier3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.fc."),
@@ -33,16 +37,25 @@ RULES = {
 }
 
 
-def rename(rules):
-    """Official name -> selfkd name: the first rule matching its start; ``downsample`` is selfkd's ``shortcut``;
+# official term: the selfkd terms it sums, where they differ
+TERMS = {"one": {"ce": ["ce", "ce_ensemble"], "kd": ["kd"]}}
+
+
+def rename(rules, torchvision: bool = False):
+    """Official name -> selfkd name (None: no counterpart): the first rule matching its start; ``downsample`` is
+    selfkd's ``shortcut`` (but in torchvision's ResNets, which selfkd wraps as they are);
     TF-KD-self's ``teacher_model.*`` is the method's frozen ``teacher`` (a backbone: no ``backbone.`` prefix)."""
     def apply(name: str) -> str:
         teacher = name.startswith("teacher_model.")
         name = name.removeprefix("teacher_model.").removeprefix("model.")
         for pattern, target in rules:
+            if target is None:
+                if re.match(pattern, name):
+                    return None
+                continue
             new, hits = re.subn(f"^{pattern}", target, name)
             if hits:
-                new = new.replace(".downsample.", ".shortcut.")
+                new = new if torchvision else new.replace(".downsample.", ".shortcut.")
                 return "teacher." + new.removeprefix("backbone.") if teacher else new
         raise KeyError(name)
 
@@ -66,8 +79,12 @@ def run(name: str, fixture) -> list[dict]:
             options["num_samples"] = fixture["shapes"]["num_samples"]
         method = create_method(fixture["method"], backbone, **options)
     state = [n for n, _ in method.named_buffers() if "." not in n]  # the method's own (tables, caches, ramps)
-    params = loaded(fixture, method, rename(RULES[name]), state)
-    return train_steps(fixture, method, params, selfkd_inputs)
+    params = loaded(fixture, method, rename(RULES[name], fixture["model"] == "resnet18"), state)
+    steps = train_steps(fixture, method, params, selfkd_inputs)
+    for step in steps:
+        for term, parts in TERMS.get(name, {}).items():
+            step["losses"][term] = sum(step["losses"].pop(p) for p in parts if p != term) + step["losses"].get(term, 0)
+    return steps
 
 
 for _name in RULES:
