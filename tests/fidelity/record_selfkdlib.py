@@ -117,12 +117,6 @@ def float_is_run_dtype():
         torch.Tensor.float = saved
 
 
-def sgd(names: dict, settings: dict | None) -> recording.RecordingSGD:
-    lr = settings["lr"] if settings else 0.0
-    return recording.RecordingSGD(names, lr=lr, momentum=OPTIMIZER["momentum"],
-                                  weight_decay=OPTIMIZER["weight_decay"])
-
-
 def run_main(checkout: Path, case: str, steps: list[dict], dtype: torch.dtype, settings, folder: str):
     """main.py's ``train`` over ``steps``: (official tensor specs, optimizer with its records)."""
     skl_method, arch, layout, per_epoch = CASES[case][:4]
@@ -138,7 +132,7 @@ def run_main(checkout: Path, case: str, steps: list[dict], dtype: torch.dtype, s
     namespace.update(torch=RunDtypeTorch(), F=F, nn=nn, os=os, time=time, args=args, net=net, num_classes=K,
                      adjust_lr=scripts.kept_lr, AverageMeter=utils.AverageMeter, correct_num=utils.correct_num)
     recording.official_functions(script, ["train"], namespace)
-    optimizer = sgd(dict(net.named_parameters()), settings)
+    optimizer = scripts.sgd(net.named_parameters(), settings, OPTIMIZER)
     criteria = nn.ModuleList([nn.CrossEntropyLoss(), utils.DistillKL(args.T)])
     for epoch in range(len(per_epoch)):
         batches = [official_batch(layout, s, dtype) for s in steps if s["epoch"] == epoch]
@@ -167,7 +161,7 @@ def run_mixskd(checkout: Path, steps: list[dict], dtype: torch.dtype, settings, 
                      log_txt=os.path.join(folder, "log.txt"), adjust_lr=scripts.kept_lr,
                      AverageMeter=utils.AverageMeter, correct_num=utils.correct_num)
     recording.official_functions(script, ["mixup_data", "mixup_criterion", "train"], namespace)
-    optimizer = sgd({f"net.{n}": p for n, p in net.named_parameters()}, settings)
+    optimizer = scripts.sgd({f"net.{n}": p for n, p in net.named_parameters()}, settings, OPTIMIZER)
     namespace["trainloader"] = scripts.Loader([official_batch("plain", s, dtype) for s in steps], B)
     torch.manual_seed(PERM_SEED)
     with float_is_run_dtype():

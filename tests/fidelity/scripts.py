@@ -63,7 +63,8 @@ class _Dataset:
 
 def records(optimizer: RecordingSGD, terms: Mapping[str, str | Callable[[dict], object]],
             total: str = "loss") -> list[dict]:
-    """One :func:`harness.step_record` per step of ``optimizer`` (a :class:`recording.RecordingSGD`): ``terms``
+    """One :func:`harness.step_record` per step of ``optimizer`` (:func:`sgd`'s, which keeps the gradients and the
+    locals of the loop that steps it): ``terms``
     maps a fixture's term name to the local variable of the official training loop that holds it, or to a function
     of those locals; ``total`` is the variable it back-propagates."""
     def value(local: dict, source):
@@ -127,8 +128,8 @@ def official_run(checkout: Path, packages: Iterable[str], dtype: torch.dtype):
 def sgd(names: Mapping[str, torch.nn.Parameter], settings: Mapping | None, optimizer: Mapping) -> RecordingSGD:
     """The recording optimizer of one run: ``optimizer``'s SGD, with lr 0 where ``settings`` is None (the runs
     that keep the weights fixed, ``recording.dtype_runs``)."""
-    return RecordingSGD(dict(names), lr=settings["lr"] if settings else 0.0, momentum=optimizer["momentum"],
-                        weight_decay=optimizer["weight_decay"])
+    return RecordingSGD(dict(names), lambda grads, frame: (grads, frame), lr=settings["lr"] if settings else 0.0,
+                        momentum=optimizer["momentum"], weight_decay=optimizer["weight_decay"])
 
 
 def recorder_main(doc: str, required: str, base: Callable[[Path], dict], run: Callable, optimizer: Mapping):

@@ -30,6 +30,8 @@ RULES = {
     "sla_sd": [(r"base_model\.0\.", "backbone.stem.0."), (r"base_model\.1\.", "backbone.stem.1."),
                (r"base_model\.([4-7])\.", lambda m: f"backbone.stages.{int(m[1]) - 4}."),
                (r"classifiers\.0\.", "joint."), (r"classifiers\.1\.", "backbone.fc.")],
+    "uskd": [(r"(teacher|data_preprocessor)\.", None), (r"distill_losses\.loss_uskd\.fc\.", "weak_head."),
+             (r"student\.head\.fc\.", "backbone.fc.")] + BACKBONE,
     "one": [(r"layer3_1\.", "backbone.stages.2."), (r"classfier3_1\.", "backbone.fc."),
             (r"layer3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.stages.0."),
             (r"classfier3_([23])\.", lambda m: f"branches.{int(m[1]) - 2}.fc."),
@@ -47,7 +49,7 @@ def rename(rules, torchvision: bool = False):
     TF-KD-self's ``teacher_model.*`` is the method's frozen ``teacher`` (a backbone: no ``backbone.`` prefix)."""
     def apply(name: str) -> str:
         teacher = name.startswith("teacher_model.")
-        name = name.removeprefix("teacher_model.").removeprefix("model.")
+        name = re.sub(r"^(teacher_model\.|model\.|student\.backbone\.)", "", name)  # the networks' own names
         for pattern, target in rules:
             if target is None:
                 if re.match(pattern, name):
