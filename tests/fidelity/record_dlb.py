@@ -11,7 +11,8 @@ The script has no defaults for T and α: the fixture uses T = 3, α = 1 (selfkd'
 What differs from a run of ``dlb.py``, and why: its module level and ``train`` (argument parsing, data, model,
 optimizer, epochs, evaluation) are not run: the recorder supplies ``args`` (``T``), the batches (``imgs`` of shape
 ``(B, 2, C, H, W)``, as its two-view loader gives) and the optimizer (SGD lr 0.01, momentum 0.9, weight decay 5e-4,
-without its Nesterov). Recorded terms: ``ce`` (its ``ce_loss``; the first step's ``loss``) and ``kd`` = α·``dml_loss``.
+without its Nesterov). Recorded terms: ``ce`` (its ``ce_loss``; the first step's ``loss``) and ``kd`` =
+α·``dml_loss``.
 """
 from __future__ import annotations
 

@@ -69,8 +69,8 @@ CASES = {
     "mixskd": (None, "MixSKD_CIFAR_ResNet18", "plain", (1,), "mixskd", {"compat": "selfkdlib"},
                "its total's terms (CE, KD, feature, adversarial) and gradients"),
     "mixskd_default": (None, "MixSKD_CIFAR_ResNet18", "plain", (1,), "mixskd", {},
-                       "values of selfkd's default terms from the official step (no gradients: no official "
-                       "script trains that total)"),
+                       ("values of selfkd's default terms from the official step (no gradients: no official "
+                        "script trains that total)")),
 }
 
 
@@ -157,9 +157,9 @@ def run_mixskd(checkout: Path, steps: list[dict], dtype: torch.dtype, settings, 
     holder.net, holder.gan = net, nn.ModuleList(gan.classifier)
     harness.fill_(holder, WEIGHT_SEED)
     pinned = types.SimpleNamespace(random=types.SimpleNamespace(beta=lambda a, b: MIX_LAMBDA))
-    namespace = dict(torch=torch, F=F, np=pinned, time=time, args=args, net=net, num_stage=4,
-                     log_txt=os.path.join(folder, "log.txt"), adjust_lr=scripts.kept_lr,
-                     AverageMeter=utils.AverageMeter, correct_num=utils.correct_num)
+    namespace = {"torch": torch, "F": F, "np": pinned, "time": time, "args": args, "net": net, "num_stage": 4,
+                 "log_txt": os.path.join(folder, "log.txt"), "adjust_lr": scripts.kept_lr,
+                 "AverageMeter": utils.AverageMeter, "correct_num": utils.correct_num}
     recording.official_functions(script, ["mixup_data", "mixup_criterion", "train"], namespace)
     optimizer = scripts.sgd({f"net.{n}": p for n, p in net.named_parameters()}, settings, OPTIMIZER)
     namespace["trainloader"] = scripts.Loader([official_batch("plain", s, dtype) for s in steps], B)
@@ -228,7 +228,8 @@ def main(argv=None) -> None:
         layout, per_epoch = CASES[case][2:4]
         steps = layouts.plan(layout, per_epoch, BAKE_ANCHORS * (PARTNERS + 1) if layout == "groups" else B, K, SIZE,
                              PARTNERS)
-        runs = recording.dtype_runs(lambda dtype, settings: run(checkout, case, steps, dtype, settings), OPTIMIZER)
+        runs = recording.dtype_runs(lambda dtype, settings, c=case, s=steps: run(checkout, c, s, dtype, settings),
+                                    OPTIMIZER)
         for run_ in runs:
             recording.write(args.out, recording.fixture(base(checkout, case), run_))
 

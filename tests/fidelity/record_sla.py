@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fidelity import harness, layouts, recording, scripts  # noqa: E402
+from fidelity import harness, layouts, scripts  # noqa: E402
 
 REPOSITORY = "hankook/SLA"
 K, B, SIZE, T = 10, 4, 32, 1.0

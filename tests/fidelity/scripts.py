@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .harness import step_record
 from . import recording
+from .harness import step_record
 from .recording import RecordingSGD, commit_of, cpu_only
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 import tempfile
 
-import torch
-
 from selfkd import create_method, create_model
 from selfkd.methods import method_class
 from selfkd.models.cifar_resnet import BasicBlock, CifarResNet

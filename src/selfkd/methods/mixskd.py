@@ -80,8 +80,9 @@ class MixSKD(Method):
     Reference code: its CIFAR script computes ``L_mcls`` but leaves it out of the total, so the self-teacher
     head gets no gradient and stays at its random init (its ImageNet script adds ``L_mcls``, as the default
     here); its discriminators sit in a plain list, so they are never trained, and the network minimises the
-    unswapped BCE. The default fixes all three; ``compat="selfkdlib"`` reproduces them. Not reproduced: its backbone's stem lacks the ReLU (a backbone property; no selfkd
-    model has that stem), and its test reports the best of the four exits (selecting on the test set).
+    unswapped BCE. The default fixes all three; ``compat="selfkdlib"`` reproduces them. Not reproduced: its
+    backbone's stem lacks the ReLU (a backbone property; no selfkd model has that stem), and its test reports the
+    best of the four exits (selecting on the test set).
     """
 
     data_needs = DataNeeds(min_batch=2)  # mixes each image with another of the batch
