@@ -62,12 +62,15 @@ def run(checkout: Path, dtype: torch.dtype, settings: dict | None) -> tuple[list
     specs = recording.specs_of(modules)
     net.to(dtype), ada_net.to(dtype)
     recording.load_official(modules, harness.draw(specs, WEIGHT_SEED))
-    optimizer = recording.RecordingSGD(recording.parameters_by_name(modules), lr=settings["lr"] if settings else 0.0,
-                                       momentum=OPTIMIZER["momentum"], weight_decay=OPTIMIZER["weight_decay"])
+    criterion = nn.CrossEntropyLoss()
+    optimizer = recording.RecordingSGD(recording.parameters_by_name(modules),
+                                       lambda grads, frame: step_record(grads, frame, criterion),
+                                       lr=settings["lr"] if settings else 0.0, momentum=OPTIMIZER["momentum"],
+                                       weight_decay=OPTIMIZER["weight_decay"])
     from utils import output_process
 
     namespace = {"torch": torch, "nn": nn, "F": F, "net": net, "ada_net": ada_net, "optimizer": optimizer,
-                 "criterion": nn.CrossEntropyLoss(), "output_process": output_process, "device": "cpu",
+                 "criterion": criterion, "output_process": output_process, "device": "cpu",
                  "bs": BATCH, "testloader": None}
     recording.official_functions(checkout / "train.py", ["train"], namespace)
     records = []
@@ -80,8 +83,7 @@ def run(checkout: Path, dtype: torch.dtype, settings: dict | None) -> tuple[list
                                          harness.labels(b["labels_seed"], BATCH, NUM_CLASSES)) for b in plan]
             before = len(optimizer.steps)
             namespace["train"](epoch)
-            records += [(b, step_record(grads, frame, namespace["criterion"]))
-                        for b, (grads, frame) in zip(plan, optimizer.steps[before:])]
+            records += list(zip(plan, optimizer.steps[before:]))
     return specs, records
 
 

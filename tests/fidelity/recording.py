@@ -9,7 +9,7 @@ needs) and writes a fixture; the tests run selfkd on the same inputs.
 - :class:`LocalsAtReturn`: the local variables of an official function at each return (loss terms the function
   computes but does not return).
 - :class:`RecordingSGD`: ``torch.optim.SGD`` that, on every ``step()``, records the gradients of every parameter
-  under its official name and the local variables of the code that called it.
+  under its official name and what the recorder reads from the local variables of the code that called it.
 """
 from __future__ import annotations
 
@@ -73,17 +73,18 @@ class LocalsAtReturn(contextlib.AbstractContextManager):
 
 
 class RecordingSGD(torch.optim.SGD):
-    """SGD that records, at each ``step()``, ``{official name: gradient}`` (``None`` where a parameter has none)
-    and the caller's locals, in ``steps``; then steps. ``names`` maps each parameter to its official name."""
+    """SGD that, at each ``step()`` and before stepping, appends ``record(grads, frame)`` to ``steps``: ``grads`` is
+    ``{official name: gradient or None}`` (``names`` maps official names to parameters), ``frame`` the locals of the
+    official code that called ``step()``. Terms computed from those locals there see the weights of this step."""
 
-    def __init__(self, names: Mapping[str, torch.nn.Parameter], **options):
+    def __init__(self, names: Mapping[str, torch.nn.Parameter], record, **options):
         super().__init__(list(names.values()), **options)
-        self.names = dict(names)
-        self.steps: list[tuple[dict, dict]] = []
+        self.names, self.record = dict(names), record
+        self.steps: list = []
 
     def step(self, closure=None):
         grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in self.names.items()}
-        self.steps.append((grads, caller_locals()))
+        self.steps.append(self.record(grads, caller_locals()))
         return super().step(closure)
 
 
