@@ -133,9 +133,8 @@ def test_official_encoder_taps_and_stem_are_options():
     a, b = default.eval()(x), official.eval()(x)
     assert [t.shape for t in a] == [t.shape for t in b]
     assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in official.parameters())
-    assert len(official.stages[0]) == 3 and len(official.stages[1]) == 2  # stem, 16-stage, first 24 block; ...
+    assert official.taps == [(2, 0), (3, 0), (4, 0), (7, 0)] and default.taps == [(2, 1), (3, 1), (4, 2), (7, 0)]
     assert not torch.allclose(a[0], b[0])
-    stem = official.stages[0][0]
     with torch.no_grad():
-        assert stem(x).min() < -0.3
-        assert default.stages[0][0](x).min() >= -0.279
+        assert official.features[0](x).min() < -0.3
+        assert default.features[0](x).min() >= -0.279

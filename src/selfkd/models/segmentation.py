@@ -86,8 +86,29 @@ def replace_first_conv(net: nn.Module, in_channels: int) -> None:
     setattr(net.get_submodule(parent), attr, new)
 
 
+class EfficientNetEncoder(nn.Module):
+    """An EfficientNet's ``features`` (stem and the seven MBConv stages, torchvision's layout and names) read at four
+    taps: returns the outputs of blocks ``taps`` = ``[(stage, block), ...]`` (``features[stage][block]``)."""
+
+    def __init__(self, features: nn.Sequential, taps: list[tuple[int, int]]):
+        super().__init__()
+        self.features = features
+        self.taps = list(taps)
+        self.channels = [features[s][b].out_channels for s, b in self.taps]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.features[0](x)
+        feats = []
+        for s in range(1, len(self.features)):
+            for b, block in enumerate(self.features[s]):
+                x = block(x)
+                if (s, b) in self.taps:
+                    feats.append(x)
+        return feats
+
+
 def efficientnet_encoder(version: str, in_channels: int, taps: str = "stage_end",
-                         stem_activation: bool = True) -> Encoder:
+                         stem_activation: bool = True) -> EfficientNetEncoder:
     """EfficientNet-``version`` (b0/b1/b2): stem to the end of the 24-, 40-, 80- and 320-channel stages
     (B2: 24/48/88/352), strides 4/8/16/32; the 1280-channel head conv and the classifier are dropped.
 
@@ -98,15 +119,11 @@ def efficientnet_encoder(version: str, in_channels: int, taps: str = "stage_end"
 
     net = getattr(tvm, f"efficientnet_{version}")(weights=None)
     replace_first_conv(net, in_channels)
-    f = net.features
+    features = net.features[:8]  # stem + 7 stages; features[8] is the 1280-channel head conv
     if not stem_activation:
-        f[0][2] = nn.Identity()  # Conv2dNormActivation: conv, BN, activation
-    if taps == "stage_end":
-        stages = [f[:3], f[3], f[4], f[5:8]]
-    else:
-        stages = [nn.Sequential(*f[:2], f[2][0]), nn.Sequential(*f[2][1:], f[3][0]),
-                  nn.Sequential(*f[3][1:], f[4][0]), nn.Sequential(*f[4][1:], *f[5:8])]
-    return Encoder(stages, [stage[-1].out_channels for stage in (f[2], f[3], f[4], f[7])])
+        features[0][2] = nn.Identity()  # Conv2dNormActivation: conv, BN, activation
+    ends = [(s, len(features[s]) - 1) for s in (2, 3, 4, 7)]
+    return EfficientNetEncoder(features, ends if taps == "stage_end" else [(2, 0), (3, 0), (4, 0), ends[-1]])
 
 
 def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Encoder:
