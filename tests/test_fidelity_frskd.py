@@ -13,10 +13,9 @@ from fidelity import harness
 
 # Tolerances as in test_fidelity_lightskd.py. float64: same operations on the same float64 numbers, only the
 # order of additions inside a kernel may differ: ~1e-13 relative here; 1e-10 is far below what one changed term
-# moves. float32 (weights fixed): loss terms within 10 times the official float32 run's own distance from its
-# float64 values; each tensor's gradient norm within 2e-3 of the whole gradient's norm (measured: up to 3e-4
-# between the official float32 and float64 runs and between oneDNN's AVX2 and AVX-512 kernels).
-FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS = 1e-10, 10.0, 2e-3
+# moves. float32 (weights fixed): loss terms, total and each gradient's norm against the whole gradient's within 20
+# times the official float32 run's own distance from its float64 run (measured ratio at most 4.5).
+FLOAT64, FLOAT32_FACTOR = 1e-10, 20.0
 
 CLASSIFICATION = harness.fixture_names("frskd-*resnet18-*")
 
@@ -29,7 +28,7 @@ def test_every_classification_case_is_recorded_in_both_precisions():
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_classification_matches_the_official_code(name):
     fixture = harness.load(name)
-    harness.check(fixture, harness.selfkd_steps(fixture), FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS)
+    harness.check(fixture, FLOAT64, FLOAT32_FACTOR)
 
 
 # Segmentation, from ``tests/fidelity/record_frskd_seg.py``: the official EfficientDet segmenter (efficientnet_pytorch
@@ -42,17 +41,11 @@ SEGMENTATION_FLOAT64 = 1e-8
 SEGMENTATION = harness.fixture_names("frskd-seg-*")
 
 
-def official_without_counterpart(fixture) -> list[str]:
-    from fidelity.side_frskd import rename_segmentation
-
-    return [name for name in fixture["steps"][0]["grads"] if rename_segmentation(name) is None]
-
-
 def test_official_tensors_without_a_counterpart_have_no_gradient():
     """selfkd leaves out the FPN's two smoothing convs (built, never used: no gradient) and the biases of convs that
     feed a BN (the BN removes them: their gradients are zero up to rounding)."""
     fixture = harness.load("frskd-seg-effb0-float64")
-    left_out = official_without_counterpart(fixture)
+    left_out = harness.without_counterpart(fixture)
     smoothing = [n for n in left_out if "smooth" in n]
     biases = [n for n in left_out if "smooth" not in n]
     assert len(smoothing) == 8 and all(n.endswith(".0.bias") for n in biases)
@@ -68,5 +61,4 @@ def test_official_tensors_without_a_counterpart_have_no_gradient():
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_matches_the_official_code(name):
     fixture = harness.load(name)
-    harness.check(fixture, harness.selfkd_steps(fixture), SEGMENTATION_FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS,
-                  skip=official_without_counterpart(fixture))
+    harness.check(fixture, SEGMENTATION_FLOAT64, FLOAT32_FACTOR)

@@ -14,11 +14,11 @@ from fidelity import harness
 # sum: about 1e-14 relative over these reductions of up to 1e4 terms, and 1e-12 after 5 steps amplify it. 1e-10 is
 # 100 times that; changing the maths by one term moves a loss or a gradient by far more than 1e-6.
 FLOAT64 = 1e-10
-# float32 (weights fixed, harness.tolerances): loss terms within 10 times the official float32 run's own distance
-# from its float64 values (the two sides round in different orders, each by about that much); each tensor's gradient
-# norm within 2e-3 of the whole gradient's norm (measured: up to 3e-4 between the official float32 and float64 runs
-# and between oneDNN's AVX2 and AVX-512 kernels).
-FLOAT32_FACTOR, FLOAT32_GRADIENTS = 10.0, 2e-3
+# float32 (weights fixed; harness.tolerances): loss terms, total and each tensor's gradient norm against the whole
+# gradient's within 20 times the official float32 run's own distance from its float64 run of the same steps. Each side
+# rounds about that much, in its own order and with its own kernels; measured over all fixtures the ratio is at most
+# 4.5 (oneDNN's AVX2 kernels against the AVX-512 ones that recorded them), so 20 leaves room for other machines.
+FLOAT32_FACTOR = 20.0
 
 CASES = harness.fixture_names("lightskd-*") + harness.fixture_names("drg-*")
 
@@ -31,7 +31,7 @@ def test_every_case_is_recorded_in_both_precisions():
 @pytest.mark.parametrize("name", CASES)
 def test_matches_the_official_code(name):
     fixture = harness.load(name)
-    harness.check(fixture, harness.selfkd_steps(fixture), FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS)
+    harness.check(fixture, FLOAT64, FLOAT32_FACTOR)
 
 
 def test_the_trajectory_crosses_an_epoch_with_dsr_on_and_off():

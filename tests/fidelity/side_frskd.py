@@ -97,7 +97,7 @@ def rename_segmentation(name: str) -> str | None:
     raise KeyError(f"no selfkd counterpart known for the official tensor {name}")
 
 
-@selfkd_side("frskd.segmentation")
+@selfkd_side("frskd.segmentation", rename_segmentation)
 def segmentation(fixture) -> list[dict]:
     model = create_model("frskd_seg_effb0", num_classes=fixture["shapes"]["num_classes"], **fixture["selfkd_options"])
     method = create_method("frskd", model, warmup_epochs=fixture["warmup_epochs"])
