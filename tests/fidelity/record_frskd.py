@@ -126,7 +126,7 @@ def main(argv=None) -> None:
         base = {"case": case, "method": "frskd", "task": "classification", "selfkd_side": "frskd.classification",
                 "reference": {"repository": REPOSITORY, "commit": commit, "entry": "classification/utils.py: train()"},
                 "compared": "loss terms, total and gradients of 2 steps (float64: an SGD step between them)",
-                "options_needed": ", ".join(f"{k}={v}" for k, v in options.items()) or "none",
+                "options_needed": ", ".join(f"{k}={str(v).lower()}" for k, v in options.items()) or "none",
                 "selfkd_options": options, "official_args": overrides, "weight_seed": WEIGHT_SEED,
                 "positive": POSITIVE, "shapes": shapes(batch), "epochs": 1,
                 "notes": ["official cifarresnet18; alpha 2, beta 100, T 4 (README's CIFAR-100 command)"]}

@@ -25,7 +25,7 @@ def row(fixtures: dict[str, dict], worst: dict[str, dict]) -> str:
     first = next(iter(fixtures.values()))
     ref = first["reference"]
     method = f"`{first['method']}`" + (" (segmentation)" if first["task"] == "segmentation" else "")
-    cells = [method, f"{ref['repository']} @ {ref['commit'][:7]}", f"{first['case']}: {first['compared']}"]
+    cells = [method, f"{ref['repository']} @ {ref['commit'][:7]}", first["compared"]]
     f64, f32 = worst.get("float64"), worst.get("float32")
     cells.append("—" if f64 is None else f"{max(f64.values()):.0e}")
     cells.append("—" if f32 is None else f"{max(f32['losses'], f32['loss']):.0e} (loss), "

@@ -101,6 +101,9 @@ class FRSKD(Method):
     It reduced overhaul as a per-sample sum with level weights 2^−(n−i), which ties the term's weight to the
     feature sizes; here every feature loss is a mean. Neither is an option (they only concern the
     ``overhaul`` ablation, whose weight is unknown anyway).
+
+    ``tests/test_fidelity_frskd.py`` compares the default, ``teacher="bifpn"``, ``feature_loss="fitnet"`` and ``sla``
+    with the official code (every loss term and gradient, float64, to 1e-10; README "Fidelity").
     """
 
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 2.0, beta: NonNegative = 100.0,

@@ -8,7 +8,8 @@ registered names switch the two terms on and off (``KD_T(t, s) = T²·(1/B) Σ_b
 - ``dsr``:      CE(z) + β·KD_T(s_{t−1}, s_t)
 - ``lightskd``: CE(z) + CE(a) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)
 
-Inference uses the backbone alone.
+Inference uses the backbone alone. ``tests/test_fidelity_lightskd.py`` compares ``drg`` and ``lightskd`` (and so DSR's
+term) with the official code step by step (README "Fidelity").
 """
 from __future__ import annotations
 
