@@ -56,7 +56,8 @@ class ReverseGuidanceHead(nn.Module):
         c = channels
         self.attention = nn.Sequential(SepConv(c, c), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(
-            SepConv(c, 2 * c), SepConv(2 * c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, num_classes)
+            SepConv(c, 2 * c), SepConv(2 * c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * c, num_classes),
         )
         init_weights(self)
 
@@ -78,7 +79,8 @@ class LightSKDTerms(Method):
         super().__init__(model, num_classes)
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
         self.head_stages = self._check_stages(model, stages) if stages is not None else ()
-        self.heads = nn.ModuleList(ReverseGuidanceHead(model.stage_channels[s - 1], num_classes) for s in self.head_stages)
+        self.heads = nn.ModuleList(ReverseGuidanceHead(model.stage_channels[s - 1], num_classes)
+                                   for s in self.head_stages)
         self.use_dsr = beta is not None
         if self.use_dsr:
             # s_{t−1}: the sorted logits of the previous step in the first dsr_prev_rows rows of a cache that
