@@ -16,18 +16,15 @@ from fidelity import harness
 # ulps of the largest partial sum: about 1e-14 relative over these reductions, 1e-12 after a few steps amplify it.
 # 1e-10 is 100 times that; changing the maths by one term moves a loss or a gradient by far more than 1e-6.
 FLOAT64 = 1e-10
-# float32 (weights fixed, harness.tolerances): loss terms within 10 times the official float32 run's own distance
-# from its float64 values (the two sides round in different orders, each by about that much); each tensor's gradient
-# norm within 2e-3 of the whole gradient's norm (as test_fidelity_lightskd.py: rounding moves a gradient by about
-# epsilon times the sizes of its contributions, whole percents of a gradient that nearly cancels).
-FLOAT32_FACTOR, FLOAT32_GRADIENTS = 10.0, 2e-3
+# float32 (weights fixed; harness.tolerances): loss terms, total and each tensor's gradient norm against the whole
+# gradient's within 20 times the official float32 run's own distance from its float64 run of the same steps. Each side
+# rounds about that much, in its own order and with its own kernels (as test_fidelity_lightskd.py).
+FLOAT32_FACTOR = 20.0
 # ONE: its KLLoss adds 1e-7 to every teacher probability (a guard against log 0 that selfkd leaves out, README
 # "Reference behaviours"). That moves its KD term by up to 4e-5 relative here (K = 10, T = 3), the total by 2e-8 and
-# the gradients by up to 7e-8: the limits below are 2.5 to 15 times that, still far below a changed term.
+# the gradients by up to 7e-8: the limits below are 2.5 to 15 times that, still far below a changed term. They are
+# the least allowed in float32 too, where the smoothing is there as well.
 ONE_FLOAT64 = {"losses": 1e-4, "loss": 1e-6, "grad_norm": 1e-6, "grad_entries": 1e-6, "grad_whole": 1e-6}
-# ... and its gate's Linear bias feeds a BatchNorm1d, so its gradient is exactly zero: both sides record rounding
-# noise (~1e-15) there, with no meaningful relative difference.
-ONE_SKIP = ["control_v1.bias"]
 
 CASES = ["cskd-preact_resnet18", "pskd-preact_resnet18", "tfkd_reg-cifar_resnet18", "tfkd_self-cifar_resnet18",
          "dlb-cifar_resnet32", "bake-preact_resnet18", "one-cifar_resnet32", "sla_sd-resnet18",
@@ -42,13 +39,12 @@ def test_every_case_is_recorded_in_both_precisions():
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_the_official_code(name):
     fixture = harness.load(name)
-    steps = harness.selfkd_steps(fixture)
     if fixture["method"] != "one":
-        harness.check(fixture, steps, FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS)
+        harness.check(fixture, FLOAT64, FLOAT32_FACTOR)
         return
-    worst = harness.largest_differences(fixture, steps, ONE_SKIP)
-    limits = harness.tolerances(fixture, FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS)
-    limits = {kind: max(limit, ONE_FLOAT64.get(kind, 0.0)) for kind, limit in limits.items()}  # the smoothing
+    worst = harness.compare(fixture)
+    limits = {kind: max(limit, ONE_FLOAT64[kind]) for kind, limit in harness.tolerances(fixture, FLOAT64,
+                                                                                        FLOAT32_FACTOR).items()}
     assert all(worst[kind] <= limits[kind] for kind in limits), (worst, limits)
 
 

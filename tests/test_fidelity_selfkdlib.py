@@ -14,11 +14,10 @@ from fidelity import harness
 # ulps of the largest partial sum: about 1e-14 relative over these reductions, 1e-12 after a few steps amplify it.
 # 1e-10 is 100 times that; changing the maths by one term moves a loss or a gradient by far more than 1e-6.
 FLOAT64 = 1e-10
-# float32 (weights fixed, harness.tolerances): loss terms within 10 times the official float32 run's own distance
-# from its float64 values (the two sides round in different orders, each by about that much); each tensor's gradient
-# norm within 2e-3 of the whole gradient's norm (as test_fidelity_lightskd.py: rounding moves a gradient by about
-# epsilon times the sizes of its contributions, whole percents of a gradient that nearly cancels).
-FLOAT32_FACTOR, FLOAT32_GRADIENTS = 10.0, 2e-3
+# float32 (weights fixed; harness.tolerances): loss terms, total and each tensor's gradient norm against the whole
+# gradient's within 20 times the official float32 run's own distance from its float64 run of the same steps. Each side
+# rounds about that much, in its own order and with its own kernels (as test_fidelity_lightskd.py).
+FLOAT32_FACTOR = 20.0
 
 CASES = ["ce", "ls", "tfkd_reg", "sad", "dks", "byot", "ddgsd", "cskd", "bake", "pskd", "mixskd", "mixskd_default"]
 NAMES = harness.fixture_names("selfkdlib-*")
@@ -31,7 +30,7 @@ def test_every_case_is_recorded_in_both_precisions():
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_the_official_code(name):
     fixture = harness.load(name)
-    harness.check(fixture, harness.selfkd_steps(fixture), FLOAT64, FLOAT32_FACTOR, FLOAT32_GRADIENTS)
+    harness.check(fixture, FLOAT64, FLOAT32_FACTOR)
 
 
 def test_the_stateful_cases_are_trajectories():

@@ -121,11 +121,16 @@ def step_record(losses: Mapping[str, torch.Tensor | float], loss: torch.Tensor |
                       for k, g in grads.items()}}
 
 
+ZERO = 1e-10  # a recorded gradient this small relative to the whole gradient is zero by structure (differences)
+
+
 def differences(recorded: Mapping, actual: Mapping, skip: Iterable[str] = ()) -> dict[str, float]:
     """The largest relative difference of each kind between two :func:`step_record` s (``losses``, ``loss``,
     ``grad_norm``, ``grad_entries``, and ``grad_whole``: a tensor's gradient norm relative to the norm of the whole
     gradient, all tensors together); a gradient present on one side only is an infinite difference. Gradients
-    named in ``skip`` (official tensors without a selfkd counterpart) are left out."""
+    named in ``skip`` (official tensors without a selfkd counterpart) are left out. A recorded gradient under
+    :data:`ZERO` of the whole gradient's norm is zero by structure (e.g. the bias of a BN whose output only feeds a
+    1×1 conv and another BN, which removes it) and rounding noise on both sides: it counts in ``grad_whole`` only."""
     skip = set(skip)
 
     def rel(a: float, b: float, scale: float) -> float:
@@ -146,10 +151,12 @@ def differences(recorded: Mapping, actual: Mapping, skip: Iterable[str] = ()) ->
             return {**out, "grad_norm": math.inf, "grad_entries": math.inf, "grad_whole": math.inf}
         if b is None:
             continue
+        out["grad_whole"] = max(out["grad_whole"], rel(a["norm"], b["norm"], whole))
+        if b["norm"] <= ZERO * whole:
+            continue
         rms = b["norm"] / math.sqrt(b["numel"])
         out["grad_norm"] = max(out["grad_norm"], rel(a["norm"], b["norm"], b["norm"]))
-        out["grad_whole"] = max(out["grad_whole"], rel(a["norm"], b["norm"], whole))
-        for x, y in zip(a["entries"], b["entries"]):
+        for x, y in zip(a.get("entries", ()), b.get("entries", ())):  # float32 fixtures keep norms only
             out["grad_entries"] = max(out["grad_entries"], rel(x, y, rms))
     return out
 
@@ -172,23 +179,37 @@ def load(name: str) -> dict:
 # :func:`selfkd_steps`, so a new reference's fixtures are compared and reported once its side module exists.
 
 SIDES: dict[str, Callable[[dict], list[dict]]] = {}
+RENAMES: dict[str, Callable[[str], str | None]] = {}
 
 
-def selfkd_side(name: str):
-    """Register the function that runs selfkd on the fixtures whose ``selfkd_side`` is ``name``."""
+def selfkd_side(name: str, rename: Callable[[str], str | None] | None = None):
+    """Register the function that runs selfkd on the fixtures whose ``selfkd_side`` is ``name``; ``rename`` (official
+    name -> selfkd name or None) tells :func:`without_counterpart` which official tensors selfkd leaves out."""
     def register(run: Callable[[dict], list[dict]]):
         SIDES[name] = run
+        if rename is not None:
+            RENAMES[name] = rename
         return run
 
     return register
 
 
-def selfkd_steps(fixture: Mapping) -> list[dict]:
-    """selfkd's step records on ``fixture``'s inputs (imports ``side_<name>.py`` on first use)."""
+def _side(fixture: Mapping) -> str:
     name = fixture["selfkd_side"]
     if name not in SIDES:
         importlib.import_module(f"{__package__}.side_{name.split('.')[0]}")
-    return SIDES[name](fixture)
+    return name
+
+
+def selfkd_steps(fixture: Mapping) -> list[dict]:
+    """selfkd's step records on ``fixture``'s inputs (imports ``side_<name>.py`` on first use)."""
+    return SIDES[_side(fixture)](fixture)
+
+
+def without_counterpart(fixture: Mapping) -> list[str]:
+    """The official parameters of ``fixture`` that selfkd leaves out (its side's ``rename`` gives None)."""
+    rename = RENAMES.get(_side(fixture))
+    return [] if rename is None else [name for name in fixture["steps"][0]["grads"] if rename(name) is None]
 
 
 def fixture_names(pattern: str = "*") -> list[str]:
@@ -211,30 +232,31 @@ def _largest(recorded: list[Mapping], actual: list[Mapping], skip: Iterable[str]
     return worst
 
 
-def tolerances(fixture: Mapping, float64: float, float32_factor: float,
-               float32_gradients: float) -> dict[str, float]:
+def tolerances(fixture: Mapping, float64: float, float32_factor: float) -> dict[str, float]:
     """The largest relative difference allowed of each kind (:func:`differences`). float64: ``float64`` for all.
-    float32: loss terms and total ``float32_factor`` times the official float32 run's own largest distance from
-    the float64 run of the same steps (``exact_steps``; at least float32's epsilon), since two correct float32
-    implementations differ by rounding of that size; each tensor's gradient norm ``float32_gradients`` relative to
-    the whole gradient's norm (``grad_whole``), since rounding moves a gradient by about epsilon times the sum of
-    its contributions' sizes: a gradient that is a large sum which nearly cancels (a stem BN's, a fusion
-    weight's) moves by whole percents of itself between kernel choices. Per tensor and per entry, float32 is not
-    compared: the float64 comparison is the exact one."""
+    float32: ``float32_factor`` times the official float32 run's own largest distance from the float64 run of the
+    same steps (``exact_steps``; at least float32's epsilon), for the loss terms, the total and ``grad_whole``: two
+    correct float32 implementations differ by rounding of that size. A gradient's own norm and entries are not
+    compared in float32: one that is a large sum which nearly cancels (a stem BN's, a fusion weight's) moves by
+    whole percents of itself between kernel choices; the float64 comparison is the exact one."""
     kinds = ("losses", "loss", "grad_norm", "grad_entries", "grad_whole")
     if fixture["dtype"] == "float64":
         return dict.fromkeys(kinds, float64)
     noise = _largest(fixture["exact_steps"], fixture["steps"])
-    return {"losses": float32_factor * max(noise["losses"], 2.0**-23),
-            "loss": float32_factor * max(noise["loss"], 2.0**-23),
-            "grad_norm": math.inf, "grad_entries": math.inf, "grad_whole": float32_gradients}
+    return {kind: float32_factor * max(noise[kind], 2.0**-23) if kind in ("losses", "loss", "grad_whole") else math.inf
+            for kind in kinds}
 
 
-def check(fixture: Mapping, steps: list[dict], float64: float, float32_factor: float, float32_gradients: float,
-          skip: Iterable[str] = ()) -> dict[str, float]:
-    """Assert selfkd's ``steps`` match ``fixture`` within :func:`tolerances`; returns the largest differences."""
-    worst = largest_differences(fixture, steps, skip)
-    limits = tolerances(fixture, float64, float32_factor, float32_gradients)
+def compare(fixture: Mapping) -> dict[str, float]:
+    """Run selfkd on ``fixture``'s inputs: the largest relative difference of each kind over its steps (official
+    tensors selfkd leaves out are not compared)."""
+    return largest_differences(fixture, selfkd_steps(fixture), without_counterpart(fixture))
+
+
+def check(fixture: Mapping, float64: float, float32_factor: float) -> dict[str, float]:
+    """Assert selfkd matches ``fixture`` within :func:`tolerances`; returns the largest differences."""
+    worst = compare(fixture)
+    limits = tolerances(fixture, float64, float32_factor)
     over = {kind: (worst[kind], limits[kind]) for kind in limits if not worst[kind] <= limits[kind]}
     assert not over, f"{fixture['name']}: relative differences over the tolerance (found, allowed): {over}"
     return worst

@@ -75,17 +75,23 @@ class LocalsAtReturn(contextlib.AbstractContextManager):
 class RecordingSGD(torch.optim.SGD):
     """SGD that, at each ``step()`` and before stepping, appends ``record(grads, frame)`` to ``steps``: ``grads`` is
     ``{official name: gradient or None}`` (``names`` maps official names to parameters), ``frame`` the locals of the
-    official code that called ``step()``. Terms computed from those locals there see the weights of this step."""
+    official code that called ``step()``. Terms computed from those locals there see the weights of this step.
+    With ``at_step=False`` only :meth:`snapshot` records (official code that clips the gradients before stepping)."""
 
-    def __init__(self, names: Mapping[str, torch.nn.Parameter], record, **options):
+    def __init__(self, names: Mapping[str, torch.nn.Parameter], record, at_step: bool = True, **options):
         super().__init__(list(names.values()), **options)
-        self.names, self.record = dict(names), record
+        self.names, self.record, self.at_step = dict(names), record, at_step
         self.steps: list = []
 
     def step(self, closure=None):
-        grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in self.names.items()}
-        self.steps.append(self.record(grads, caller_locals()))
+        if self.at_step:
+            self.snapshot(caller_locals())
         return super().step(closure)
+
+    def snapshot(self, frame: dict) -> None:
+        """Append ``record(grads, frame)`` with the gradients as they are now."""
+        grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in self.names.items()}
+        self.steps.append(self.record(grads, frame))
 
 
 def caller_locals() -> dict:
@@ -180,11 +186,25 @@ def dtype_runs(run, optimizer: dict) -> list[dict]:
 def fixture(base: dict, run: dict, keep=lambda records: records) -> dict:
     """A fixture: ``base`` (case, method, reference, shapes, ...) and one of :func:`dtype_runs`, its records passed
     through ``keep`` (e.g. a subset of steps)."""
-    records = keep(run["records"])
+    records = [(b, compact(r, run["dtype"])) for b, r in keep(run["records"])]
     first = ("case", "method", "task", "selfkd_side", "reference", "compared", "options_needed")
     out = {"name": f"{base['case']}-{run['dtype']}", **{k: base[k] for k in first}, "dtype": run["dtype"],
            **{k: v for k, v in base.items() if k not in first}, "optimizer": run["optimizer"],
            "official_tensors": run["specs"], "batches": [b for b, _ in records], "steps": [r for _, r in records]}
     if "exact" in run:
-        out["exact_steps"] = [r for _, r in keep(run["exact"])]
+        out["exact_steps"] = [compact(r, run["dtype"]) for _, r in keep(run["exact"])]
     return out
+
+
+def compact(record: dict, dtype: str) -> dict:
+    """A float32 fixture's step record as the comparison uses it: 9 significant digits (float32 has about 7) and no
+    gradient entries (float32 gradients are compared by their norms only, see harness.tolerances)."""
+    if dtype == "float64":
+        return record
+
+    def short(x: float) -> float:
+        return float(f"{x:.9g}")
+
+    return {"losses": {k: short(v) for k, v in record["losses"].items()}, "loss": short(record["loss"]),
+            "grads": {k: None if g is None else {"norm": short(g["norm"]), "numel": g["numel"]}
+                      for k, g in record["grads"].items()}}

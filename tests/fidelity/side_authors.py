@@ -79,7 +79,7 @@ def run(name: str, fixture) -> list[dict]:
             options["num_samples"] = fixture["shapes"]["num_samples"]
         method = create_method(fixture["method"], backbone, **options)
     state = [n for n, _ in method.named_buffers() if "." not in n]  # the method's own (tables, caches, ramps)
-    params = loaded(fixture, method, rename(RULES[name], fixture["model"] == "resnet18"), state)
+    params = loaded(fixture, method, rename(RULES[name], name == "sla_sd"), state)
     steps = train_steps(fixture, method, params, selfkd_inputs)
     for step in steps:
         for term, parts in TERMS.get(name, {}).items():
@@ -88,4 +88,4 @@ def run(name: str, fixture) -> list[dict]:
 
 
 for _name in RULES:
-    selfkd_side(f"authors.{_name}")(lambda fixture, _n=_name: run(_n, fixture))
+    selfkd_side(f"authors.{_name}", rename(RULES[_name], _name == "sla_sd"))(lambda fixture, _n=_name: run(_n, fixture))

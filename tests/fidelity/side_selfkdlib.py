@@ -95,4 +95,4 @@ def run(case: str, fixture) -> list[dict]:
 
 
 for _case in TERMS:
-    selfkd_side(f"selfkdlib.{_case}")(partial(run, _case))
+    selfkd_side(f"selfkdlib.{_case}", renamer(MIXSKD if _case.startswith("mixskd") else PREACT))(partial(run, _case))
