@@ -73,8 +73,9 @@ def test_mixskd_terms_by_hand(tiny_resnet, monkeypatch, compat):
         feat = sum(((_mix(g) - g[4:]) ** 2).mean().item() for g in gs)
         d_in = [(_mix(g).mean(dim=(2, 3)), g[4:].mean(dim=(2, 3))) for g in gs]
         ds = method.discriminators
-        swapped = sum(_bce(d(m), 1) + _bce(d(g), 0) for d, (m, g) in zip(ds, d_in))
-        own = sum(_bce(d(m), 0) + _bce(d(g), 1) for d, (m, g) in zip(ds, d_in))
+        # one BCE mean over each discriminator's 2B rows [mix(G); G(x̃)] (equal halves: the mean of the halves')
+        swapped = sum((_bce(d(m), 1) + _bce(d(g), 0)) / 2 for d, (m, g) in zip(ds, d_in))
+        own = sum((_bce(d(m), 0) + _bce(d(g), 1)) / 2 for d, (m, g) in zip(ds, d_in))
 
     assert out.losses["cls"].item() == pytest.approx(sum(_ce(z[:4], y) for z in zs), rel=1e-5)
     assert out.losses["kd"].item() == pytest.approx(kd, rel=1e-4, abs=1e-5)

@@ -58,11 +58,20 @@ def test_effb0_segmenter_pyramid_and_logit_shapes():
     assert model.encoder.channels == [24, 40, 80, 320]
     x = torch.randn(2, 3, 80, 112)
     feats = model.encoder(x)
-    assert [tuple(f.shape[1:]) for f in feats] == [(24, 20, 28), (40, 10, 14), (80, 5, 7), (320, 3, 4)]
+    # the official encoder's padding is fixed for a 224x224 input: the last stride-2 conv (5x5) pads 1 + 2 as for its
+    # nominal 14x14 input, so the 5x7 map becomes 2x3 (TensorFlow's "SAME" would give 3x4)
+    assert [tuple(f.shape[1:]) for f in feats] == [(24, 20, 28), (40, 10, 14), (80, 5, 7), (320, 2, 3)]
     logits, pyramid = model(x)
     assert logits.shape == (2, 21, 80, 112)
-    assert [tuple(p.shape) for p in pyramid] == [(2, 64, 20, 28), (2, 64, 10, 14), (2, 64, 5, 7), (2, 64, 3, 4),
-                                                  (2, 64, 2, 2), (2, 64, 1, 1)]
+    assert [tuple(p.shape) for p in pyramid] == [(2, 64, 20, 28), (2, 64, 10, 14), (2, 64, 5, 7), (2, 64, 2, 3),
+                                                  (2, 64, 1, 2), (2, 64, 1, 1)]
+    torchvision_style = create_model("frskd_seg_effb0", num_classes=21, encoder_style="torchvision")
+    assert [tuple(f.shape[1:]) for f in torchvision_style.encoder(x)][-1] == (320, 3, 4)
+
+    def eps(module):
+        return {m.eps for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert eps(model.fpn) == eps(model.head) == {1e-4} and eps(model.bifpn) == {1e-5}  # as the official code
 
 
 def test_dilated_resnet50_encoder_puts_several_levels_at_one_stride():
@@ -117,25 +126,50 @@ def test_segmenters_are_listed_under_their_task():
     assert not set(list_models()) & set(PARAMETERS)  # classification (the default) lists backbones only
 
 
-def test_official_encoder_taps_and_stem_are_options():
-    """taps="official" taps C2..C4 after the first block of the 24/40/80-channel stages (FRSKD's code); the shapes
-    and parameters are those of the default taps, the features are not; stem_activation=False leaves the stem's BN
-    output unrectified (it can be negative; SiLU's output is never below −0.279)."""
-    import torch
-
+def test_encoder_taps_and_stem_options():
+    """By default C2..C4 are taken after the first block of the 24/40/80-channel stages (FRSKD's code);
+    taps="stage_end" takes them after the last (same shapes and parameters, other features). stem_activation=False
+    leaves the stem's BN output unrectified, as FRSKD's code does (it can be negative; SiLU's output is never below
+    −0.279)."""
     from selfkd.models.segmentation import efficientnet_encoder
 
     torch.manual_seed(0)
     default = efficientnet_encoder("b0", 3)
     torch.manual_seed(0)
-    official = efficientnet_encoder("b0", 3, taps="official", stem_activation=False)
+    stage_end = efficientnet_encoder("b0", 3, taps="stage_end", stem_activation=False)
     x = torch.randn(2, 3, 64, 64)
-    a, b = default.eval()(x), official.eval()(x)
+    a, b = default.eval()(x), stage_end.eval()(x)
     assert [t.shape for t in a] == [t.shape for t in b]
-    assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in official.parameters())
-    assert len(official.stages[0]) == 3 and len(official.stages[1]) == 2  # stem, 16-stage, first 24 block; ...
+    assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in stage_end.parameters())
+    assert default.taps == [(2, 0), (3, 0), (4, 0), (7, 0)] and stage_end.taps == [(2, 1), (3, 1), (4, 2), (7, 0)]
     assert not torch.allclose(a[0], b[0])
-    stem = official.stages[0][0]
     with torch.no_grad():
-        assert stem(x).min() < -0.3
-        assert default.stages[0][0](x).min() >= -0.279
+        assert stage_end.features[0](x).min() < -0.3
+        assert default.features[0](x).min() >= -0.279
+
+
+@pytest.mark.parametrize("version, pads", [
+    ("b0", [(0, 1), (0, 1), (1, 2), (0, 1), (1, 2)]),  # stem, then blocks 1, 3, 5, 11: inputs 224, 112, 56, 28, 14
+    ("b2", [(0, 1), (0, 1), (2, 2), (1, 1), (2, 2)]),  # inputs 260, 130, 65, 33, 17: odd sizes pad symmetrically
+])
+def test_official_encoder_is_efficientnet_pytorchs_network(version, pads):
+    """The default encoder is the network FRSKD's code runs (efficientnet_pytorch's): TensorFlow "SAME" padding on
+    the stride-2 convs computed for the nominal input size (224/260), BN eps 1e-3 and momentum 0.01, and no
+    stochastic depth, so two training-mode forwards agree; encoder_style="torchvision" is torchvision's network."""
+    from selfkd.models.segmentation import PaddedConv2d, efficientnet_encoder
+
+    torch.manual_seed(0)
+    official = efficientnet_encoder(version, 3)
+    strided = [m for m in official.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert [type(m) for m in strided] == [PaddedConv2d] * 5
+    assert [m.pads for m in strided] == [p * 2 for p in pads] and all(m.padding == (0, 0) for m in strided)
+    norms = [m for m in official.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {(m.eps, m.momentum) for m in norms} == {(1e-3, 0.01)}
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(official.train()(x)[-1], official(x)[-1])
+    torchvision_style = efficientnet_encoder(version, 3, encoder_style="torchvision")
+    assert not any(isinstance(m, PaddedConv2d) for m in torchvision_style.modules())
+    assert {(m.eps, m.momentum) for m in torchvision_style.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {
+        (1e-5, 0.1)}
+    assert not torch.equal(torchvision_style.train()(x)[-1], torchvision_style(x)[-1])  # stochastic depth
+    assert sum(p.numel() for p in official.parameters()) == sum(p.numel() for p in torchvision_style.parameters())

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from .. import comm
 from ..data.needs import DataNeeds
-from ..losses import cross_entropy, kd_loss, kd_prob_loss
+from ..losses import cross_entropy, kd_loss, kd_prob_loss, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative, Positive, PositiveInt
 from .base import Method, MethodOutput
@@ -23,16 +23,16 @@ def ensemble_targets(embeddings: torch.Tensor, logits: torch.Tensor, temperature
     ``A = softmax_row(ĥĥᵀ − 10⁹·I)`` over the raw cosine similarities of the L2-normalised embeddings
     (self excluded), ``P = σ(z/T)``. ``A`` is row-stochastic, so ``(I − ωA)⁻¹ = Σ_k (ωA)^k`` converges
     with ``‖(ωA)^k‖_∞ = ω^k``; summing it by repeated squaring, ``X ← X + M·X, M ← M·M`` (after ``n``
-    rounds ``X = Σ_{k<2^n} (ωA)^k P``), stops when the tail is below float32 resolution. This is a few
-    small matmuls with no host sync, unlike a linear solve (which checks for singularity on the host and
-    cannot be captured in a CUDA graph).
+    rounds ``X = Σ_{k<2^n} (ωA)^k P``), stops when the tail is below float32 resolution (float64's for float64
+    inputs). This is a few small matmuls with no host sync, unlike a linear solve (which checks for singularity
+    on the host and cannot be captured in a CUDA graph).
     """
     with torch.no_grad(), torch.autocast(embeddings.device.type, enabled=False):
-        h = F.normalize(embeddings.detach().float(), dim=1)
-        eye = torch.eye(h.shape[0], device=h.device)
+        h = F.normalize(upcast(embeddings.detach()), dim=1)
+        eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
         power = omega * F.softmax(h @ h.T - 1e9 * eye, dim=1)
-        q = F.softmax(logits.detach().float() / temperature, dim=1)
-        for _ in range(doubling_rounds(omega)):
+        q = F.softmax(upcast(logits.detach()) / temperature, dim=1)
+        for _ in range(doubling_rounds(omega, 1e-17 if h.dtype == torch.float64 else 1e-8)):
             q = q + power @ q
             power = power @ power
         return (1 - omega) * q
@@ -83,7 +83,7 @@ class BAKE(Method):
             return h, z, 0
         sizes = comm.all_gather_cat(torch.tensor([h.shape[0]], device=h.device))
         offset = int(sizes[: comm.rank()].sum())
-        return comm.all_gather_cat(h.detach().float()), comm.all_gather_cat(z.detach().float()), offset
+        return comm.all_gather_cat(upcast(h.detach())), comm.all_gather_cat(upcast(z.detach())), offset
 
     def compute_loss(self, images, targets, index=None):
         logits, feats = self.backbone(images)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import cross_entropy, kd_loss
+from ..losses import cross_entropy, kd_loss, upcast
 from ..models.base import init_weights
 from ..registry import NonNegative, Positive, PositiveInt
 from .base import Method, MethodOutput
@@ -98,10 +98,10 @@ class BYOT(Method):
         ce = cross_entropy(logits, targets) + sum(cross_entropy(z, targets) for z, _ in aux)
         kd = sum(kd_loss(logits, z, self.temperature) for z, _ in aux)
         if self.branch == "bottleneck":
-            target = h.detach().float()
-            feature = sum((((g.float() - target) ** 2) * ((g > 0) | (h > 0))).sum() for _, g in aux)
+            target = upcast(h.detach())
+            feature = sum((((upcast(g) - target) ** 2) * ((g > 0) | (h > 0))).sum() for _, g in aux)
         else:
-            feature = sum(F.mse_loss(g.float(), last.detach().float()) for _, g in aux)
+            feature = sum(F.mse_loss(upcast(g), upcast(last.detach())) for _, g in aux)
         losses = {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd, "feature": self.feature_weight * feature}
         return MethodOutput(logits, sum(losses.values()), losses)
 
@@ -113,5 +113,5 @@ class BYOT(Method):
             return super().predict(images)
         logits, _, _, aux = self._forward(images)
         if self.eval_mode == "ensemble":
-            return torch.stack([logits.float()] + [z.float() for z, _ in aux]).mean(0)
+            return torch.stack([upcast(logits)] + [upcast(z) for z, _ in aux]).mean(0)
         return aux[int(self.eval_mode[4:]) - 1][0]

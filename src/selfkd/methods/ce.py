@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..losses import cross_entropy, smoothed_targets, soft_cross_entropy
+from ..losses import compute_dtype, cross_entropy, smoothed_targets, soft_cross_entropy
 from ..registry import Fraction
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -35,5 +35,6 @@ class LabelSmoothing(Method):
 
     def compute_loss(self, images, targets, index=None):
         logits, _ = self.backbone(images)
-        loss = soft_cross_entropy(logits, smoothed_targets(targets, self.num_classes, self.epsilon, self.ls_style))
+        target = smoothed_targets(targets, self.num_classes, self.epsilon, self.ls_style, compute_dtype(logits))
+        loss = soft_cross_entropy(logits, target)
         return MethodOutput(logits, loss, {"ls": loss})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..data.needs import DataNeeds
-from ..losses import cross_entropy, kd_loss
+from ..losses import cross_entropy, kd_loss, upcast
 from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -39,7 +39,7 @@ class DDGSD(Method):
         h = self.backbone.embed(self.backbone.features(images)[-1])
         logits = self.backbone.fc(h)
         b = images.shape[0] // 2
-        z1, z2, h1, h2 = logits[:b], logits[b:], h[:b].float(), h[b:].float()
+        z1, z2, h1, h2 = logits[:b], logits[b:], upcast(h[:b]), upcast(h[b:])
         ce = cross_entropy(logits, targets)
         kd = kd_loss(z2, z1, self.temperature) + kd_loss(z1, z2, self.temperature)
         if self.compat == "selfkdlib":

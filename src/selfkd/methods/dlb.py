@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data.needs import DataNeeds
-from ..losses import cross_entropy, kd_loss
+from ..losses import compute_dtype, cross_entropy, kd_loss, upcast
 from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -51,7 +51,7 @@ class DLB(Method):
         x, y = images[:b], targets[:b]
         if self.prev_targets.shape[0] == 0:  # the very first step: nothing cached yet
             logits, _ = self.backbone(x)
-            losses = {"ce": cross_entropy(logits, y), "kd": logits.new_zeros((), dtype=torch.float32)}
+            losses = {"ce": cross_entropy(logits, y), "kd": logits.new_zeros((), dtype=compute_dtype(logits))}
         else:
             # The cache is overwritten below. Targets and logits are only read before that; the images are kept
             # by the first conv for backward, so they go in as a copy (torch.cat makes one anyway).
@@ -66,7 +66,7 @@ class DLB(Method):
                 "ce": cross_entropy(torch.cat([prev_out, logits]), torch.cat([prev_y, y])),
                 "kd": self.kd_weight * kd_loss(prev_z, prev_out, self.temperature),
             }
-        self._cache(images[b:], y, logits.detach().float())
+        self._cache(images[b:], y, upcast(logits.detach()))
         return MethodOutput(logits, losses["ce"] + losses["kd"], losses)
 
     def _cache(self, images, targets, logits) -> None:

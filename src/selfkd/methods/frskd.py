@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import attention_transfer_loss, cross_entropy, kd_loss, mixed_cross_entropy
+from ..losses import attention_transfer_loss, cross_entropy, kd_loss, mixed_cross_entropy, upcast
 from ..models.base import Backbone, init_weights
 from ..registry import NonNegative, Positive, PositiveInt
 from .base import Method, MethodOutput
@@ -28,7 +28,7 @@ def overhaul_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
     ``γ``/``β`` are the BN's affine parameters (the mean and spread of its output) read now, so the
     margin follows the teacher during training. Detached, shape ``(1, C, 1, 1)``.
     """
-    std, mean = bn.weight.detach().float().abs(), bn.bias.detach().float()
+    std, mean = upcast(bn.weight.detach()).abs(), upcast(bn.bias.detach())
     z = mean / std
     below = torch.special.ndtr(-z)
     density = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
@@ -39,7 +39,7 @@ def overhaul_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
 def partial_l2(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
     """Heo et al.'s partial L2, averaged over elements: target ``max(T, m)``, and no penalty where both the
     source and the target are at or below the margin (the ReLU would discard that difference)."""
-    source, target = source.float(), torch.maximum(target.detach().float(), margin)
+    source, target = upcast(source), torch.maximum(upcast(target.detach()), margin)
     keep = (source > target) | (target > 0)
     return ((source - target).pow(2) * keep).mean()
 
@@ -59,7 +59,7 @@ class FRSKD(Method):
     """FRSKD: Ji, Shin, Hwang, Park, Moon, "Refine Myself by Teaching Myself: Feature Refinement via
     Self-Knowledge Distillation", CVPR 2021.
 
-    A BiFPN self-teacher (:class:`~selfkd.methods.bifpn.SelfTeacher`) refines the classifier's stage features
+    A BiFPN self-teacher (:class:`~selfkd.methods.parts.bifpn.SelfTeacher`) refines the classifier's stage features
     ``F_i`` into ``T_i`` and classifies ``t = fc(GAP(ReLU(T_n)))``; it teaches the classifier with soft labels
     and attention maps::
 
@@ -94,6 +94,9 @@ class FRSKD(Method):
     It reduced overhaul as a per-sample sum with level weights 2^−(n−i), which ties the term's weight to the
     feature sizes; here every feature loss is a mean. Neither is an option (they only concern the
     ``overhaul`` ablation, whose weight is unknown anyway).
+
+    ``tests/test_fidelity_frskd.py`` compares the default, ``teacher="bifpn"``, ``feature_loss="fitnet"`` and ``sla``
+    with the official code (every loss term and gradient, float64, to 1e-10; README "Fidelity").
     """
 
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 2.0, beta: NonNegative = 100.0,
@@ -127,7 +130,7 @@ class FRSKD(Method):
         if self.feature_loss == "at":
             return attention_transfer_loss(feats, teacher.features)
         if self.feature_loss == "fitnet":
-            return sum(F.mse_loss(adapt(f).float(), t.detach().float())
+            return sum(F.mse_loss(upcast(adapt(f)), upcast(t.detach()))
                        for adapt, f, t in zip(self.adapters, feats, teacher.features))
         margins = [overhaul_margin(bn) for bn in self.teacher.output_bns()]
         return sum(partial_l2(adapt(f), t, m) for adapt, f, t, m in zip(self.adapters, feats, teacher.preact, margins))

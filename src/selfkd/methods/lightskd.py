@@ -8,7 +8,8 @@ registered names switch the two terms on and off (``KD_T(t, s) = T²·(1/B) Σ_b
 - ``dsr``:      CE(z) + β·KD_T(s_{t−1}, s_t)
 - ``lightskd``: CE(z) + CE(a) + α·KD_T(a, z) + β·KD_T(s_{t−1}, s_t)
 
-Inference uses the backbone alone.
+Inference uses the backbone alone. ``tests/test_fidelity_lightskd.py`` compares ``drg`` and ``lightskd`` (and so DSR's
+term) with the official code step by step (README "Fidelity").
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import cross_entropy, kd_prob_loss
+from ..losses import cross_entropy, kd_prob_loss, upcast
 from ..models.base import Backbone, init_weights
 from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
@@ -56,7 +57,7 @@ class ReverseGuidanceHead(nn.Module):
         self.attention = nn.Sequential(SepConv(c, c), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(
             SepConv(c, 2 * c), SepConv(2 * c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * c, num_classes)
+            nn.Linear(4 * c, num_classes),
         )
         init_weights(self)
 
@@ -115,7 +116,7 @@ class LightSKDTerms(Method):
         """DRG: each head learns from its CE only; the final classifier is distilled from the mean of the
         heads' softened distributions, α·KDp_T(mean_j σ(a_j/T), z) (with one head, exactly α·KD_T(a, z))."""
         aux = [head(feats[s - 1]) for head, s in zip(self.heads, self.head_stages)]
-        teacher = torch.stack([F.softmax(a.detach().float() / self.temperature, dim=1) for a in aux]).mean(0)
+        teacher = torch.stack([F.softmax(upcast(a.detach()) / self.temperature, dim=1) for a in aux]).mean(0)
         return {
             "drg_ce": sum(cross_entropy(a, targets) for a in aux),
             "drg_kd": self.alpha * kd_prob_loss(teacher, logits, self.temperature),
@@ -127,7 +128,7 @@ class LightSKDTerms(Method):
         batch = logits.shape[0]
         if self.dsr_prev.shape[0] < batch:
             self._grow_cache(batch)
-        current = logits.float().sort(dim=1).values
+        current = upcast(logits).sort(dim=1).values
         # Rows [0, dsr_prev_rows) of the cache hold s_{t−1}. A row mask instead of a slice keeps every shape
         # fixed, and the term is 0 when there is no previous batch (dsr_prev_rows = 0).
         paired = torch.arange(batch, device=logits.device) < self.dsr_prev_rows

@@ -1,6 +1,7 @@
 """MixSKD: self-knowledge distillation from mixup (:class:`MixSKD`)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -10,7 +11,7 @@ from torch.func import functional_call
 
 from ..data.needs import DataNeeds
 from ..errors import ConfigError
-from ..losses import cross_entropy, kd_loss, mixed_cross_entropy
+from ..losses import cross_entropy, kd_loss, mixed_cross_entropy, upcast
 from ..models.base import Backbone
 from ..registry import Positive
 from .base import Method, MethodOutput
@@ -36,20 +37,26 @@ def discriminator(channels: int, hidden: int = 128) -> nn.Sequential:
     return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
 
 
-def two_class_bce(logits: torch.Tensor, label: int) -> torch.Tensor:
-    """BCE-with-logits of 2-d outputs against the one-hot of ``label`` (mean over rows and both outputs)."""
-    target = torch.zeros_like(logits, dtype=torch.float32)
-    target[:, label] = 1.0
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
-
-
 MIXED, INTERPOLATED = 0, 1  # D's class of mix(G_e) ([1, 0]) and of G_e(x̃) ([0, 1])
+
+
+def discriminator_bce(d, mixed: torch.Tensor, interpolated: torch.Tensor, swapped: bool = False) -> torch.Tensor:
+    """BCE-with-logits of ``d`` (a callable) on the 2B rows ``[mix(G); G(x̃)]`` against the one-hots of their
+    classes (``swapped``: of the other class): one mean over all 2B×2 outputs, as the official
+    ``discriminatorLoss`` (Self-KD-Lib ``methods/adversarial.py``)."""
+    logits = upcast(d(torch.cat([mixed, interpolated])))
+    b, (first, second) = mixed.shape[0], (INTERPOLATED, MIXED) if swapped else (MIXED, INTERPOLATED)
+    target = torch.zeros_like(logits)
+    target[:b, first] = 1.0
+    target[b:, second] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 @register_method("mixskd")
 class MixSKD(Method):
     """MixSKD: Yang, An, Zhou, Cai, Zhi, Wu, Xu, Zhang, "MixSKD: Self-Knowledge Distillation from Mixup for
-    Image Recognition", ECCV 2022. The official code is Self-KD-Lib's (``main_mixskd_cifar.py``).
+    Image Recognition", ECCV 2022. The authors' code is in Self-KD-Lib (``main_mixskd_cifar.py``,
+    ``main_mixskd_imagenet.py``).
 
     Exits 1..n−1 are stage-copy branches from ``F_1..F_{n−1}`` (backbone block counts), exit n is the
     backbone; ``G_e`` are their final maps. Each step mixes ``x̃ = λx + (1−λ)x_π`` (λ ~ Beta(α, α), one
@@ -63,18 +70,20 @@ class MixSKD(Method):
         L_kd   = KD_T(t̃, mix(z_n)) + KD_T(t̂, z_n(x̃))
                  + Σ_{e<n} [KD_T(z_e(x̃), mix(z_e)) + KD_T(mix(z_e), z_e(x̃))]
         L_fea  = Σ_e MSE(mix(G_e), G_e(x̃))
-        L_adv  = Σ_e [BCE(D̄_e(mix G_e), [0,1]) + BCE(D̄_e(G_e(x̃)), [1,0])]   (D̄: D with detached weights)
-        L_disc = Σ_e [BCE(D_e(sg mix G_e), [1,0]) + BCE(D_e(sg G_e(x̃)), [0,1])]
+        L_adv  = Σ_e BCE(D̄_e([mix G_e; G_e(x̃)]), [[0,1]; [1,0]])         (D̄: D with detached weights)
+        L_disc = Σ_e BCE(D_e(sg [mix G_e; G_e(x̃)]), [[1,0]; [0,1]])
 
-    ``D_e`` is a discriminator (GAP → Linear(c→128) → ReLU → Linear(128→2)) on the exits' final maps; one
-    backward trains the network (on everything but ``L_disc``) and the discriminators (on ``L_disc`` only).
-    Inference uses the backbone exit alone.
+    ``D_e`` is a discriminator (GAP → Linear(c→128) → ReLU → Linear(128→2)) on the exits' final maps; each BCE
+    is one mean over its 2B rows and both outputs, as the official ``discriminatorLoss``. One backward trains
+    the network (on everything but ``L_disc``) and the discriminators (on ``L_disc`` only). Inference uses the
+    backbone exit alone.
 
-    Reference code: it computes ``L_mcls`` but leaves it out of the total, so the self-teacher head gets no
-    gradient and stays at its random init; its discriminators sit in a plain list, so they are never trained,
-    and the network minimises the unswapped BCE. The default fixes all three; ``compat="selfkdlib"``
-    reproduces them. Not reproduced: its backbone's stem lacks the ReLU (a backbone property; no selfkd
-    model has that stem), and its test reports the best of the four exits (selecting on the test set).
+    Reference code: its CIFAR script computes ``L_mcls`` but leaves it out of the total, so the self-teacher
+    head gets no gradient and stays at its random init (its ImageNet script adds ``L_mcls``, as the default
+    here); its discriminators sit in a plain list, so they are never trained, and the network minimises the
+    unswapped BCE. The default fixes all three; ``compat="selfkdlib"`` reproduces them. Not reproduced: its
+    backbone's stem lacks the ReLU (a backbone property; no selfkd model has that stem), and its test reports the
+    best of the four exits (selecting on the test set).
     """
 
     data_needs = DataNeeds(min_batch=2)  # mixes each image with another of the batch
@@ -104,7 +113,7 @@ class MixSKD(Method):
             return lam * u[:b] + (1 - lam) * u[:b][perm]
 
         logits = [z for z, _ in outputs]
-        maps = [g.float() for _, g in outputs]
+        maps = [upcast(g) for _, g in outputs]
         mixed_maps = [mix(g) for g in maps]
         teachers = self.teacher_head(torch.cat([torch.cat(mixed_maps, 1), torch.cat([g[b:] for g in maps], 1)]))
         t_hat, t_tilde = teachers[:b], teachers[b:]
@@ -126,10 +135,9 @@ class MixSKD(Method):
         for d, m, g in zip(self.discriminators, mixed_maps, interpolated_maps):
             m, g = m.mean(dim=(2, 3)), g.mean(dim=(2, 3))
             if self.compat == "selfkdlib":  # frozen D, unswapped labels
-                adv = adv + two_class_bce(d(m), MIXED) + two_class_bce(d(g), INTERPOLATED)
+                adv = adv + discriminator_bce(d, m, g)
                 continue
             frozen = {name: p.detach() for name, p in d.named_parameters()}
-            adv = adv + (two_class_bce(functional_call(d, frozen, (m,)), INTERPOLATED)
-                         + two_class_bce(functional_call(d, frozen, (g,)), MIXED))
-            disc = disc + two_class_bce(d(m.detach()), MIXED) + two_class_bce(d(g.detach()), INTERPOLATED)
+            adv = adv + discriminator_bce(partial(functional_call, d, frozen), m, g, swapped=True)
+            disc = disc + discriminator_bce(d, m.detach(), g.detach())
         return {"adv": adv} if self.compat == "selfkdlib" else {"adv": adv, "disc": disc}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..comm import all_gather_cat
 from ..data.needs import DataNeeds
 from ..errors import ConfigError
-from ..losses import soft_cross_entropy
+from ..losses import compute_dtype, soft_cross_entropy, upcast
 from ..registry import Fraction, PositiveInt
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -47,7 +47,7 @@ class PSKD(Method):
         super().__init__(model, num_classes)
         self.alpha_T = alpha_T
         self.register_buffer("table", torch.zeros(num_samples, num_classes, dtype=TABLE_DTYPES[table_dtype]))
-        self.register_buffer("alpha", torch.zeros(()))  # weight of the table in this epoch's target
+        self.register_buffer("alpha", torch.zeros((), dtype=torch.float64))  # the table's weight in this epoch's target
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.alpha.fill_(0.0 if epoch == 0 else self.alpha_T * (epoch + 1) / num_epochs)
@@ -56,9 +56,10 @@ class PSKD(Method):
         if index is None:
             raise ConfigError("pskd needs the dataset index of every image: call it as method(images, targets, index).")
         logits, _ = self.backbone(images)
-        one_hot = F.one_hot(targets, self.num_classes).float()
-        target = torch.lerp(one_hot, self.table[index].float(), self.alpha)
+        dtype = compute_dtype(logits)
+        one_hot = F.one_hot(targets, self.num_classes).to(dtype)
+        target = torch.lerp(one_hot, self.table[index].to(dtype), self.alpha.to(dtype))
         loss = soft_cross_entropy(logits, target)
-        probs = F.softmax(logits.detach().float(), dim=1).to(self.table.dtype)
+        probs = F.softmax(upcast(logits.detach()), dim=1).to(self.table.dtype)
         self.table.index_copy_(0, all_gather_cat(index), all_gather_cat(probs))
         return MethodOutput(logits, loss, {"pskd": loss})

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..losses import cross_entropy
+from ..losses import cross_entropy, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative, NonNegativeInt
 from .base import Method, MethodOutput
@@ -16,7 +16,7 @@ from .registry import register_method
 
 def spatial_attention(feature: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     """``A(F) = softmax over the H·W positions of mean_c F²`` (``reduce="sum"``: Σ_c F², the paper's form)."""
-    energy = feature.float().pow(2)
+    energy = upcast(feature).pow(2)
     energy = energy.sum(dim=1) if reduce == "sum" else energy.mean(dim=1)
     return F.softmax(energy.flatten(1), dim=1)
 
@@ -53,7 +53,7 @@ class SAD(Method):
     def attention_loss(self, feats: list[torch.Tensor]) -> torch.Tensor:
         total = 0.0
         for student, deeper in zip(feats[:-1], feats[1:]):
-            teacher = F.interpolate(deeper.detach().float(), size=student.shape[-2:], mode="bilinear",
+            teacher = F.interpolate(upcast(deeper.detach()), size=student.shape[-2:], mode="bilinear",
                                     align_corners=False)
             total = total + F.mse_loss(spatial_attention(student, self.reduce), spatial_attention(teacher, self.reduce))
         return total

@@ -59,6 +59,8 @@ class SegmentationFRSKD(Method):
     ``α_e = α·r_e``, ``β_e = β·r_e`` with :func:`distillation_ramp` ``r_e`` (0 for ``warmup_epochs`` = 40
     epochs, then ``exp(−5(1 − t)²)`` up to full strength at the last epoch). The official KD also averages over
     ignored and padded pixels; ``kd_mask=True`` restricts it to labelled pixels instead.
+    ``tests/test_fidelity_frskd.py`` compares it on ``frskd_seg_effb0`` (``stem_activation=False``) with the official
+    code over the warm-up and the ramp (README "Fidelity").
     """
 
     def __init__(self, model: nn.Module, num_classes: int, alpha: NonNegative = 1.0, beta: NonNegative = 50.0,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, SelfKDError
-from ..losses import cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy
+from ..losses import compute_dtype, cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy, upcast
 from ..registry import Fraction, NonNegative, Positive
 from ..weights import load_backbone, save_weights
 from .base import Method, MethodOutput
@@ -54,19 +54,20 @@ class TFKDRegularization(Method):
         self.correct_prob, self.temperature = correct_prob, temperature
         self.student_temperature, self.compat = student_temperature, compat
 
-    def teacher_probs(self, targets: torch.Tensor) -> torch.Tensor:
+    def teacher_probs(self, targets: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``q = σ(u/τ)`` for the virtual teacher ``u`` (official form; not used by compat='selfkdlib')."""
-        u = smoothed_targets(targets, self.num_classes, 1.0 - self.correct_prob)
+        u = smoothed_targets(targets, self.num_classes, 1.0 - self.correct_prob, dtype=dtype)
         return F.softmax(u / self.temperature, dim=1)
 
     def compute_loss(self, images, targets, index=None):
         logits, _ = self.backbone(images)
         t = self.temperature
         if self.compat == "selfkdlib":
-            reg = soft_cross_entropy(logits.float() / t, smoothed_targets(targets, self.num_classes, 0.1))
+            reg = soft_cross_entropy(upcast(logits) / t, smoothed_targets(targets, self.num_classes, 0.1,
+                                                                        dtype=compute_dtype(logits)))
         else:
-            student = logits.float() / t if self.student_temperature else logits
-            reg = kd_prob_loss(self.teacher_probs(targets), student)
+            student = upcast(logits) / t if self.student_temperature else logits
+            reg = kd_prob_loss(self.teacher_probs(targets, compute_dtype(logits)), student)
         losses = {"ce": self.ce_weight * cross_entropy(logits, targets), "reg": self.reg_weight * reg}
         return MethodOutput(logits, losses["ce"] + losses["reg"], losses)
 

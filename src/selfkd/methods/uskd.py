@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import cross_entropy, non_target_log_softmax, smoothed_targets, soft_cross_entropy
+from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, smoothed_targets, soft_cross_entropy, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative
 from .base import Method, MethodOutput
@@ -47,31 +47,32 @@ class USKD(Method):
                               f"least two stages; '{getattr(model, 'name', 'this model')}' has {len(model.stages)}.")
         self.alpha, self.beta, self.mu, self.rank_on = alpha, beta, mu, rank_on
         self.weak_head = nn.Linear(model.stage_channels[-2], num_classes)
-        self.register_buffer("zipf", 1.0 / torch.arange(1, num_classes + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("zipf", 1.0 / torch.arange(1, num_classes + 1, dtype=torch.float64), persistent=False)
 
     def soft_labels(self, logits: torch.Tensor, weak_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The customised non-target label ζ (rows sum to 1, ζ_y = 0), without gradient."""
         with torch.no_grad():
-            w = F.softmax(weak_logits.detach().float(), dim=1)
-            s = F.log_softmax(logits.detach().float(), dim=1)
+            w = F.softmax(upcast(weak_logits.detach()), dim=1)
+            s = F.log_softmax(upcast(logits.detach()), dim=1)
             if self.rank_on == "prob":
                 s = s.exp()
             y = targets[:, None]
             score = w / (1 - w.gather(1, y) + 1e-6) + s / (1 - s.gather(1, y) + 1e-6)
             order = score.argsort(dim=1, descending=True, stable=True)
-            zeta = torch.zeros_like(score).scatter_(1, order, self.zipf.expand_as(score))
+            zeta = torch.zeros_like(score).scatter_(1, order, self.zipf.to(score.dtype).expand_as(score))
             zeta = zeta.masked_fill(F.one_hot(targets, score.shape[1]).bool(), 0.0)
             return zeta / zeta.sum(dim=1, keepdim=True)
 
     def compute_loss(self, images, targets, index=None):
         logits, feats = self.backbone(images)
         weak = self.weak_head(feats[-2].mean(dim=(2, 3)))
-        log_p_y = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
+        log_p_y = F.log_softmax(upcast(logits), dim=1).gather(1, targets[:, None]).squeeze(1)
         p_y2 = log_p_y.detach().exp().pow(2)
         target_term = -((p_y2 + 1 - p_y2.mean()) * log_p_y).mean()
         zeta = self.soft_labels(logits, weak, targets)
         non_target = -(zeta * non_target_log_softmax(logits, targets)).sum(dim=1).mean()
-        weak_term = soft_cross_entropy(weak, smoothed_targets(targets, self.num_classes, WEAK_SMOOTHING, "uniform"))
+        weak_target = smoothed_targets(targets, self.num_classes, WEAK_SMOOTHING, "uniform", compute_dtype(weak))
+        weak_term = soft_cross_entropy(weak, weak_target)
         losses = {"ce": cross_entropy(logits, targets), "target": self.alpha * target_term,
                   "non_target": self.beta * non_target, "weak": self.mu * weak_term}
         return MethodOutput(logits, sum(losses.values()), losses)

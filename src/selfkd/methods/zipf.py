@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..losses import cross_entropy, non_target_log_softmax
+from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, upcast
 from ..models.base import Backbone
 from ..registry import NonNegative, Positive
 from .base import Method, MethodOutput
@@ -17,7 +17,7 @@ def competition_ranks(scores: torch.Tensor) -> torch.Tensor:
     """``r_{b,k} = 1 + #{j : s_{b,j} > s_{b,k}}`` per row: rank 1 is the largest, ties share the smallest rank."""
     ascending = scores.sort(dim=1).values.contiguous()
     not_greater = torch.searchsorted(ascending, scores.contiguous(), right=True)
-    return (1 + scores.shape[1] - not_greater).float()
+    return (1 + scores.shape[1] - not_greater).to(scores.dtype)
 
 
 def dense_votes(feature: torch.Tensor, classifier: torch.nn.Module, num_classes: int,
@@ -26,7 +26,7 @@ def dense_votes(feature: torch.Tensor, classifier: torch.nn.Module, num_classes:
     if upsample is not None:
         feature = F.interpolate(feature, scale_factor=2, mode=upsample, align_corners=False)
     winners = classifier(feature.flatten(2).transpose(1, 2)).argmax(dim=2)  # (B, positions)
-    votes = torch.zeros(feature.shape[0], num_classes, device=feature.device)
+    votes = torch.zeros(feature.shape[0], num_classes, device=feature.device, dtype=compute_dtype(feature))
     return votes.scatter_add_(1, winners, torch.ones_like(winners, dtype=votes.dtype))
 
 
@@ -69,7 +69,7 @@ class ZipfLS(Method):
             if self.dense:
                 scores = dense_votes(feats[-1].detach(), self.backbone.fc, self.num_classes, self.upsample)
             else:
-                scores = logits.detach().float()
+                scores = upcast(logits.detach())
             pi = zipf_targets(scores, targets, self.power)
         per_sample = (torch.special.xlogy(pi, pi) - pi * non_target_log_softmax(logits, targets)).sum(dim=1)
         if self.loss_mask:

@@ -4,18 +4,21 @@ The FRSKD segmenter (Ji et al., "Refine Myself by Teaching Myself", CVPR 2021, s
 encoder stages ``C2..C5`` → FPN to six ``channels``-wide levels ``P2..P7`` (64 for B0, 88/112 for B1/B2) →
 3 × :class:`BiFPNSeg` → pyramid ``S1`` → head on ``S1``'s finest level (``cbr3(channels→head_channels)``, 256 by
 default, then a 3×3 conv to K), upsampled bilinearly to the input size.
-``pyramid`` is ``S1`` (FRSKD's self-teacher refines it). Encoders are torchvision's EfficientNet-B0/B1/B2
-or ResNet-18/50, randomly initialised (nothing is downloaded). The reference models wrap torchvision's
-segmentation networks and return an empty pyramid.
+``pyramid`` is ``S1`` (FRSKD's self-teacher refines it). Encoders are EfficientNet-B0/B1/B2 (torchvision's modules
+and names) or ResNet-18/50 (torchvision's), randomly initialised (nothing is downloaded). The reference models wrap
+torchvision's segmentation networks and return an empty pyramid.
 
-Differences from the official code (which loads an ImageNet-pretrained EfficientNet): by default the encoder
-taps are the last block of each of the 24/40/80/320-channel EfficientNet stages (the official code taps the first
-block of the 24/40/80 ones, a quirk of how it slices the block list: ``taps="official"``); torchvision's stem keeps
-its activation after the BN (the official stem drops it: ``stem_activation=False``); biases of convs that feed a
-BN are dropped (the BN cancels them); BN uses PyTorch's default momentum (the official 0.997 is TensorFlow's
-convention, which in PyTorch keeps almost only the last batch in the running statistics) and eps 1e-5 (the official
-FPN and head BNs use eps 1e-4; its BiFPN BNs use PyTorch's defaults too); the FPN's two smoothing convs, built but
-never used, are left out.
+The EfficientNet segmenters are the official one (``tests/test_fidelity_frskd.py`` compares them with it): the
+encoder is the network efficientnet_pytorch builds (TensorFlow "SAME" padding fixed for the nominal input size, BN
+eps 1e-3, no stochastic depth: :func:`efficientnet_encoder`) tapped where FRSKD's code taps it, the FPN and head BNs
+use eps 1e-4, with one fix: the stem keeps EfficientNet's activation after its BN (the official code takes the stem
+as ``Sequential(conv, bn)`` and so drops it; ``stem_activation=False`` reproduces that). Options:
+``encoder_style="torchvision"`` (torchvision's network, what its pretrained weights were trained with),
+``taps="stage_end"``. Differences without an option: random initialisation (the official code loads ImageNet
+weights); biases of convs that feed a BN are dropped (the BN cancels them); the FPN and head BNs use PyTorch's
+default momentum (the official 0.997 is TensorFlow's convention, which in PyTorch keeps almost only the
+last batch in the running statistics that evaluation uses); the FPN's two smoothing convs, built but never used,
+are left out.
 """
 from __future__ import annotations
 
@@ -31,9 +34,12 @@ from .registry import register_model
 EFFICIENTNET_PYRAMID_CHANNELS = {"b0": 64, "b1": 88, "b2": 112}  # the official code's width per encoder
 
 
-def cbr(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    """``cbr(k)``: k×k conv (no bias) → BN → ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
+NECK_BN_EPS = 1e-4  # the official FPN and heads' BN eps (its BiFPNSeg BNs keep PyTorch's 1e-5)
+
+
+def cbr(cin: int, cout: int, kernel: int, stride: int = 1, eps: float = 1e-5) -> nn.Sequential:
+    """``cbr(k)``: k×k conv (no bias) → BN (``eps``) → ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout, eps=eps),
                          nn.ReLU(inplace=True))
 
 
@@ -86,27 +92,82 @@ def replace_first_conv(net: nn.Module, in_channels: int) -> None:
     setattr(net.get_submodule(parent), attr, new)
 
 
-def efficientnet_encoder(version: str, in_channels: int, taps: str = "stage_end",
-                         stem_activation: bool = True) -> Encoder:
-    """EfficientNet-``version`` (b0/b1/b2): stem to the end of the 24-, 40-, 80- and 320-channel stages
-    (B2: 24/48/88/352), strides 4/8/16/32; the 1280-channel head conv and the classifier are dropped.
+class EfficientNetEncoder(nn.Module):
+    """An EfficientNet's ``features`` (stem and the seven MBConv stages, torchvision's layout and names) read at four
+    taps: returns the outputs of blocks ``taps`` = ``[(stage, block), ...]`` (``features[stage][block]``)."""
 
-    ``taps="official"`` takes C2..C4 after the *first* block of those stages, as FRSKD's code does (the later blocks
-    of a stage then open the next encoder stage); ``stem_activation=False`` drops the stem's activation after its
-    BN, as FRSKD's code does."""
+    def __init__(self, features: nn.Sequential, taps: list[tuple[int, int]]):
+        super().__init__()
+        self.features = features
+        self.taps = list(taps)
+        self.channels = [features[s][b].out_channels for s, b in self.taps]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.features[0](x)
+        feats = []
+        for s in range(1, len(self.features)):
+            for b, block in enumerate(self.features[s]):
+                x = block(x)
+                if (s, b) in self.taps:
+                    feats.append(x)
+        return feats
+
+
+NOMINAL_SIZE = {"b0": 224, "b1": 240, "b2": 260}  # efficientnet_pytorch's image_size, which fixes its padding
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A convolution with fixed zero padding ``pads = (left, right, top, bottom)`` before it and none of its own."""
+
+    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                         conv.groups, conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        self.pads = pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pads))
+
+
+def same_padding_(features: nn.Module, size: int) -> None:
+    """Give the stride-2 convs of ``features`` efficientnet_pytorch's padding: TensorFlow's "SAME" for a
+    ``size``² input, computed once (``(⌈n/2⌉ − 1)·2 + k − n`` in all, the odd pixel right/bottom) and then fixed for
+    every input size, as ``EfficientNet.from_name``/``from_pretrained`` build it (``Conv2dStaticSamePadding``).
+    Stride-1 convs keep their symmetric padding, which is "SAME" for odd kernels."""
+    strided = [(parent, name, child) for parent in features.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.Conv2d) and child.stride != (1, 1)]
+    for parent, name, conv in strided:  # in forward order
+        total = max((-(-size // 2) - 1) * 2 + conv.kernel_size[0] - size, 0)
+        setattr(parent, name, PaddedConv2d(conv, (total // 2, total - total // 2) * 2))
+        size = -(-size // 2)
+
+
+def efficientnet_encoder(version: str, in_channels: int, taps: str = "official", stem_activation: bool = True,
+                         encoder_style: str = "efficientnet_pytorch") -> EfficientNetEncoder:
+    """EfficientNet-``version`` (b0/b1/b2) in torchvision's layout, to the 320-channel stage (B2: 352), taps at
+    strides 4/8/16/32; the 1280-channel head conv and the classifier are dropped.
+
+    ``taps="official"``: C2..C4 after the *first* block of the 24-, 40- and 80-channel stages (B2: 24/48/88), as
+    FRSKD's code slices the blocks; ``"stage_end"``: after their last. ``stem_activation=False`` drops the stem's
+    activation after its BN, as FRSKD's code does. ``encoder_style="efficientnet_pytorch"`` is the network FRSKD's
+    code runs: :func:`same_padding_` on the stride-2 convs, BN eps 1e-3 and momentum 0.01, no stochastic depth (it
+    calls the blocks without a drop rate); ``"torchvision"`` is torchvision's: symmetric padding, BN eps 1e-5 and
+    momentum 0.1, stochastic depth up to 0.2 (what torchvision's pretrained weights were trained with)."""
+    import functools
+
     import torchvision.models as tvm
 
-    net = getattr(tvm, f"efficientnet_{version}")(weights=None)
+    options = {} if encoder_style == "torchvision" else {
+        "stochastic_depth_prob": 0.0, "norm_layer": functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)}
+    net = getattr(tvm, f"efficientnet_{version}")(weights=None, **options)
     replace_first_conv(net, in_channels)
-    f = net.features
+    features = net.features[:8]  # stem + 7 stages; features[8] is the 1280-channel head conv
+    if encoder_style != "torchvision":
+        same_padding_(features, NOMINAL_SIZE[version])
     if not stem_activation:
-        f[0][2] = nn.Identity()  # Conv2dNormActivation: conv, BN, activation
-    if taps == "stage_end":
-        stages = [f[:3], f[3], f[4], f[5:8]]
-    else:
-        stages = [nn.Sequential(*f[:2], f[2][0]), nn.Sequential(*f[2][1:], f[3][0]),
-                  nn.Sequential(*f[3][1:], f[4][0]), nn.Sequential(*f[4][1:], *f[5:8])]
-    return Encoder(stages, [stage[-1].out_channels for stage in (f[2], f[3], f[4], f[7])])
+        features[0][2] = nn.Identity()  # Conv2dNormActivation: conv, BN, activation
+    ends = [(s, len(features[s]) - 1) for s in (2, 3, 4, 7)]
+    return EfficientNetEncoder(features, ends if taps == "stage_end" else [(2, 0), (3, 0), (4, 0), ends[-1]])
 
 
 def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Encoder:
@@ -124,13 +185,13 @@ def resnet_encoder(depth: int, in_channels: int, output_stride: int = 32) -> Enc
 
 class FPN(nn.Module):
     """Six levels of ``channels`` from ``C2..C5``: ``P5 = cbr1(C5)``, ``P6 = cbr3/2(C5)``, ``P7 = cbr3/2(P6)``,
-    ``P_l = up(P_{l+1}) + cbr1(C_l)`` for l = 4, 3, 2 (bilinear, to the size of ``C_l``)."""
+    ``P_l = up(P_{l+1}) + cbr1(C_l)`` for l = 4, 3, 2 (bilinear, to the size of ``C_l``); BN eps 1e-4 (official)."""
 
     def __init__(self, in_channels: list[int], channels: int):
         super().__init__()
-        self.lateral = nn.ModuleList(cbr(c, channels, 1) for c in in_channels)
-        self.p6 = cbr(in_channels[-1], channels, 3, stride=2)
-        self.p7 = cbr(channels, channels, 3, stride=2)
+        self.lateral = nn.ModuleList(cbr(c, channels, 1, eps=NECK_BN_EPS) for c in in_channels)
+        self.p6 = cbr(in_channels[-1], channels, 3, stride=2, eps=NECK_BN_EPS)
+        self.p7 = cbr(channels, channels, 3, stride=2, eps=NECK_BN_EPS)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         levels = [self.lateral[-1](feats[-1])]
@@ -180,10 +241,11 @@ class BiFPNSeg(nn.Module):
 
 
 class SegmentationHead(nn.Sequential):
-    """``cbr3(channels → hidden)`` then a 3×3 conv to K classes; the logits are upsampled to ``size`` (bilinear)."""
+    """``cbr3(channels → hidden)`` (BN eps 1e-4, official) then a 3×3 conv to K classes; the logits are upsampled to
+    ``size`` (bilinear)."""
 
     def __init__(self, channels: int, hidden: int, num_classes: int):
-        super().__init__(cbr(channels, hidden, 3), nn.Conv2d(hidden, num_classes, 3, padding=1))
+        super().__init__(cbr(channels, hidden, 3, eps=NECK_BN_EPS), nn.Conv2d(hidden, num_classes, 3, padding=1))
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
@@ -224,17 +286,21 @@ def _efficientnet_segmenter(version: str):
     name = f"frskd_seg_eff{version}"
 
     def factory(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt | None = None,
-                head_channels: PositiveInt = 256, taps: Literal["stage_end", "official"] = "stage_end",
-                stem_activation: bool = True) -> FRSKDSegmenter:
+                head_channels: PositiveInt = 256, taps: Literal["official", "stage_end"] = "official",
+                stem_activation: bool = True,
+                encoder_style: Literal["efficientnet_pytorch", "torchvision"] = "efficientnet_pytorch"
+                ) -> FRSKDSegmenter:
         channels = channels or EFFICIENTNET_PYRAMID_CHANNELS[version]
-        encoder = efficientnet_encoder(version, in_channels, taps, stem_activation)
+        encoder = efficientnet_encoder(version, in_channels, taps, stem_activation, encoder_style)
         return FRSKDSegmenter(encoder, num_classes, channels, head_channels, name)
 
     factory.__name__ = name
     factory.__doc__ = (f"{name}: FRSKD segmenter on EfficientNet-{version.upper()} (random init); pyramid width "
                        f"`channels` ({EFFICIENTNET_PYRAMID_CHANNELS[version]}, the official value), head width "
-                       "`head_channels` (256); `taps=\"official\"` and `stem_activation=False` reproduce the official "
-                       "encoder's taps and stem.")
+                       "`head_channels` (256); the encoder is the official one (efficientnet_pytorch's network, "
+                       "FRSKD's taps) except that its stem keeps its activation (`stem_activation=false` drops it, as "
+                       "the official code does); `encoder_style=torchvision` for torchvision's network, "
+                       "`taps=stage_end` to tap each stage's last block.")
     return register_model(name, task="segmentation")(factory)
 
 
