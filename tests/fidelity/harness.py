@@ -1,20 +1,22 @@
 """Fixtures recorded from official code: the rules both sides apply, and the comparison.
 
 A fixture is a small JSON file recorded by running a method's official code (``record_*.py`` beside this file)
-and compared with selfkd's run of the same method by ``tests/test_fidelity.py``. Nothing large is stored: both
-sides make the same weights and inputs from the rules below.
+and compared with selfkd's run of the same method (``side_*.py`` beside this file, see :func:`selfkd_side`) by
+``tests/test_fidelity_*.py``; ``report.py`` prints the README's table from all fixtures. Nothing large is stored:
+both sides make the same weights and inputs from the rules below (``recording.py`` holds the recorders' helpers).
 
 - **Weights** (:func:`draw`): every floating tensor of the official model's ``state_dict``, in its order, takes
   ``numel`` draws of one seeded float64 generator, scaled by the tensor's role (see :func:`_scaled`). The fixture
   lists the official names and shapes in that order; the test maps each official name to selfkd's (a rename rule
   per method) and copies the values in (:func:`load_into`), so neither side stores weights.
-- **Inputs** (:func:`images`, :func:`labels`): from their own seeded generators.
+- **Inputs** (:func:`images`, :func:`labels`, :func:`masks`): from their own seeded generators.
 - **What is compared**: each named loss term and the total loss, and for every official parameter its gradient's
   norm and four fixed entries (first, one third, two thirds, last of the flattened tensor); for methods that keep
   state across steps, the same after each of several SGD steps (a trajectory).
 - **Differences** (:func:`differences`): a loss term relative to its own size; a gradient's norm relative to the
-  norm, an entry relative to the tensor's RMS (single entries may be ~0). The test states its tolerance per
-  fixture, with the reason.
+  norm and to the whole gradient's norm, an entry relative to the tensor's RMS (single entries may be ~0). The test
+  states its tolerance per fixture, with the reason; :func:`tolerances` derives float32's from the official float32
+  run's own distance from float64 (a float32 fixture records it as ``exact_steps``).
 """
 from __future__ import annotations
 
