@@ -20,6 +20,7 @@ both sides make the same weights and inputs from the rules below (``recording.py
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -282,11 +283,13 @@ def batch(fixture: Mapping, entry: Mapping, dtype: torch.dtype) -> tuple[torch.T
     return x, labels(entry["labels_seed"], shapes["images"][0], shapes["num_classes"])
 
 
-def train_steps(fixture: Mapping, method: torch.nn.Module, params: Mapping[str, torch.nn.Parameter]) -> list[dict]:
+def train_steps(fixture: Mapping, method: torch.nn.Module, params: Mapping[str, torch.nn.Parameter],
+                step_context: Callable[[Mapping], contextlib.AbstractContextManager] | None = None) -> list[dict]:
     """Run ``method`` (a selfkd method, its weights loaded) through ``fixture``'s batches as the official loop
     does: ``on_epoch_start`` when a batch opens a new epoch, ``loss.backward()``, the step record (gradients of
     ``params``, keyed by official name), then gradient clipping by value (``"clip_value"``) and the SGD step of
-    ``"optimizer"`` (if any). Returns the step records."""
+    ``"optimizer"`` (if any). Each forward runs inside ``step_context(recorded step)`` if given (e.g. to give
+    selfkd the official random draws). Returns the step records."""
     dtype = getattr(torch, fixture["dtype"])
     settings = fixture.get("optimizer")
     optimizer = None if settings is None else torch.optim.SGD(
@@ -297,7 +300,9 @@ def train_steps(fixture: Mapping, method: torch.nn.Module, params: Mapping[str, 
         if entry["epoch"] != epoch:
             epoch = entry["epoch"]
             method.on_epoch_start(epoch, fixture["epochs"])
-        out = method(*batch(fixture, entry, dtype))
+        images, targets = batch(fixture, entry, dtype)
+        with step_context(fixture["steps"][len(records)]) if step_context else contextlib.nullcontext():
+            out = method(images, targets)
         method.zero_grad()
         out.loss.backward()
         records.append(step_record({k: v.detach() for k, v in out.losses.items()}, out.loss.detach(),
