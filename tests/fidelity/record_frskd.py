@@ -1,12 +1,12 @@
-"""Record the FRSKD fixtures from the official code (MingiJi/FRSKD), classification and segmentation.
+"""Record the FRSKD classification fixtures from the official code (MingiJi/FRSKD, ``classification/``).
 
-    python tests/fidelity/record_frskd.py --official /path/to/FRSKD [--out FOLDER] [--task classification|segmentation]
+    python tests/fidelity/record_frskd.py --official /path/to/FRSKD [--out FOLDER]
 
 Classification runs the official ``classification/utils.py: train()`` unmodified on CPU on its CIFAR ResNet-18 and
 self-teacher (``BiFPNc``, or ``BiFPN`` for ``teacher=bifpn``) with its losses (``att``, ``fit``), SLA, mixup and
 CutMix, in float64 and float32. The mixing's random draws (NumPy's Beta and box centres, torch's permutation) are
-recorded with each step, for the test to give selfkd the same. Segmentation (needs ``efficientnet_pytorch``, which the official code imports) is in
-``record_frskd_seg.py``.
+recorded with each step, for the test to give selfkd the same. The segmentation fixtures are recorded by
+``record_frskd_seg.py`` (it needs ``efficientnet_pytorch``, which the official segmentation code imports).
 
 What differs from a run of ``main.py``, and why: ``main()`` is not run (it reads CIFAR); the models, losses and
 optimizer are built as it builds them, from an ``args`` with its defaults and the README's CIFAR-100 settings
