@@ -2,10 +2,11 @@
 records: same drawn weights and batches, every loss term, the total and every parameter's gradient (norm and four
 entries), step by step.
 
-Classification: the default (BiFPNc self-teacher, attention transfer), ``teacher=bifpn``, ``feature_loss=fitnet``
-and ``sla=true``, each over 2 steps. Not compared: ``feature_loss=overhaul`` (the official margin is frozen at
-initialisation, a bug not reproduced) and mixup/CutMix (their draws come from NumPy in the official code and from
-torch here, so the batches cannot be the same).
+Classification: the default (BiFPNc self-teacher, attention transfer), ``teacher=bifpn``, ``feature_loss=fitnet``,
+``sla=true``, ``mix=mixup`` and ``mix=cutmix``, each over 2 steps. The mixing's random draws come from NumPy in the
+official code and from torch here, so the recorder stores the official ones and the selfkd side makes selfkd's draw
+functions return them (``side_frskd.official_draws``); selfkd's mixing itself runs as it is. Not compared:
+``feature_loss=overhaul`` (the official margin is frozen at initialisation, a bug not reproduced).
 """
 import pytest
 
@@ -21,7 +22,8 @@ CLASSIFICATION = harness.fixture_names("frskd-*resnet18-*")
 
 
 def test_every_classification_case_is_recorded_in_both_precisions():
-    cases = ["frskd-resnet18", "frskd-bifpn-resnet18", "frskd-fitnet-resnet18", "frskd-sla-resnet18"]
+    cases = ["frskd-resnet18", "frskd-bifpn-resnet18", "frskd-fitnet-resnet18", "frskd-sla-resnet18",
+             "frskd-mixup-resnet18", "frskd-cutmix-resnet18"]
     assert sorted(CLASSIFICATION) == sorted(f"{c}-{d}" for c in cases for d in ("float32", "float64"))
 
 

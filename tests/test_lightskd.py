@@ -302,7 +302,8 @@ def test_resumed_runs_equal_the_straight_run(tmp_path):
     data = {**SMALL_DATA, "train_subset": 112, "test_subset": 32}
 
     def config(name, epochs, stop_at=0):
-        cfg = tiny_config(tmp_path, method="test_lightskd_stop", epochs=epochs, data=data, schedule={"name": "constant"})
+        cfg = tiny_config(tmp_path, method="test_lightskd_stop", epochs=epochs, data=data,
+                          schedule={"name": "constant"})
         cfg["run_dir"], cfg["method"]["at_step"] = str(tmp_path / name), stop_at
         return cfg
 

@@ -1,23 +1,26 @@
 """Fixtures recorded from official code: the rules both sides apply, and the comparison.
 
 A fixture is a small JSON file recorded by running a method's official code (``record_*.py`` beside this file)
-and compared with selfkd's run of the same method by ``tests/test_fidelity.py``. Nothing large is stored: both
-sides make the same weights and inputs from the rules below.
+and compared with selfkd's run of the same method (``side_*.py`` beside this file, see :func:`selfkd_side`) by
+``tests/test_fidelity_*.py``; ``report.py`` prints the README's table from all fixtures. Nothing large is stored:
+both sides make the same weights and inputs from the rules below (``recording.py`` holds the recorders' helpers).
 
 - **Weights** (:func:`draw`): every floating tensor of the official model's ``state_dict``, in its order, takes
   ``numel`` draws of one seeded float64 generator, scaled by the tensor's role (see :func:`_scaled`). The fixture
   lists the official names and shapes in that order; the test maps each official name to selfkd's (a rename rule
   per method) and copies the values in (:func:`load_into`), so neither side stores weights.
-- **Inputs** (:func:`images`, :func:`labels`): from their own seeded generators.
+- **Inputs** (:func:`images`, :func:`labels`, :func:`masks`): from their own seeded generators.
 - **What is compared**: each named loss term and the total loss, and for every official parameter its gradient's
   norm and four fixed entries (first, one third, two thirds, last of the flattened tensor); for methods that keep
   state across steps, the same after each of several SGD steps (a trajectory).
 - **Differences** (:func:`differences`): a loss term relative to its own size; a gradient's norm relative to the
-  norm, an entry relative to the tensor's RMS (single entries may be ~0). The test states its tolerance per
-  fixture, with the reason.
+  norm and to the whole gradient's norm, an entry relative to the tensor's RMS (single entries may be ~0). The test
+  states its tolerance per fixture, with the reason; :func:`tolerances` derives float32's from the official float32
+  run's own distance from float64 (a float32 fixture records it as ``exact_steps``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -248,9 +251,15 @@ def tolerances(fixture: Mapping, float64: float, float32_factor: float) -> dict[
 
 
 def compare(fixture: Mapping) -> dict[str, float]:
-    """Run selfkd on ``fixture``'s inputs: the largest relative difference of each kind over its steps (official
-    tensors selfkd leaves out are not compared)."""
-    return largest_differences(fixture, selfkd_steps(fixture), without_counterpart(fixture))
+    """Run selfkd on ``fixture``'s inputs on one CPU thread (the recorders' setting; two threads on a busy two-core
+    machine made float64 steps 15 times slower): the largest relative difference of each kind over its steps
+    (official tensors selfkd leaves out are not compared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return largest_differences(fixture, selfkd_steps(fixture), without_counterpart(fixture))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check(fixture: Mapping, float64: float, float32_factor: float) -> dict[str, float]:
@@ -281,12 +290,14 @@ def batch(fixture: Mapping, entry: Mapping, dtype: torch.dtype) -> tuple[torch.T
 
 
 def train_steps(fixture: Mapping, method: torch.nn.Module, params: Mapping[str, torch.nn.Parameter],
-                inputs: Callable[[Mapping, Mapping, torch.dtype], tuple] = batch) -> list[dict]:
+                inputs: Callable[[Mapping, Mapping, torch.dtype], tuple] = batch,
+                step_context: Callable[[Mapping], contextlib.AbstractContextManager] | None = None) -> list[dict]:
     """Run ``method`` (a selfkd method, its weights loaded) through ``fixture``'s batches as the official loop
     does: ``on_epoch_start`` when a batch opens a new epoch, ``loss.backward()``, the step record (gradients of
     ``params``, keyed by official name), then gradient clipping by value (``"clip_value"``) and the SGD step of
     ``"optimizer"`` (if any). ``inputs(fixture, batch, dtype)`` gives the method's arguments (default
-    :func:`batch`; e.g. images, targets and dataset indices). Returns the step records."""
+    :func:`batch`; e.g. images, targets and dataset indices); each forward runs inside ``step_context(recorded
+    step)`` if given (e.g. to give selfkd the official random draws). Returns the step records."""
     dtype = getattr(torch, fixture["dtype"])
     settings = fixture.get("optimizer")
     optimizer = None if settings is None else torch.optim.SGD(
@@ -297,7 +308,9 @@ def train_steps(fixture: Mapping, method: torch.nn.Module, params: Mapping[str, 
         if entry["epoch"] != epoch:
             epoch = entry["epoch"]
             method.on_epoch_start(epoch, fixture["epochs"])
-        out = method(*inputs(fixture, entry, dtype))
+        arguments = inputs(fixture, entry, dtype)
+        with step_context(fixture["steps"][len(records)]) if step_context else contextlib.nullcontext():
+            out = method(*arguments)
         method.zero_grad()
         out.loss.backward()
         records.append(step_record({k: v.detach() for k, v in out.losses.items()}, out.loss.detach(),

@@ -1,15 +1,17 @@
-"""Record the FRSKD fixtures from the official code (MingiJi/FRSKD), classification and segmentation.
+"""Record the FRSKD classification fixtures from the official code (MingiJi/FRSKD, ``classification/``).
 
-    python tests/fidelity/record_frskd.py --official /path/to/FRSKD [--out FOLDER] [--task classification|segmentation]
+    python tests/fidelity/record_frskd.py --official /path/to/FRSKD [--out FOLDER]
 
 Classification runs the official ``classification/utils.py: train()`` unmodified on CPU on its CIFAR ResNet-18 and
-self-teacher (``BiFPNc``, or ``BiFPN`` for ``teacher=bifpn``) with its losses (``att``, ``fit``) and SLA, in
-float64 and float32. Segmentation (needs ``efficientnet_pytorch``, which the official code imports) is in
-``record_frskd_seg.py``.
+self-teacher (``BiFPNc``, or ``BiFPN`` for ``teacher=bifpn``) with its losses (``att``, ``fit``), SLA, mixup and
+CutMix, in float64 and float32. The mixing's random draws (NumPy's Beta and box centres, torch's permutation) are
+recorded with each step, for the test to give selfkd the same. The segmentation fixtures are recorded by
+``record_frskd_seg.py`` (it needs ``efficientnet_pytorch``, which the official segmentation code imports).
 
 What differs from a run of ``main.py``, and why: ``main()`` is not run (it reads CIFAR); the models, losses and
 optimizer are built as it builds them, from an ``args`` with its defaults and the README's CIFAR-100 settings
-(alpha 2, beta 100); ``.cuda()`` returns its object unchanged; 16x16 images and 10 classes keep a step short.
+(alpha 2, beta 100); ``.cuda()`` returns its object unchanged; NumPy's removed ``np.int`` is ``int`` again for the
+official CutMix; 16x16 images and 10 classes keep a step short.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +38,8 @@ CASES = {  # case: (official args, selfkd options, batch size)
     "frskd-bifpn-resnet18": ({"distill": "att", "bifpn": "BiFPN"}, {"teacher": "bifpn"}, 4),
     "frskd-fitnet-resnet18": ({"distill": "fit", "bifpn": "BiFPNc"}, {"feature_loss": "fitnet"}, 4),
     "frskd-sla-resnet18": ({"distill": "att", "bifpn": "BiFPNc", "aux": "sla", "aux_lamb": 1.0}, {"sla": True}, 2),
+    "frskd-mixup-resnet18": ({"aug": "mixup", "aug_a": 0.2}, {"mix": "mixup"}, 4),
+    "frskd-cutmix-resnet18": ({"aug": "cutmix", "aug_a": 1.0}, {"mix": "cutmix"}, 4),
 }
 
 
@@ -74,20 +79,40 @@ def run(checkout: Path, case: str, dtype: torch.dtype, settings: dict | None) ->
         module.to(dtype).train()
     recording.load_official(modules, harness.draw(specs, WEIGHT_SEED, POSITIVE))
     criterion = [modules["criterion_ce"], modules["criterion_kd"]]
-    sla = recording.LocalsAtReturn(SLALoss.forward)
-    optimizer = recording.RecordingSGD(
-        recording.parameters_by_name(modules),
-        lambda grads, frame: step_record(grads, frame, sla.calls[-1] if sla.calls else None, criterion, args),
-        lr=settings["lr"] if settings else 0.0, momentum=OPTIMIZER["momentum"], weight_decay=OPTIMIZER["weight_decay"])
+    sla, draws = recording.LocalsAtReturn(SLALoss.forward), recording.Draws()
+
+    def record(grads, frame):
+        return {**step_record(grads, frame, sla.calls[-1] if sla.calls else None, criterion, args),
+                **({"draws": mixing_draws(draws.take())} if args.aug != "none" else {})}
+
+    optimizer = recording.RecordingSGD(recording.parameters_by_name(modules), record, lr=settings["lr"] if settings
+                                       else 0.0, momentum=OPTIMIZER["momentum"], weight_decay=OPTIMIZER["weight_decay"])
     plan = [{"epoch": 0, "images_seed": 100 + step, "labels_seed": 200 + step} for step in range(2)]
     loader = [harness.batch({"shapes": shapes(batch)}, b, dtype) for b in plan]
-    with recording.cpu_only(), sla:
+    np.random.seed(0), torch.manual_seed(0)  # the same draws in every run of the case
+    np.int = int  # removed in NumPy 1.24; the official cutmix_data uses it
+    with recording.cpu_only(), sla, draws:
         train(modules["model"], modules["bifpn"], optimizer, criterion, loader, args)
     return specs, list(zip(plan, optimizer.steps))
 
 
+def mixing_draws(calls: list) -> dict:
+    """The official mixing's draws of one step: λ₀ ~ Beta(α, α), the permutation and (CutMix) the box centres."""
+    values = {name: [v for n, v in calls if n == name] for name in ("beta", "randperm", "randint")}
+    return {"lam": values["beta"][0], "perm": values["randperm"][0], "centres": values["randint"]}
+
+
 def shapes(batch: int) -> dict:
     return {"images": [batch, 3, SIZE, SIZE], "num_classes": NUM_CLASSES}
+
+
+def ce_of(frame: dict, logits: torch.Tensor, criterion_ce) -> torch.Tensor:
+    """The official CE of ``logits``: mixed-target (``utils.mixed_criterion``) when the batch was mixed."""
+    from classification.utils import mixed_criterion
+
+    if "lam" in frame:
+        return mixed_criterion(logits, frame["targets_1"], frame["targets_2"], frame["lam"])
+    return criterion_ce(logits, frame["targets"])
 
 
 def step_record(grads: dict, frame: dict, sla: dict | None, criterion: list, args) -> dict:
@@ -98,7 +123,7 @@ def step_record(grads: dict, frame: dict, sla: dict | None, criterion: list, arg
     with torch.no_grad():
         if sla is None:
             logits, feats = (frame["outputs"], frame["bi_outputs"]), (frame["feats"], frame["bi_feats"])
-            losses = {"ce": criterion_ce(logits[0], targets), "ce_teacher": criterion_ce(logits[1], targets)}
+            losses = {"ce": ce_of(frame, logits[0], criterion_ce), "ce_teacher": ce_of(frame, logits[1], criterion_ce)}
         else:
             logits, feats = (sla["outputs"], sla["bi_outputs"]), (sla["feats"], sla["bi_feats"])
             b = targets.size(0)
@@ -125,7 +150,8 @@ def main(argv=None) -> None:
     for case, (overrides, options, batch) in CASES.items():
         base = {"case": case, "method": "frskd", "task": "classification", "selfkd_side": "frskd.classification",
                 "reference": {"repository": REPOSITORY, "commit": commit, "entry": "classification/utils.py: train()"},
-                "compared": "loss terms, total and gradients of 2 steps (float64: an SGD step between them)",
+                "compared": "loss terms, total and gradients of 2 steps (float64: an SGD step between them)"
+                            + (", the official mixing draws" if "aug" in overrides else ""),
                 "options_needed": ", ".join(f"{k}={str(v).lower()}" for k, v in options.items()) or "none",
                 "selfkd_options": options, "official_args": overrides, "weight_seed": WEIGHT_SEED,
                 "positive": POSITIVE, "shapes": shapes(batch), "epochs": 1,

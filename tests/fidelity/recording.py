@@ -72,6 +72,41 @@ class LocalsAtReturn(contextlib.AbstractContextManager):
         return False
 
 
+class Draws(contextlib.AbstractContextManager):
+    """While active, records in ``calls`` what the random draws official code makes return, in call order:
+    ``numpy.random.beta``, ``numpy.random.randint`` and ``torch.randperm`` (for mixing the batch)."""
+
+    def __init__(self):
+        import numpy
+
+        self.targets = [(numpy.random, "beta"), (numpy.random, "randint"), (torch, "randperm")]
+        self.calls: list[tuple[str, object]] = []
+
+    def _recorded(self, name: str, draw):
+        def call(*args, **kwargs):
+            value = draw(*args, **kwargs)
+            self.calls.append((name, value.tolist() if isinstance(value, torch.Tensor) else value))
+            return value
+
+        return call
+
+    def __enter__(self):
+        self.saved = [getattr(module, name) for module, name in self.targets]
+        for (module, name), draw in zip(self.targets, self.saved):
+            setattr(module, name, self._recorded(name, draw))
+        return self
+
+    def __exit__(self, *exc):
+        for (module, name), draw in zip(self.targets, self.saved):
+            setattr(module, name, draw)
+        return False
+
+    def take(self) -> list[tuple[str, object]]:
+        """The draws since the last call."""
+        calls, self.calls = self.calls, []
+        return calls
+
+
 class RecordingSGD(torch.optim.SGD):
     """SGD that, at each ``step()`` and before stepping, appends ``record(grads, frame)`` to ``steps``: ``grads`` is
     ``{official name: gradient or None}`` (``names`` maps official names to parameters), ``frame`` the locals of the
@@ -205,6 +240,6 @@ def compact(record: dict, dtype: str) -> dict:
     def short(x: float) -> float:
         return float(f"{x:.9g}")
 
-    return {"losses": {k: short(v) for k, v in record["losses"].items()}, "loss": short(record["loss"]),
+    return {**record, "losses": {k: short(v) for k, v in record["losses"].items()}, "loss": short(record["loss"]),
             "grads": {k: None if g is None else {"norm": short(g["norm"]), "numel": g["numel"]}
                       for k, g in record["grads"].items()}}

@@ -10,7 +10,10 @@ FitNet's regressors ``criterion_kd.linear`` → ``adapters``.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+
+import torch
 
 from selfkd import create_method, create_model
 
@@ -41,11 +44,30 @@ def rename_classification(name: str) -> str:
     raise KeyError(f"no selfkd counterpart known for the official tensor {name}")
 
 
+@contextlib.contextmanager
+def official_draws(step: dict):
+    """selfkd's mixing draws made the official ones of ``step`` (``"draws"``): λ₀ (``sample_beta``), the
+    permutation (``torch.randperm``) and CutMix's box centres (``torch.randint``, height first). Only the draws are
+    replaced; selfkd's mixing and losses run as they are."""
+    from unittest import mock
+
+    draws = step.get("draws")
+    if draws is None:
+        yield
+        return
+    centres = iter(draws["centres"])
+    with mock.patch("selfkd.methods.parts.batch_transforms.sample_beta",
+                    lambda alpha, device: torch.tensor(draws["lam"], dtype=torch.float64, device=device)), \
+            mock.patch("torch.randperm", lambda n, device=None: torch.tensor(draws["perm"], device=device)), \
+            mock.patch("torch.randint", lambda high, size, device=None: torch.tensor(next(centres), device=device)):
+        yield
+
+
 @selfkd_side("frskd.classification")
 def classification(fixture) -> list[dict]:
     model = create_model("cifar_resnet18", num_classes=fixture["shapes"]["num_classes"])
     method = create_method("frskd", model, **fixture["selfkd_options"])
-    return train_steps(fixture, method, loaded(fixture, method, rename_classification))
+    return train_steps(fixture, method, loaded(fixture, method, rename_classification), step_context=official_draws)
 
 
 # Segmentation: the official EfficientDet (``net.*``) onto ``frskd_seg_effb0`` + the method's self-teacher. The
