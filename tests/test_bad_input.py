@@ -146,6 +146,18 @@ def duplicate_keys(tmp, run):
     (tmp / "dup.yaml").write_text(yaml.safe_dump(_config(tmp)) + "seed: 1\n")
 
 
+def yaml_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML value: ``levels`` levels of 10 aliases each (10**levels strings once expanded)."""
+    anchors = ["&a0 [" + ", ".join(["lol"] * 10) + "]"]
+    anchors += [f"&a{k} [" + ", ".join([f"*a{k - 1}"] * 10) + "]" for k in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+def bomb_config(tmp, run):
+    """A config whose run name is a YAML alias bomb."""
+    (tmp / "bomb.yaml").write_text(yaml.safe_dump(_config(tmp)) + f"defs: {yaml_bomb()}\nname: *a8\n")
+
+
 def not_a_run(tmp, run):
     (tmp / "notrun").mkdir()
     (tmp / "notrun" / "readme.txt").write_text("hello")
@@ -317,6 +329,17 @@ CASES = [
     Case("config-a-folder", "train -c {tmp} --run-dir {new}", 2, "is a folder, not a file", ("new",)),
     Case("bench-an-unknown-method", "bench --methods ce,nosuch --steps 1 --warmup 0 --device cpu --width 4", 2,
          "Unknown method 'nosuch'"),
+    # Hangs and runaway messages (issue #22).
+    Case("yaml-alias-bomb-as-the-run-name", "train -c {tmp}/bomb.yaml --run-dir {new}", 2,
+         "values once its YAML aliases are expanded; selfkd reads at most 100,000", ("new",), bomb_config),
+    Case("yaml-alias-bomb-in-a-set", TRAIN + " --set name={bomb}", 2,
+         "--set name=... holds 1,234,567,900 values once its YAML aliases are expanded", ("new",)),
+    Case("model-name-of-10-mb", TRAIN + " --set model.name={huge}", 2,
+         "Unknown model '" + "x" * 60 + "'… (10,000,000 characters). Run `selfkd list models`", ("new",)),
+    Case("model-name-of-10-mb-in-the-default-run-folder", "train -c {cfg} --set model.name={huge}", 2,
+         "name 'synthetic_xxxxxxxxxx", ("runs",)),
+    Case("run-name-longer-than-a-file-name", "train -c {cfg} --name {long}", 2,
+         "is 300 bytes long, but a file name holds at most 255 bytes. Choose a shorter run name", ("runs",)),
 ]
 
 
@@ -338,7 +361,7 @@ def test_bad_input(case, tmp_path, finished, run_cli, monkeypatch):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
     cleanup = case.setup(tmp_path, finished) if case.setup else None
     fill = {"tmp": tmp_path, "cfg": tmp_path / "cfg.yaml", "run": tmp_path / "run", "new": tmp_path / "new",
-            "pid": os.getpid()}
+            "pid": os.getpid(), "bomb": yaml_bomb(), "huge": "x" * 10_000_000, "long": "n" * 300}
     before = {p: snapshot(tmp_path / p) for p in case.unchanged}
     try:
         argv = [arg.format(**fill) for arg in case.argv.split()]
@@ -347,6 +370,7 @@ def test_bad_input(case, tmp_path, finished, run_cli, monkeypatch):
         if cleanup:
             cleanup()
     assert "Traceback" not in out + err
+    assert len(out + err) < 20_000, f"{len(out + err):,} characters of output"  # a message quotes values short
     assert code == case.code, err
     assert case.message.format(**fill) in (err if code else out + err)
     if code:

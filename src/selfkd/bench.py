@@ -22,7 +22,7 @@ from .data import load_dataset
 from .engine.distributed import resolve_device
 from .engine.setup import build_run, run_task
 from .engine.step import TrainStep, configure_backends
-from .errors import ConfigError, SelfKDError, first_line
+from .errors import ConfigError, SelfKDError, first_line, short
 from .methods import method_class
 from .models import create_model
 from .tasks import TASKS
@@ -218,7 +218,7 @@ def method_options(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, value = parse_override(item)
         if "." not in key:
-            raise ConfigError(f"bench --set expects METHOD.OPTION=VALUE (e.g. frskd.sla=true), got '{item}'.")
+            raise ConfigError(f"bench --set expects METHOD.OPTION=VALUE (e.g. frskd.sla=true), got {short(item)}.")
         method, option = key.split(".", 1)
         out.setdefault(method, {})[option] = value
     return out

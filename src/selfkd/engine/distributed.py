@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, SelfKDError
+from ..errors import ConfigError, SelfKDError, short
 
 _CONTROL = None  # a gloo process group over all processes, for control messages (None in one process)
 
@@ -67,7 +67,8 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise ConfigError(f"train.device '{device}' is not a device selfkd runs on; use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"train.device {short(device)} is not a device selfkd runs on; use auto, cpu, cuda or "
+                          "cuda:N.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device '{device}' asks for CUDA, but no GPU is visible; use --device cpu (or auto).")
     if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():

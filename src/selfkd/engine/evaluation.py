@@ -9,7 +9,7 @@ import torch
 from ..config import DataConfig, build_config, read_yaml
 from ..data import build_test_loader, load_dataset
 from ..data.datasets import dataset_task
-from ..errors import CheckpointError, ConfigError, SelfKDError
+from ..errors import CheckpointError, ConfigError, SelfKDError, short
 from ..methods import create_method, data_args, model_task
 from ..metrics import Evaluation
 from ..models import create_model
@@ -55,7 +55,8 @@ def rebuild_eval_model(path: Path, model: str | None = None, num_classes: int | 
         try:
             net = create_method(name, net, **options, **data_args(name, 1, model_task(net)))
         except SelfKDError as err:
-            raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: "
+            raise CheckpointError(f"{path} names method {short(name)} with options {short(options)}, which cannot be "
+                                  "rebuilt: "
                                   f"{err}") from None
         what = f"method '{name}' on {what}"
     load_state(path, net, state, what)

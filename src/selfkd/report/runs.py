@@ -11,8 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ..config import read_yaml
 from ..errors import ConfigError
 from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics, summary_problems
 from ..tasks import DEFAULT_TASK
@@ -127,8 +126,8 @@ def load_run(path: Path) -> Run:
     config: dict = {}
     if (path / CONFIG).is_file():
         try:
-            config = yaml.safe_load((path / CONFIG).read_text()) or {}
-        except yaml.YAMLError:
+            config = read_yaml(path / CONFIG)
+        except ConfigError:
             config = {}
     summary, problem = (None, "")
     if (path / SUMMARY).is_file():
