@@ -114,29 +114,33 @@ def gather_to_main(obj) -> list | None:
 
 class StopVote:
     """Whether any process was asked to stop (Ctrl-C, SIGTERM: ``flag["stop"]`` names the signal), so that all stop
-    after the same step. In one process, the flag itself. Under torchrun, a sum of the flags over the CPU side
-    group, started before a step and read after it (:meth:`start`, :meth:`result`): it travels while the step runs
-    and adds no synchronisation with the GPU."""
+    after the same step, and whether any could not read its batch for the step (:attr:`failed`). In one process, the
+    flag itself. Under torchrun, a sum of the flags over the CPU side group, started before a step and read after it
+    (:meth:`start`, :meth:`result`): it travels while the step runs and adds no synchronisation with the GPU."""
 
     def __init__(self, flag: dict):
         self.flag = flag
+        self.failed = False  # a process could not read its batch of the step voted on last
 
     @property
     def name(self) -> str:
         return self.flag["stop"] or "a stop request (Ctrl-C or SIGTERM) to another process"
 
-    def start(self):
+    def start(self, failed: bool = False):
+        """Start this step's vote; ``failed``: this process could not read its batch of the step."""
         if _CONTROL is None:
             return None
-        vote = torch.tensor([float(self.flag["stop"] is not None)])
+        vote = torch.tensor([float(self.flag["stop"] is not None), float(failed)])
         return vote, dist.all_reduce(vote, group=_CONTROL, async_op=True)
 
     def result(self, started) -> bool:
+        """Whether any process was asked to stop (:attr:`failed` is set too)."""
         if started is None:
             return self.flag["stop"] is not None
         vote, work = started
         work.wait()
-        return vote.item() > 0
+        self.failed = bool(vote[1] > 0)
+        return bool(vote[0] > 0)
 
     def now(self) -> bool:
         return self.result(self.start())
