@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import os
 import socket
@@ -35,6 +36,7 @@ EXPORT_FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt
 EXPORTS = tuple(f"model{ext}" for ext in EXPORT_FORMATS.values())  # what selfkd export writes there for a run
 MARKER = ".selfkd-run"  # made by selfkd; holds the PID of the process that last locked it
 REPORT_FILES = ("results.md", "results.csv", "index.html", "*.png")  # what selfkd compare writes in its folder
+SWEEP_LOGS, SWEEP_REPORT = "logs", "report"  # in a sweep folder: each run's console output, and the comparison
 DEMO_FILE = "demo.json"  # selfkd demo's record, in its sweep folder
 OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT)
 
@@ -131,9 +133,10 @@ class Kind:
 RUN = Kind("run folder", "--run-dir (or name)", MARKER, OUTPUTS,
            ((TENSORBOARD, ("events.out.tfevents.*",)), (EXPORT, EXPORTS)))
 REPORT = Kind("report folder", "--out", ".selfkd-report", REPORT_FILES)  # selfkd compare
-SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep", ("logs", "report", DEMO_FILE))  # its run folders: RUN
+SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep", (SWEEP_LOGS, SWEEP_REPORT, DEMO_FILE))  # its runs: RUN
 PROFILE = Kind("profile folder", "--profile", ".selfkd-profile", ("*.txt",))  # selfkd bench --profile
 KINDS = (RUN, REPORT, SWEEP, PROFILE)
+
 
 def marked_folder(path: Path) -> tuple[Path, Kind] | None:
     """The innermost folder that selfkd made (it holds a marker of :data:`KINDS`) among ``path`` and the folders
@@ -189,10 +192,9 @@ def check_free(path: Path, kind: Kind = RUN) -> None:
             os.close(fd)
 
 
-def _outputs(path: Path, kind: Kind) -> list[str]:
-    """The names of the files (and links) of ``kind.outputs`` in ``path``."""
-    return sorted({p.name for pattern in kind.outputs for p in path.glob(pattern)}
-                  | {name for name in kind.outputs if os.path.lexists(path / name)})
+def _matches(folder: Path, patterns) -> list[Path]:
+    """The entries of ``folder`` (links too, even dangling ones) that ``patterns`` (names, glob patterns) name."""
+    return sorted(e for e in folder.iterdir() if any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
 
 
 def _check_makeable(path: Path, kind: Kind) -> None:
@@ -218,7 +220,7 @@ def check_own(path: Path, kind: Kind, marked: bool | None = None) -> list[str]:
             f"The {kind.noun} {path} is not empty ({shown}) and selfkd did not make it (it has no {kind.marker}). "
             "selfkd writes only into folders it made or found empty, and --overwrite never deletes files selfkd did "
             f"not write. Choose another {kind.flag}, or move those files away yourself.{older}")
-    return _outputs(path, kind) if entries else []
+    return [p.name for p in _matches(path, kind.outputs)] if entries else []
 
 
 def check_new(path: Path, overwrite: bool, marked: bool | None = None) -> None:
@@ -359,8 +361,7 @@ def clear(path: Path, kind: Kind = RUN) -> None:
     for folder, patterns in ((path, (*kind.outputs, ".*.tmp")), *((path / sub, pats) for sub, pats in kind.inside)):
         if folder.is_symlink() or not folder.is_dir():
             continue
-        for pattern in patterns:
-            for p in folder.glob(pattern):
-                remove(p)
+        for p in _matches(folder, patterns):
+            remove(p)
         if folder != path and not any(folder.iterdir()):
             folder.rmdir()

@@ -31,7 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import open_nofollow
-from .runfolder import CHECKPOINT, CONFIG, SUMMARY, SWEEP, check_own, open_folder, release
+from .runfolder import (
+    CHECKPOINT,
+    CONFIG,
+    REPORT,
+    SUMMARY,
+    SWEEP,
+    SWEEP_LOGS,
+    SWEEP_REPORT,
+    check_own,
+    open_folder,
+    release,
+)
 from .tasks import DEFAULT_TASK, TASKS
 from .threads import child_thread_env
 
@@ -73,7 +84,8 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
     from .methods import method_class
     from .report.runs import differing_settings
 
-    check_own(out, SWEEP)
+    check_own(out, SWEEP)  # and its report folder: refused before any run rather than after all of them
+    check_own(out / SWEEP_REPORT, REPORT)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if on_gpus:
         flags["device"] = "cuda"  # each child sees only its own GPU (CUDA_VISIBLE_DEVICES)
@@ -251,9 +263,9 @@ def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | P
                   f"({', '.join(job.changed)}); it is {state}. Delete the folder to run it anew.", flush=True)
     lock = open_folder(out, SWEEP, lambda marked: check_own(out, SWEEP, marked))
     try:
-        codes, interrupted = run_jobs(jobs, out / "logs", gpus, estimates)
+        codes, interrupted = run_jobs(jobs, out / SWEEP_LOGS, gpus, estimates)
         existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
-        report = (compare(existing, out / "report", note=note, title=f"selfkd sweep {out.name}", overwrite=True)
+        report = (compare(existing, out / SWEEP_REPORT, note=note, title=f"selfkd sweep {out.name}", overwrite=True)
                   if existing else None)
     finally:
         release(lock)
@@ -269,7 +281,8 @@ def print_outcome(result: SweepResult, out: Path) -> int:
         print("Sweep interrupted; run the same command again to resume it.", file=sys.stderr)
         return 130
     if result.failed:
-        print(f"{len(result.failed)} run(s) failed: " + ", ".join(f"{j.name} (log {out / 'logs' / (j.name + '.log')})"
+        logs = out / SWEEP_LOGS
+        print(f"{len(result.failed)} run(s) failed: " + ", ".join(f"{j.name} (log {logs / (j.name + '.log')})"
                                                                for j in result.failed), file=sys.stderr)
         return 1
     return 0
