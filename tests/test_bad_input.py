@@ -577,9 +577,13 @@ CASES = [
     Case("model-name-of-10-mb", TRAIN + " --set model.name={huge}", 2,
          "Unknown model '" + "x" * 60 + "'… (10,000,000 characters). Run `selfkd list models`", ("new",)),
     Case("model-name-of-10-mb-in-the-default-run-folder", "train -c {cfg} --set model.name={huge}", 2,
-         "name 'synthetic_xxxxxxxxxx", ("runs",)),
+         "The path 'runs/synthetic_xxxxxxxxxx", ("runs",)),
     Case("run-name-longer-than-a-file-name", "train -c {cfg} --name {long}", 2,
-         "is 300 bytes long, but a file name holds at most 255 bytes. Choose a shorter run name", ("runs",)),
+         "The path 'runs/nnnnnnnnnn", ("runs",)),
+    Case("compare-out-longer-than-a-file-name", "compare {run} --out {tmp}/{long}", 2,
+         "is too long for the file system (a file name holds at most 255 bytes", ("run",), copy_run),
+    Case("export-out-longer-than-a-file-name", "export {run} --format safetensors --out {tmp}/{long}.st", 2,
+         "is too long for the file system", ("run",), copy_run),
 ]
 
 

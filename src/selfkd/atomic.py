@@ -69,7 +69,8 @@ def atomic_write(path: Path, write, then: str = AGAIN) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if not isinstance(err, Exception) or isinstance(err, SelfKDError):  # Ctrl-C, SystemExit; explained already
+        explained = isinstance(err, SelfKDError) or getattr(err, "errno", 0) == errno.ENAMETOOLONG  # by the CLI
+        if not isinstance(err, Exception) or explained:  # Ctrl-C, SystemExit
             raise
         raise TrainingError(f"Could not write {path}: {reason}. The previous file (if any) is intact and nothing "
                             f"half-written was left. {then}") from None

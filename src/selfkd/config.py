@@ -7,7 +7,6 @@ registered constructor's signature when the run is built (see :func:`selfkd.regi
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import warnings
 from collections.abc import Hashable, Sequence
@@ -24,7 +23,6 @@ from .registry import closest
 from .tasks import TASK_NAMES
 
 Task = Literal[("auto", *TASK_NAMES)]  # auto: what the dataset's labels are
-NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 
 
 class Section(BaseModel):
@@ -112,13 +110,7 @@ class Config(Section):
 
     @property
     def run_path(self) -> Path:
-        path = Path(self.run_dir) if self.run_dir else Path("runs") / self.run_name
-        long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
-        if long is not None:
-            given = "run_dir" if self.run_dir else "run name (name, or the model, method and dataset names in it)"
-            raise ConfigError(f"The run folder's name {short(long)} is {len(os.fsencode(long)):,} bytes long, but a "
-                              f"file name holds at most {NAME_MAX} bytes. Choose a shorter {given}.")
-        return path
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.run_name
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

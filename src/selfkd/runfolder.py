@@ -10,6 +10,7 @@ is never opened through a link. Every check here reads; nothing is written befor
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import json
@@ -305,7 +306,7 @@ def open_folder(path: Path, kind: Kind, check, overwrite: bool = False) -> int:
         if fd is not None:
             os.close(fd)
         _undo(path, kind, made, mine)
-        if isinstance(err, OSError):
+        if isinstance(err, OSError) and err.errno != errno.ENAMETOOLONG:  # a name too long: said by the CLI
             raise ConfigError(f"Cannot write in the {kind.noun} {path}: {write_failure(err, path)}. Free some space "
                               f"or make it writable, or choose another {kind.flag}; then run the command again.") \
                 from None
@@ -314,11 +315,9 @@ def open_folder(path: Path, kind: Kind, check, overwrite: bool = False) -> int:
 
 def _undo(path: Path, kind: Kind, made: list[Path], mine: bool) -> None:
     """Remove the marker (``mine``: this process made it) and the folders in ``made`` (deepest first), where empty."""
-    with contextlib.suppress(OSError):
-        if mine:
-            (path / kind.marker).unlink()
-        for folder in made:
-            folder.rmdir()
+    for remove in ([(path / kind.marker).unlink] if mine else []) + [folder.rmdir for folder in made]:
+        with contextlib.suppress(OSError):
+            remove()
 
 
 def open_run(path: Path, resume: bool, overwrite: bool) -> int:
