@@ -178,7 +178,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value (e.g. --set optim.lr=0.05), got {short(item)}.")
     key, raw = item.split("=", 1)
     try:
-        value = parse_yaml(raw, f"--set {short(key.strip(), 40)[1:-1]}=...") if raw.strip() else None
+        value = parse_yaml(raw, f"--set {short(key.strip(), 40, quoted=False)}=...") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -190,7 +190,7 @@ def set_key(data: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"Cannot set '{dotted}': '{part}' is a value, not a section.")
+            raise ConfigError(f"Cannot set {short(dotted)}: {short(part)} is a value, not a section.")
         node = nxt
     node[parts[-1]] = value
 
@@ -209,7 +209,7 @@ class _StrictLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key '{short(key)[1:-1]}' is given twice",
+                raise yaml.constructor.ConstructorError(None, None, f"the key {short(key)} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)

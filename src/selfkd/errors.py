@@ -27,11 +27,13 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 6, 60, 60
 
 
-def short(value, limit: int = 60) -> str:
-    """How a message quotes a user's value: its ``repr``, at most about ``limit`` characters. A longer string is cut
-    and its length said; a container is cut without walking all of it (a YAML alias bomb stays cheap)."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}… ({len(value):,} characters)"
+def short(value, limit: int = 60, quoted: bool = True) -> str:
+    """How a message quotes a user's value: its ``repr`` (a string without its quotes unless ``quoted``), at most
+    about ``limit`` characters. A longer string is cut and its length said; a container is cut without walking all of
+    it (a YAML alias bomb stays cheap)."""
+    if isinstance(value, str) and (len(value) > limit or not quoted):
+        cut = value[:limit] if quoted else value[:limit].replace("\n", " ")
+        return (repr(cut) if quoted else cut) + (f"… ({len(value):,} characters)" if len(value) > limit else "")
     text = _REPR.repr(value)
     return text if len(text) <= 2 * limit else f"{text[:2 * limit]}…"
 

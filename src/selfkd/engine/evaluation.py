@@ -72,7 +72,7 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     check_run(run_dir, "--run")
     cfg = build_config(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
     given = {"--dataset": (dataset, cfg.data.dataset), "--model": (model, cfg.model.name)}
-    clashes = [f"{flag} {mine} (the run's is {theirs})" for flag, (mine, theirs) in given.items()
+    clashes = [f"{flag} {short(mine, quoted=False)} (the run's is {theirs})" for flag, (mine, theirs) in given.items()
                if mine and mine != theirs]
     if clashes:
         raise ConfigError(f"selfkd eval --run evaluates {run_dir} on its own dataset and model, but got "
