@@ -7,14 +7,18 @@ checks that there is no traceback and, for an error, one ``selfkd: error:`` para
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -146,6 +150,184 @@ def duplicate_keys(tmp, run):
     (tmp / "dup.yaml").write_text(yaml.safe_dump(_config(tmp)) + "seed: 1\n")
 
 
+def yaml_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML value: ``levels`` levels of 10 aliases each (10**levels strings once expanded)."""
+    anchors = ["&a0 [" + ", ".join(["lol"] * 10) + "]"]
+    anchors += [f"&a{k} [" + ", ".join([f"*a{k - 1}"] * 10) + "]" for k in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+def bomb_config(tmp, run):
+    """A config whose run name is a YAML alias bomb."""
+    (tmp / "bomb.yaml").write_text(yaml.safe_dump(_config(tmp)) + f"defs: {yaml_bomb()}\nname: *a8\n")
+
+
+def mine(tmp) -> Path:
+    """A file of the user's, {tmp}/mine.txt."""
+    (tmp / "mine.txt").write_text("my thesis")
+    return tmp / "mine.txt"
+
+
+def marker_linked(tmp, run):
+    """A finished run whose .selfkd-run is a link to a file of the user's."""
+    copy_run(tmp, run)
+    (tmp / "run" / ".selfkd-run").unlink()
+    (tmp / "run" / ".selfkd-run").symlink_to(mine(tmp))
+
+
+def temporary_linked(tmp, run):
+    """A finished run where the checkpoint's temporary file is a link to a file of the user's."""
+    copy_run(tmp, run)
+    (tmp / "run" / ".last.pt.tmp").symlink_to(mine(tmp))
+
+
+def two_runs(tmp, run):
+    copy_run(tmp, run)
+    shutil.copytree(run, tmp / "other", symlinks=True)
+
+
+def users_report(tmp, run):
+    """A finished run, and a folder of the user's own holding index.html and results.md."""
+    copy_run(tmp, run)
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "index.html").write_text("<p>my page</p>")
+    (tmp / "mine" / "results.md").write_text("# my results")
+
+
+def a_report(tmp, run):
+    """A finished run and a report of it in {tmp}/report."""
+    from selfkd.report import compare
+
+    copy_run(tmp, run)
+    compare([tmp / "run"], tmp / "report")
+
+
+def disk_full_for_plots(tmp, run):
+    """A finished run; writing a PNG fails half-way as on a full disk."""
+    from matplotlib.figure import Figure
+
+    copy_run(tmp, run)
+    real = Figure.savefig
+
+    def savefig(self, path, **kwargs):
+        real(self, path, **kwargs)
+        with open(path, "r+b") as fh:
+            fh.truncate(100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    Figure.savefig = savefig
+    return lambda: setattr(Figure, "savefig", real)
+
+
+def read_only_folder(tmp, run):
+    """{tmp}/ro, read-only even for root (chattr +i)."""
+    (tmp / "ro").mkdir()
+    if subprocess.run(["chattr", "+i", str(tmp / "ro")], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    return lambda: subprocess.run(["chattr", "-i", str(tmp / "ro")])
+
+
+def sweep_log_linked(tmp, run):
+    """A sweep folder selfkd made whose first run's log is a link to a file of the user's."""
+    (tmp / "sweep" / "logs").mkdir(parents=True)
+    (tmp / "sweep" / ".selfkd-sweep").write_text("")
+    (tmp / "sweep" / "logs" / "ce_s0.log").symlink_to(mine(tmp))
+
+
+def write_seg_folder(root: Path, train: int = 4, classes: str = "sky\nroad\ncar\n", bad_label: int | None = None,
+                     val_label: int | None = None) -> None:
+    """A seg_folder of 8×8 images, K = 3: ``train`` training pairs (the last one's mask all ``bad_label`` when given)
+    and 2 validation pairs (masks all ``val_label`` when given)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for split, names in (("train", [f"t{i}" for i in range(train)]), ("val", ["v0", "v1"])):
+        for name in names:
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+            mask = rng.integers(0, 3, (8, 8), dtype=np.uint8)
+            label = val_label if split == "val" else bad_label if name == names[-1] else None
+            Image.fromarray(mask if label is None else np.full_like(mask, label)).save(root / "masks" / f"{name}.png")
+        (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    (root / "classes.txt").write_text(classes)
+
+
+def seg_folder_recipe(tmp: Path, batch_size: int = 2, **folder) -> None:
+    """{tmp}/segf (:func:`write_seg_folder` with ``folder``) and a tiny recipe for it, segf.yaml: 16² crops of the 8²
+    images (padded), one epoch."""
+    write_seg_folder(tmp / "segf", **folder)
+    cfg = {**_config(tmp), "model": {"name": "frskd_seg_resnet18", "channels": 8, "head_channels": 8},
+           "data": {"dataset": "seg_folder", "data_dir": str(tmp / "segf"), "batch_size": batch_size, "workers": 0,
+                    "image_size": 16, "short_side": [8, 8], "blur": False}}
+    (tmp / "segf.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def empty_classes(tmp, run):
+    seg_folder_recipe(tmp, classes="")
+
+
+def small_images(tmp, run):
+    seg_folder_recipe(tmp)
+
+
+def unlabelled_validation(tmp, run):
+    seg_folder_recipe(tmp, val_label=255)
+
+
+def one_bad_mask(tmp, run):
+    """Eight training pairs, the last with label 9 (K = 3), two images per step on each of two processes (seed 0: in
+    the first batch of process 0; seed 1: in the second of process 1)."""
+    seg_folder_recipe(tmp, batch_size=4, train=8, bad_label=9)
+
+
+def scenes_recipe(tmp, run):
+    """Fashion-MNIST in {tmp}/fashion-mnist, $SELFKD_CACHE in {tmp}/cache, and scenes.yaml: fmnist_scenes of 2 + 2
+    scenes."""
+    write_fashion(tmp / "fashion-mnist", n_train=8, n_test=4)
+    old = os.environ.get("SELFKD_CACHE")
+    os.environ["SELFKD_CACHE"] = str(tmp / "cache")
+    cfg = {**_config(tmp), "model": {"name": "frskd_seg_resnet18", "channels": 8, "head_channels": 8},
+           "data": {"dataset": "fmnist_scenes", "data_dir": str(tmp / "fashion-mnist"), "batch_size": 2,
+                    "image_size": 32, "options": {"train_size": 2, "test_size": 2}}}
+    (tmp / "scenes.yaml").write_text(yaml.safe_dump(cfg))
+    return lambda: os.environ.pop("SELFKD_CACHE") if old is None else os.environ.update(SELFKD_CACHE=old)
+
+
+def poisoned_scenes_cache(tmp, run):
+    """:func:`scenes_recipe`, its scenes cached, then every cached mask pixel set to label 200 (shapes and dtype
+    kept)."""
+    from selfkd.data import load_dataset
+
+    restore = scenes_recipe(tmp, run)
+    load_dataset("fmnist_scenes", tmp / "fashion-mnist", train_size=2, test_size=2)
+    (file,) = (tmp / "cache").glob("fmnist_scenes-*.npz")
+    with np.load(file) as saved:
+        arrays = {key: np.full_like(saved[key], 200) if key.endswith("masks") else saved[key] for key in saved}
+    np.savez(file, **arrays)
+    return restore
+
+
+def seg_run(tmp, run):
+    """A finished tiny segmentation run in {tmp}/seg."""
+    from selfkd.engine import train
+
+    seg_recipe(tmp, run)
+    train({**yaml.safe_load((tmp / "seg.yaml").read_text()), "run_dir": str(tmp / "seg")})
+
+
+def seg_runs_one_with_empty_examples(tmp, run):
+    """Two finished segmentation runs, {tmp}/seg and {tmp}/seg2 (seed 1), seg2's examples.npz holding 0×0 examples
+    (loadable, of the right keys and dtypes)."""
+    seg_run(tmp, run)
+    shutil.copytree(tmp / "seg", tmp / "seg2")
+    summary = json.loads((tmp / "seg2" / "summary.json").read_text())
+    (tmp / "seg2" / "summary.json").write_text(json.dumps({**summary, "seed": 1}))
+    np.savez(tmp / "seg2" / "examples.npz", images=np.zeros((4, 0, 0, 3), np.uint8),
+             masks=np.zeros((4, 0, 0), np.uint8), predictions=np.zeros((4, 0, 0), np.uint8),
+             sizes=np.zeros((4, 2), np.int64), index=np.arange(4), classes=np.array(["a", "b", "c", "d"]))
+
+
 def not_a_run(tmp, run):
     (tmp / "notrun").mkdir()
     (tmp / "notrun" / "readme.txt").write_text("hello")
@@ -176,10 +358,14 @@ class Case(NamedTuple):
     message: str
     unchanged: tuple[str, ...] = ()
     setup: Callable | None = None
+    ranks: int = 1  # more: run under torchrun with that many processes (on the CPU)
 
 
 TRAIN = "train -c {cfg} --run-dir {new}"
 SEG = "train -c {tmp}/seg.yaml --run-dir {new}"
+SEGF = "train -c {tmp}/segf.yaml --run-dir {new}"
+SCENES = "train -c {tmp}/scenes.yaml --run-dir {new}"
+SEGF2 = SEGF + " --method frskd --set method.warmup_epochs=0"  # frskd: every parameter gets a gradient (DDP)
 CASES = [
     # Files that were destroyed or overwritten.
     Case("overwrite-a-project-folder", "train -c {cfg} --run-dir {tmp}/project --overwrite", 2,
@@ -254,8 +440,8 @@ CASES = [
          ("run",), copy_run),
     Case("export-out-below-a-file", "export {run} --format torchscript --out {tmp}/file/m.pt", 2,
          "a file is in its way", ("run", "file"), with_file),
-    Case("compare-out-is-a-file", "compare {run} --out {tmp}/file", 2, "Cannot make the report folder",
-         ("run", "file"), with_file),
+    Case("compare-out-is-a-file", "compare {run} --out {tmp}/file", 2,
+         "The report folder {tmp}/file cannot be made: {tmp}/file is a file", ("run", "file"), with_file),
     Case("compare-a-malformed-summary", "compare {run} --out {tmp}/report", 0,
          "summary.json holds values selfkd does not write (final)", ("run",), summary_final_number),
     Case("one-with-a-last-batch-of-one", TRAIN + " --method one --set data.options.train_size=17", 0,
@@ -317,6 +503,87 @@ CASES = [
     Case("config-a-folder", "train -c {tmp} --run-dir {new}", 2, "is a folder, not a file", ("new",)),
     Case("bench-an-unknown-method", "bench --methods ce,nosuch --steps 1 --warmup 0 --device cpu --width 4", 2,
          "Unknown method 'nosuch'"),
+    # Files lost or overwritten (issue #22).
+    Case("resume-through-a-linked-marker", "train --resume {run} --epochs 3", 2,
+         "{run}/.selfkd-run is a symbolic link. selfkd never writes or locks a file through a link", ("run", "mine.txt"),
+         marker_linked),
+    Case("checkpoint-written-through-a-linked-temporary-file", "train --resume {run} --epochs 2", 0,
+         "final test", ("mine.txt",), temporary_linked),
+    Case("export-into-another-run", "export {run} --format safetensors --out {tmp}/other/", 2,
+         "--out {tmp}/other/model.safetensors is inside the run folder {tmp}/other", ("run", "other"), two_runs),
+    Case("export-over-a-checkpoint", "export {run} --format torchscript --out {run}/last.pt", 2,
+         "--out {run}/last.pt is inside the run folder {run}", ("run",), copy_run),
+    Case("compare-into-a-folder-of-the-users", "compare {run} --out {tmp}/mine", 2,
+         "The report folder {tmp}/mine is not empty (index.html, results.md) and selfkd did not make it",
+         ("run", "mine"), users_report),
+    Case("compare-into-a-run-folder", "compare {run} --out {run}", 2, "selfkd did not make it (it has no "
+         ".selfkd-report)", ("run",), copy_run),
+    Case("compare-over-a-report", "compare {run} --out {tmp}/report", 2,
+         "already holds a report (accuracy_synthetic_cifar_resnet18.png", ("run", "report"), a_report),
+    Case("compare-over-a-report-with-overwrite", "compare {run} --out {tmp}/report --overwrite", 0,
+         "Report: {tmp}/report/index.html", ("run",), a_report),
+    Case("compare-onto-a-full-disk", "compare {run} --out {tmp}/report", 3,
+         "the disk is full", ("run", "report"), disk_full_for_plots),
+    Case("sweep-in-a-read-only-folder", "sweep -c {cfg} --methods ce --out {tmp}/ro/sweep", 2,
+         "Cannot write in the sweep folder {tmp}/ro/sweep", ("ro",), read_only_folder),
+    Case("sweep-out-is-a-file", "sweep -c {cfg} --methods ce --out {tmp}/file", 2,
+         "The sweep folder {tmp}/file cannot be made: {tmp}/file is a file", ("file", "run"), with_file),
+    Case("sweep-into-a-folder-of-the-users", "sweep -c {cfg} --methods ce --out {tmp}/project", 2,
+         "The sweep folder {tmp}/project is not empty (config.yaml, thesis.tex) and selfkd did not make it",
+         ("project",), project),
+    Case("sweep-log-linked", "sweep -c {cfg} --methods ce --out {tmp}/sweep", 2,
+         "{tmp}/sweep/logs/ce_s0.log is a symbolic link", ("mine.txt",), sweep_log_linked),
+    Case("bench-profile-into-a-folder-of-the-users", "bench --methods ce --steps 1 --warmup 0 --device cpu --width 4 "
+         "--profile {tmp}/project", 2, "The profile folder {tmp}/project is not empty", ("project",), project),
+    # Tracebacks for user mistakes (issue #22).
+    Case("seg-folder-classes-txt-empty", SEGF, 2, "{tmp}/segf/classes.txt is empty", ("new", "segf"), empty_classes),
+    Case("pad-label-beyond-the-classes", SEGF + " --set data.pad_label=7", 2,
+         "data.pad_label=7 is no label of seg_folder, whose classes are 0..2", ("new",), small_images),
+    Case("scenes-with-a-million-items", SCENES + " --set data.options.max_items=1000000", 2,
+         "'max_items' must be less than or equal to 64 (got 1000000)", ("new",), scenes_recipe),
+    Case("scenes-beyond-the-memory", SCENES + " --set data.options.train_size=1000000000", 2,
+         "fmnist_scenes with these options needs about", ("new",), scenes_recipe),
+    Case("synthetic-beyond-the-memory", TRAIN + " --set data.options.image_size=1000000", 2,
+         "synthetic with these options needs about", ("new",)),
+    Case("image-files-cropped-to-100000-pixels", SEGF + " --set data.image_size=100000", 2,
+         "A forward pass of 2 images of 3×100000×100000 needs about", ("new",), small_images),
+    Case("scenes-from-a-poisoned-cache", SCENES, 0, "final test", (), poisoned_scenes_cache),
+    Case("bench-segmentation-at-100000-pixels", "bench --task segmentation --image-size 100000 --steps 1 --warmup 0 "
+         "--device cpu", 2, "synthetic_seg with these options needs about"),
+    Case("compare-a-run-with-empty-examples", "compare {tmp}/seg {tmp}/seg2 --out {tmp}/report", 0,
+         "{tmp}/seg2: examples.npz does not hold examples as selfkd writes them; its predictions are left out",
+         ("seg", "seg2"), seg_runs_one_with_empty_examples),
+    Case("bad-mask-in-the-first-batch-of-one-of-two-processes", SEGF2 + " --seed 0", 1,
+         "selfkd: error: The mask {tmp}/segf/masks/t7.png has label(s) 9", ("segf",), one_bad_mask, ranks=2),
+    Case("bad-mask-in-a-later-batch-of-one-of-two-processes", SEGF2 + " --seed 1", 1,
+         "selfkd: error: The mask {tmp}/segf/masks/t7.png has label(s) 9", ("segf",), one_bad_mask, ranks=2),
+    # Accepted silently (issue #22).
+    Case("segmentation-test-set-without-a-labelled-pixel", SEGF, 2,
+         "The evaluation set holds no labelled pixel", ("segf",), unlabelled_validation),
+    Case("scenes-band-as-wide-as-the-canvas", SCENES + " --set data.options.ignore_band=64", 2,
+         "ignore_band < canvas (got 64: a band as wide as the canvas leaves no pixel labelled)", ("new",),
+         scenes_recipe),
+    Case("export-segmentation-at-100000-pixels", "export {tmp}/seg --format safetensors --image-size 100000", 2,
+         "Exporting at --image-size 100000 (a check batch of 5 images of 3×100000×100000 through the model) needs "
+         "about", ("seg",), seg_run),
+    Case("demo-seeds-empty", "demo --seeds ''", 2, "--seeds is empty; give at least one value."),
+    # Hangs and runaway messages (issue #22).
+    Case("scenes-band-far-wider-than-the-canvas", SCENES + " --set data.options.ignore_band=5000", 2,
+         "ignore_band < canvas (got 5000", ("new",), scenes_recipe),
+    Case("yaml-alias-bomb-as-the-run-name", "train -c {tmp}/bomb.yaml --run-dir {new}", 2,
+         "values once its YAML aliases are expanded; selfkd reads at most 100,000", ("new",), bomb_config),
+    Case("yaml-alias-bomb-in-a-set", TRAIN + " --set name={bomb}", 2,
+         "--set name=... holds 1,234,567,900 values once its YAML aliases are expanded", ("new",)),
+    Case("model-name-of-10-mb", TRAIN + " --set model.name={huge}", 2,
+         "Unknown model '" + "x" * 60 + "'… (10,000,000 characters). Run `selfkd list models`", ("new",)),
+    Case("model-name-of-10-mb-in-the-default-run-folder", "train -c {cfg} --set model.name={huge}", 2,
+         "The path 'runs/synthetic_xxxxxxxxxx", ("runs",)),
+    Case("run-name-longer-than-a-file-name", "train -c {cfg} --name {long}", 2,
+         "The path 'runs/nnnnnnnnnn", ("runs",)),
+    Case("compare-out-longer-than-a-file-name", "compare {run} --out {tmp}/{long}", 2,
+         "is too long for the file system (a file name holds at most 255 bytes", ("run",), copy_run),
+    Case("export-out-longer-than-a-file-name", "export {run} --format safetensors --out {tmp}/{long}.st", 2,
+         "is too long for the file system", ("run",), copy_run),
 ]
 
 
@@ -331,6 +598,19 @@ def snapshot(path: Path):
     return {str(p.relative_to(path)): snapshot(p) for p in sorted(path.rglob("*")) if not p.is_dir() or p.is_symlink()}
 
 
+def torchrun(argv: list[str], ranks: int) -> tuple[int, str, str]:
+    """``selfkd ARGV`` under torchrun with ``ranks`` processes on the CPU: (exit code, stdout, stderr), torchrun's own
+    failure report after the workers' output cut off."""
+    import selfkd
+
+    source = str(Path(selfkd.__file__).parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                           "-m", "selfkd", *argv], env=env, capture_output=True, text=True, timeout=900)
+    workers = done.stderr.split("torch/distributed/elastic/")[0].rsplit("\n", 1)[0]  # the launcher's lines follow
+    return done.returncode, done.stdout, workers
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case, tmp_path, finished, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default run folder would land in ./runs
@@ -338,15 +618,17 @@ def test_bad_input(case, tmp_path, finished, run_cli, monkeypatch):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
     cleanup = case.setup(tmp_path, finished) if case.setup else None
     fill = {"tmp": tmp_path, "cfg": tmp_path / "cfg.yaml", "run": tmp_path / "run", "new": tmp_path / "new",
-            "pid": os.getpid()}
+            "pid": os.getpid(), "bomb": yaml_bomb(), "huge": "x" * 10_000_000, "long": "n" * 300}
     before = {p: snapshot(tmp_path / p) for p in case.unchanged}
     try:
         argv = [arg.format(**fill) for arg in case.argv.split()]
-        code, out, err = run_cli(*[a if a != "''" else "" for a in argv])
+        argv = [a if a != "''" else "" for a in argv]
+        code, out, err = run_cli(*argv) if case.ranks == 1 else torchrun(argv, case.ranks)
     finally:
         if cleanup:
             cleanup()
     assert "Traceback" not in out + err
+    assert len(out + err) < 20_000, f"{len(out + err):,} characters of output"  # a message quotes values short
     assert code == case.code, err
     assert case.message.format(**fill) in (err if code else out + err)
     if code:

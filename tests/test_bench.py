@@ -29,7 +29,7 @@ def test_bench_profile_writes_each_methods_operator_table(tmp_path, run_cli):
     code, _, err = run_cli("bench", "--methods", "dsr", "--width", "8", "--num-classes", "10", "--batch-size", "8",
                            "--steps", "2", "--warmup", "1", "--device", "cpu", "--profile", tmp_path / "prof")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["ce.txt", "dsr.txt"]
+    assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == [".selfkd-profile", "ce.txt", "dsr.txt"]
     table = (tmp_path / "prof" / "dsr.txt").read_text()
     assert table.startswith("2 training steps") and "aten::convolution_backward" in table and "Self CPU time total" in table
 

@@ -55,6 +55,7 @@ def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkey
     import selfkd.demo
     import selfkd.sweep
     from selfkd.demo import measure
+    from selfkd.runfolder import SWEEP
     from selfkd.sweep import SweepResult
 
     data = tmp_path / "data"
@@ -79,6 +80,8 @@ def test_demo_times_its_methods_passes_seeds_and_records_itself(tmp_path, monkey
 
     def fake_sweep(config, methods, seeds, out, flags, note=None, estimates=None, **kwargs):
         calls.append((methods, seeds, estimates))
+        out.mkdir(parents=True)  # the sweep folder, made and marked as the sweep makes it
+        (out / SWEEP.marker).touch()
         return SweepResult([], {}, None)
 
     monkeypatch.setattr(selfkd.sweep, "sweep", fake_sweep)

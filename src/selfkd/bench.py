@@ -17,14 +17,16 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write, make_parent
 from .config import Config, make_config, parse_override
 from .data import load_dataset
 from .engine.distributed import resolve_device
 from .engine.setup import build_run, run_task
 from .engine.step import TrainStep, configure_backends
-from .errors import ConfigError, SelfKDError, first_line
+from .errors import ConfigError, SelfKDError, first_line, short
 from .methods import method_class
 from .models import create_model
+from .runfolder import PROFILE, check_own, open_folder, release
 from .tasks import TASKS
 from .version import __version__
 
@@ -145,8 +147,7 @@ def _profile(step: TrainStep, batches, count: int, device: torch.device, path: P
             step(batch.images, batch.targets, batch.index)
         synchronize(device)
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=40)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{count} training steps, per-operator totals\n{table}\n")
+    atomic_write(path, lambda tmp: tmp.write_text(f"{count} training steps, per-operator totals\n{table}\n"))
 
 
 def bench_data(cfg: Config, splits, device: torch.device, args) -> dict:
@@ -218,7 +219,7 @@ def method_options(items: list[str]) -> dict[str, dict]:
     for item in items:
         key, value = parse_override(item)
         if "." not in key:
-            raise ConfigError(f"bench --set expects METHOD.OPTION=VALUE (e.g. frskd.sla=true), got '{item}'.")
+            raise ConfigError(f"bench --set expects METHOD.OPTION=VALUE (e.g. frskd.sla=true), got {short(item)}.")
         method, option = key.split(".", 1)
         out.setdefault(method, {})[option] = value
     return out
@@ -226,7 +227,8 @@ def method_options(items: list[str]) -> dict[str, dict]:
 
 def run_bench(args) -> int:
     """``selfkd bench`` with its parsed flags ``args`` (see :mod:`selfkd.commands.bench`): time every method in
-    this process, print the table (and write ``--json``)."""
+    this process, print the table (and write ``--json``; ``--profile``: a folder selfkd made for profiles, or an
+    empty one)."""
     device = resolve_device(args.device)
     configure_backends(deterministic=False)  # the same kernel choices as `selfkd train`
     configs = _configs(args, device)
@@ -237,18 +239,34 @@ def run_bench(args) -> int:
           f"{args.image_size}² images, batch {configs['ce'].data.batch_size}, {args.steps} timed "
           f"steps after {args.warmup} warm-up, amp {t.amp}, compile {t.compile}, channels_last {t.channels_last}",
           file=sys.stderr)
-    if args.what == "train":
-        result = {"what": "train", **_train_all(configs, splits, device, args)}
-    else:
-        measure = bench_data if args.what == "data" else bench_eval
-        row = measure(configs["ce"], splits, device, args)
-        print(json.dumps(row, indent=2))
-        result = {"what": args.what, "results": [row]}
+    if args.json:  # before the timing, not after it
+        make_parent(Path(args.json), "--json")
+    profile = Path(args.profile) if args.profile else None
+    lock = open_folder(profile, PROFILE, lambda marked: check_own(profile, PROFILE, marked)) if profile else None
+    try:
+        result = _measure(args, configs, splits, device)
+    finally:
+        if lock is not None:
+            release(lock)
     result.update(settings=_settings(args, t), environment=env)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        atomic_write(Path(args.json), lambda tmp: tmp.write_text(json.dumps(result, indent=2)),
+                     "The results above were not saved; free some space or pass --json with a writable place.")
     return 0
+
+
+def _measure(args, configs: dict[str, Config], splits, device: torch.device) -> dict:
+    """What ``args.what`` asks for; a batch that does not fit the device's memory (or cannot run) is refused with
+    what to lower."""
+    try:
+        if args.what == "train":
+            return {"what": "train", **_train_all(configs, splits, device, args)}
+        row = (bench_data if args.what == "data" else bench_eval)(configs["ce"], splits, device, args)
+    except (RuntimeError, MemoryError) as err:  # torch's out-of-memory errors are RuntimeErrors
+        raise ConfigError(f"ce cannot run {configs['ce'].data.batch_size} images of {args.image_size}² on {device} "
+                          f"({first_line(err, limit=200)}); lower --image-size, --batch-size or --width.") from None
+    print(json.dumps(row, indent=2))
+    return {"what": args.what, "results": [row]}
 
 
 def _configs(args, device: torch.device) -> dict[str, Config]:

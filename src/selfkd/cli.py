@@ -8,12 +8,13 @@ every process raised alike is printed once (by rank 0), any other by the process
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
 
 from .commands import COMMANDS
-from .errors import SelfKDError, SelfKDWarning
+from .errors import SelfKDError, SelfKDWarning, short
 from .version import __version__
 
 
@@ -53,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfkd: interrupted (Ctrl-C); nothing more was written.", file=sys.stderr)
         return 130
+    except OSError as err:  # a path given (or made of names given) that no file system takes
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"selfkd: error: The path {short(str(err.filename))} is too long for the file system (a file name "
+              "holds at most 255 bytes, a path 4,096). Choose a shorter one; a run folder's default name is made of "
+              "the dataset, model and method names.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

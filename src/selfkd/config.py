@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from .data.settings import DataConfig
-from .errors import ConfigError, SelfKDWarning
+from .errors import ConfigError, SelfKDWarning, short
 from .registry import closest
 from .tasks import TASK_NAMES
 
@@ -105,8 +105,8 @@ class Config(Section):
         try:
             return template.format(**fields).replace(":", "-")
         except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"name '{self.name}' has an unknown placeholder ({err}); use {{seed}}, {{method}}, "
-                              "{model} or {dataset}.") from None
+            raise ConfigError(f"name {short(self.name)} has an unknown placeholder ({short(str(err))}); use "
+                              "{seed}, {method}, {model} or {dataset}.") from None
 
     @property
     def run_path(self) -> Path:
@@ -165,9 +165,9 @@ def _explain(err: pydantic.ValidationError, source: str) -> ConfigError:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             name = str(e["loc"][-1])
-            lines.append(f"unknown key '{key}'.{closest(name, _fields_at(e['loc'])) or _elsewhere(name)}")
+            lines.append(f"unknown key {short(key)}.{closest(name, _fields_at(e['loc'])) or _elsewhere(name)}")
         else:
-            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{short(key)}: {e['msg']} (got {short(e.get('input'))})")
     text = "; ".join(line.rstrip(".") for line in lines)
     return ConfigError(f"Invalid configuration in {source}: {text}" + ("" if text.endswith("?") else "."))
 
@@ -175,10 +175,10 @@ def _explain(err: pydantic.ValidationError, source: str) -> ConfigError:
 def parse_override(item: str) -> tuple[str, Any]:
     """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; values are YAML, so ``False`` is a bool."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value (e.g. --set optim.lr=0.05), got '{item}'.")
+        raise ConfigError(f"--set expects key=value (e.g. --set optim.lr=0.05), got {short(item)}.")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw, f"--set {short(key.strip(), 40, quoted=False)}=...") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -190,9 +190,13 @@ def set_key(data: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"Cannot set '{dotted}': '{part}' is a value, not a section.")
+            raise ConfigError(f"Cannot set {short(dotted)}: {short(part)} is a value, not a section.")
         node = nxt
     node[parts[-1]] = value
+
+
+MAX_YAML_BYTES = 2**20  # a config file (recipes are a few kilobytes)
+MAX_YAML_VALUES = 100_000  # values in one YAML document, its aliases expanded (recipes hold a few hundred)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -205,10 +209,46 @@ class _StrictLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
+                raise yaml.constructor.ConstructorError(None, None, f"the key {short(key)} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _values(node, counted: dict, open_nodes: set) -> int:
+    """How many values a YAML node holds with every alias expanded (an alias is the node it names: each node is
+    counted once, so a "billion laughs" document costs no more than its text)."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.constructor.ConstructorError(None, None, "an alias refers to a node that holds it",
+                                                node.start_mark)
+    open_nodes.add(id(node))
+    children = (node.value if isinstance(node, yaml.SequenceNode)
+                else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    counted[id(node)] = 1 + sum(_values(child, counted, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    return counted[id(node)]
+
+
+def parse_yaml(text: str, source: str):
+    """YAML ``text`` (from ``source``, for messages) as Python values. A key given twice is a YAML error; a
+    document that holds more than :data:`MAX_YAML_VALUES` values once its aliases are expanded, or that is nested
+    too deeply to read, is refused before it is built."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if (count := _values(node, {}, set())) > MAX_YAML_VALUES:
+            raise ConfigError(f"{source} holds {count:,} values once its YAML aliases are expanded; selfkd reads at "
+                              f"most {MAX_YAML_VALUES:,} (a config holds a few hundred). Write the values out instead "
+                              "of repeating aliases.")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to read; a config is a few levels of sections.") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -216,8 +256,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"Config file {path} {what}. Recipes live in configs/ (e.g. configs/smoke.yaml).")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"Config file {path} holds {path.stat().st_size:,} bytes; selfkd reads configs of at most "
+                          f"{MAX_YAML_BYTES:,} (a recipe is a few kilobytes). Is it the right file?")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8"), f"Config file {path}") or {}
     except UnicodeDecodeError as err:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {err.start} cannot be decoded); save it as "
                           "UTF-8.") from None

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_write
 from .errors import ConfigError, DatasetError
+from .runfolder import DEMO_FILE
 from .tasks import DEFAULT_TASK, TASKS
 
 SEEDS = {"cpu": [0], "gpu": [0, 1, 2]}  # default --seeds (one on a CPU: `make demo` trains one run per method)
-DEMO_FILE = "demo.json"
 INSTALL_HINT = ("To get Fashion-MNIST: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
                 "`make fashion-mnist` does this), or download the four *-ubyte.gz files from "
                 "github.com/zalandoresearch/fashion-mnist into ./data/fashion-mnist/ (or pass --data-dir).")
@@ -226,8 +227,7 @@ def run_demo(setting: str = "auto", out: str | Path | None = None, methods=None,
         record = {"command": demo_command(setting, task, seeds, methods), "regime": note, "setting": setting,
                   "task": task, "methods": methods, "seeds": seeds, "wall_s": wall_s,
                   "estimate_s": sum(estimates.values()), **_outcome(jobs, result, setting)}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write(out / DEMO_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     return result, out
 
 

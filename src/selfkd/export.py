@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, make_parent
 from .engine.evaluation import rebuild_eval_model
 from .errors import CheckpointError, ConfigError, SelfKDError, first_line
-from .runfolder import EXPORT, EXPORT_FORMATS, WEIGHTS
+from .memory import check_fits, forward_bytes
+from .runfolder import EXPORT, EXPORT_FORMATS, WEIGHTS, marked_folder
 from .weights import weights_bytes
 
 ONNX_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}  # module -> pip name
@@ -144,13 +145,10 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
     model, meta = rebuild(weights)
     out = output_path(weights, out, fmt)
     size = input_size(meta, image_size)
+    check_fits(forward_bytes(5, meta["in_channels"], size), f"Exporting at --image-size {size} (a check batch of 5 "
+               f"images of {meta['in_channels']}×{size}×{size} through the model)", "--image-size")
     example, check = _inputs(model, meta, size)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
-        raise ConfigError(f"Cannot write {out}: its folder {out.parent} cannot be made ({reason}). Pass --out with a "
-                          "writable place.") from None
+    make_parent(out, "--out")
     diff, tolerance = _write_checked(model, meta, fmt, weights, out, example, check)
     return {"path": str(out), "format": fmt, "model": meta["model"], "num_classes": meta["num_classes"],
             "input_shape": [None, meta["in_channels"], size, size], "max_abs_diff": diff, "tolerance": tolerance}
@@ -158,12 +156,20 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, image_si
 
 def output_path(weights: Path, out: str | Path | None, fmt: str) -> Path:
     """Where the export goes: ``--out`` (a file, or a folder to write ``model<ext>`` in), by default the run's
-    ``export/`` folder; never the weights file itself."""
-    out = Path(out) if out else weights.parent / EXPORT
-    if out == weights.parent / EXPORT or out.is_dir():  # a folder: the file goes in it under its usual name
+    ``export/`` folder. Never the weights file itself, and never inside another folder selfkd made (a run folder,
+    a report...), whose files it would replace: only the run's own ``export/`` folder there."""
+    own = weights.parent / EXPORT
+    out = Path(out) if out else own
+    if out == own or out.is_dir():  # a folder: the file goes in it under its usual name
         out = out / f"{weights.name.split('.')[0]}{EXPORT_FORMATS[fmt]}"
     if out.resolve() == weights.resolve():
         raise ConfigError(f"--out {out} is the weights file being exported; choose another path.")
+    holder = marked_folder(out.parent)
+    if holder is not None and (own.is_symlink() or out.parent.absolute() != own.absolute()):
+        folder, kind = holder
+        raise ConfigError(f"--out {out} is inside the {kind.noun} {folder}, which holds only the files selfkd writes "
+                          f"there (it has {kind.marker}); an export could replace one of them. Choose a path outside "
+                          f"it, or leave --out out to write {own / out.name}.")
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .comm import all_gather_cat, all_reduce_sum
+from .errors import DatasetError
 from .tasks import TASKS
 
 ECE_BINS = 15
@@ -270,17 +271,25 @@ class Evaluation:
 
     def __init__(self, task: str, num_classes: int, device: torch.device):
         self.metrics = [cls(num_classes, device, TASKS[task].ignore_index) for cls in task_metrics(task)]
+        self.unit = "pixel" if TASKS[task].dense else "image"  # what the headline metric counts
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         for m in self.metrics:
             m.update(logits, targets)
 
     def result(self) -> dict:
-        """Every metric's numbers, after combining the state of all processes."""
+        """Every metric's numbers, after combining the state of all processes. An evaluation set without one
+        labelled target is refused: every metric would be NaN."""
         out: dict = {}
         for m in self.metrics:
             m.sync()
             out.update(m.result())
+        if out.get("n") == 0:
+            error = DatasetError(f"The evaluation set holds no labelled {self.unit} (every target is marked "
+                                 f"unlabelled: {self.metrics[0].ignore_index}), so every metric would be NaN. Label "
+                                 "some of its test images, or evaluate on another split.")
+            error.agreed = True  # every process combined the same counts
+            raise error
         return out
 
     def files(self) -> dict[str, object]:

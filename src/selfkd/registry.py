@@ -7,7 +7,7 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import Field
 
-from .errors import ConfigError
+from .errors import ConfigError, short
 from .tasks import DEFAULT_TASK
 
 F = TypeVar("F", bound=Callable)
@@ -47,7 +47,7 @@ class Registry(Generic[F]):
             what = f"{self.task} {self.kind}" if other_task else self.kind
             listing = f"selfkd list {self.kind}s" + (f" --task {self.task}" if other_task else "")
             raise ConfigError(
-                f"Unknown {what} '{name}'.{closest(name, self._entries)} "
+                f"Unknown {what} {short(name)}.{closest(name, self._entries)} "
                 f"Run `{listing}` to see the {len(self._entries)} available names."
             )
         return self._entries[name]
@@ -99,13 +99,13 @@ def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple 
         for key in kwargs:
             if key not in valid:
                 raise ConfigError(
-                    f"Unknown option '{key}' for {kind} '{name}'.{closest(key, valid)} "
+                    f"Unknown option {short(key)} for {kind} {short(name)}.{closest(key, valid)} "
                     f"Valid options: {', '.join(valid) or '(none)'}."
                 )
     missing = [p for p in valid if params[p].default is params[p].empty and p not in kwargs
                and params[p].kind is not params[p].VAR_KEYWORD]
     if missing:
-        raise ConfigError(f"{kind.capitalize()} '{name}' needs the option(s) {', '.join(missing)}: give them in "
+        raise ConfigError(f"{kind.capitalize()} {short(name)} needs the option(s) {', '.join(missing)}: give them in "
                           f"the {kind}'s section of the config (or as keyword arguments in Python).")
     hints = _annotations(fn)
     fields = {key: (hints.get(key, Any), ...) for key in kwargs}
@@ -115,7 +115,7 @@ def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple 
         checked = options(**kwargs)
     except pydantic.ValidationError as err:
         problems = "; ".join(_problem(e, params) for e in err.errors())
-        raise ConfigError(f"Bad option for {kind} '{name}': {problems}.") from None
+        raise ConfigError(f"Bad option for {kind} {short(name)}: {problems}.") from None
     return fn(*fixed, **{key: getattr(checked, key) for key in kwargs})
 
 
@@ -127,4 +127,4 @@ def _problem(error: dict, params) -> str:
     default = params[key].default
     hint = ("" if default is params[key].empty else "; leave it out for the default" if default is None
             else f"; the default is {default!r}")
-    return f"'{key}{where}' {what} (got {error.get('input')!r}){hint}"
+    return f"'{key}{where}' {what} (got {short(error.get('input'))}){hint}"

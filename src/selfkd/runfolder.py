@@ -1,16 +1,18 @@
 """The run folder: its layout, shared by the engine that writes it and the commands that read it (eval, compare,
-sweep, export), and its life.
+sweep, export), and the life of every folder selfkd writes (:class:`Kind`: run, report, sweep and profile folders).
 
-selfkd writes only into a folder it made or found empty, and marks it (:data:`MARKER`) when it starts writing. The
-process that writes a run holds an exclusive lock on the marker (``flock``: the kernel releases it when the process
-ends, however it ends; processes it forks, such as DataLoader workers, close their copy). ``--overwrite`` deletes
-only the files selfkd writes (:data:`OUTPUTS`), only in a marked folder. Every check here reads; nothing is written
-before :func:`open_run`.
+selfkd writes only into a folder it made or found empty, and marks it (:attr:`Kind.marker`, e.g. :data:`MARKER`)
+when it starts writing. The process that writes there holds an exclusive lock on the marker (``flock``: the kernel
+releases it when the process ends, however it ends; processes it forks, such as DataLoader workers, close their
+copy). ``--overwrite`` deletes only the files selfkd writes (:attr:`Kind.outputs`), only in a marked folder. A marker
+is never opened through a link. Every check here reads; nothing is written before :func:`open_folder`.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import fnmatch
 import json
 import os
 import socket
@@ -18,7 +20,7 @@ import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .atomic import write_failure
+from .atomic import new_file, open_nofollow, write_failure
 from .errors import ConfigError
 
 CONFIG = "config.yaml"  # the config as given (auto values kept), written when the run starts and on each resume
@@ -34,6 +36,9 @@ EXPORT = "export"  # selfkd export's default folder
 EXPORT_FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}  # -> extension
 EXPORTS = tuple(f"model{ext}" for ext in EXPORT_FORMATS.values())  # what selfkd export writes there for a run
 MARKER = ".selfkd-run"  # made by selfkd; holds the PID of the process that last locked it
+REPORT_FILES = ("results.md", "results.csv", "index.html", "*.png")  # what selfkd compare writes in its folder
+SWEEP_LOGS, SWEEP_REPORT = "logs", "report"  # in a sweep folder: each run's console output, and the comparison
+DEMO_FILE = "demo.json"  # selfkd demo's record, in its sweep folder
 OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT)
 
 
@@ -113,7 +118,38 @@ def finished_summary(path: Path, method: str, model: str, dataset: str, epochs: 
     return done if same and newer and isinstance(done.get("epochs"), int) and done["epochs"] >= epochs else None
 
 
-_HELD: set[int] = set()  # the run folder locks this process holds (open_run), released by release()
+@dataclass(frozen=True)
+class Kind:
+    """A kind of folder selfkd writes: what it is called, the flag that names it, its marker (made by selfkd, locked
+    while a process writes there), the files selfkd writes in it (names or glob patterns: what --overwrite deletes)
+    and in its subfolders (``inside``: subfolder, patterns)."""
+
+    noun: str
+    flag: str
+    marker: str
+    outputs: tuple[str, ...]
+    inside: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+RUN = Kind("run folder", "--run-dir (or name)", MARKER, OUTPUTS,
+           ((TENSORBOARD, ("events.out.tfevents.*",)), (EXPORT, EXPORTS)))
+REPORT = Kind("report folder", "--out", ".selfkd-report", REPORT_FILES)  # selfkd compare
+SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep", (SWEEP_LOGS, SWEEP_REPORT, DEMO_FILE))  # its runs: RUN
+PROFILE = Kind("profile folder", "--profile", ".selfkd-profile", ("*.txt",))  # selfkd bench --profile
+KINDS = (RUN, REPORT, SWEEP, PROFILE)
+
+
+def marked_folder(path: Path) -> tuple[Path, Kind] | None:
+    """The innermost folder that selfkd made (it holds a marker of :data:`KINDS`) among ``path`` and the folders
+    above it (links resolved), with its kind; None when there is none."""
+    for folder in (resolved := Path(path).resolve(), *resolved.parents):
+        for kind in KINDS:
+            if os.path.lexists(folder / kind.marker):
+                return folder, kind
+    return None
+
+
+_HELD: set[int] = set()  # the folder locks this process holds (open_folder), released by release()
 
 
 def _close_held_in_child() -> None:
@@ -129,60 +165,69 @@ os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def release(lock: int) -> None:
-    """Release a run folder locked by :func:`open_run`."""
+    """Release a folder locked by :func:`open_folder`."""
     _HELD.discard(lock)
     os.close(lock)
 
 
-def _lock(fd: int, path: Path, shared: bool = False) -> None:
-    """Lock the open marker ``fd`` of the run folder ``path`` (``shared``: only to check that no process holds it
+def _lock(fd: int, path: Path, kind: Kind, shared: bool = False) -> None:
+    """Lock the open marker ``fd`` of the folder ``path`` (``shared``: only to check that no process holds it
     exclusively, so that several processes can check at once), or refuse naming the process that holds it."""
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = (os.read(fd, 200).decode(errors="replace").strip().splitlines() or ["pid unknown"])[-1]
-        raise ConfigError(f"The run folder {path} is in use by another selfkd process ({holder}). Wait for it to "
-                          "end, or stop it (Ctrl-C or SIGTERM: it saves a checkpoint), or choose another --run-dir.") \
-            from None
+        stop = " (Ctrl-C or SIGTERM: it saves a checkpoint)" if kind is RUN else ""
+        raise ConfigError(f"The {kind.noun} {path} is in use by another selfkd process ({holder}). Wait for it to "
+                          f"end, or stop it{stop}, or choose another {kind.flag}.") from None
 
 
-def check_free(path: Path) -> None:
-    """Refuse a run folder that another process holds (reads only: a shared lock is taken and given back at once, so
-    the processes of one torchrun can check the same folder together)."""
-    if path.is_dir() and (path / MARKER).is_file():
-        fd = os.open(path / MARKER, os.O_RDONLY)
+def check_free(path: Path, kind: Kind = RUN) -> None:
+    """Refuse a folder that another process holds, or whose marker is a link (reads only: a shared lock is taken and
+    given back at once, so the processes of one torchrun can check the same folder together)."""
+    if path.is_dir() and os.path.lexists(path / kind.marker):
+        fd = open_nofollow(path / kind.marker, os.O_RDONLY)
         try:
-            _lock(fd, path, shared=True)
+            _lock(fd, path, kind, shared=True)
         finally:
             os.close(fd)
 
 
-def _outputs(path: Path) -> list[str]:
-    return [name for name in OUTPUTS if (path / name).exists() or (path / name).is_symlink()]
+def _matches(folder: Path, patterns) -> list[Path]:
+    """The entries of ``folder`` (links too, even dangling ones) that ``patterns`` (names, glob patterns) name."""
+    return sorted(e for e in folder.iterdir() if any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
+
+
+def _check_makeable(path: Path, kind: Kind) -> None:
+    """Refuse a folder that cannot be made because a file is in its way (it, or a folder above it, is a file)."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"The {kind.noun} {path} cannot be made: {blocker} is a file. Choose another {kind.flag}.")
+
+
+def check_own(path: Path, kind: Kind, marked: bool | None = None) -> list[str]:
+    """Refuse a folder selfkd may not write in as ``kind``: a file in the way, or a non-empty folder selfkd did not
+    make (``marked``: whether it did; default: it holds the kind's marker). Returns the outputs of ``kind`` it
+    holds. Reads only."""
+    _check_makeable(path, kind)
+    if not path.is_dir():
+        return []
+    entries = sorted(e.name for e in path.iterdir() if e.name != kind.marker)
+    if entries and not (os.path.lexists(path / kind.marker) if marked is None else marked):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        older = (f" If it is the run folder of an older selfkd, continue it with `selfkd train --resume {path}`."
+                 if kind is RUN and (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() else "")
+        raise ConfigError(
+            f"The {kind.noun} {path} is not empty ({shown}) and selfkd did not make it (it has no {kind.marker}). "
+            "selfkd writes only into folders it made or found empty, and --overwrite never deletes files selfkd did "
+            f"not write. Choose another {kind.flag}, or move those files away yourself.{older}")
+    return [p.name for p in _matches(path, kind.outputs)] if entries else []
 
 
 def check_new(path: Path, overwrite: bool, marked: bool | None = None) -> None:
-    """Refuse a folder that a new run may not write in: a file, a non-empty folder selfkd did not make, or (without
-    ``overwrite``) a run folder that already holds a run. ``marked``: whether selfkd made the folder (default: it
-    holds the marker). Reads only."""
-    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"The run folder {path} cannot be made: {blocker} is a file. Choose another --run-dir "
-                          "(or name).")
-    if not path.is_dir():
-        return
-    entries = sorted(e.name for e in path.iterdir() if e.name != MARKER)
-    if not entries:
-        return
-    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    if not ((path / MARKER).is_file() if marked is None else marked):
-        older = (f" If it is the run folder of an older selfkd, continue it with `selfkd train --resume {path}`."
-                 if (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() else "")
-        raise ConfigError(
-            f"The run folder {path} is not empty ({shown}) and selfkd did not make it (it has no {MARKER}). selfkd "
-            "writes only into folders it made or found empty, and --overwrite never deletes files selfkd did not "
-            f"write. Choose another --run-dir (or name), or move those files away yourself.{older}")
-    outputs = _outputs(path)
+    """Refuse a folder that a new run may not write in: see :func:`check_own`, and (without ``overwrite``) a run
+    folder that already holds a run. Reads only."""
+    outputs = check_own(path, RUN, marked)
     if not outputs or overwrite:
         return
     if (path / CHECKPOINT).is_file():
@@ -194,6 +239,15 @@ def check_new(path: Path, overwrite: bool, marked: bool | None = None) -> None:
         f"The run folder {path} holds a run that stopped before its first checkpoint ({', '.join(outputs)}; no "
         f"{CHECKPOINT}), so there is nothing to resume. Start it over with --overwrite (deletes the files selfkd "
         "wrote in it), or choose another --run-dir (or name).")
+
+
+def check_report(path: Path, overwrite: bool, marked: bool | None = None) -> None:
+    """Refuse a folder a report may not be written to: see :func:`check_own`, and (without ``overwrite``) a report
+    folder that already holds a report. Reads only."""
+    outputs = check_own(path, REPORT, marked)
+    if outputs and not overwrite:
+        raise ConfigError(f"The report folder {path} already holds a report ({', '.join(outputs[:5])}). Replace it "
+                          "with --overwrite (deletes the files selfkd wrote in it), or choose another --out.")
 
 
 def check_run(path: Path, flag: str) -> None:
@@ -222,59 +276,91 @@ def next_step(path: Path) -> str:
     return "Nothing was saved; run the same command again."
 
 
-def open_run(path: Path, resume: bool, overwrite: bool) -> int:
-    """Create ``path`` if needed, mark and lock it for this process and check again under the lock; with
-    ``overwrite`` (a new run) delete the files selfkd wrote in it. Returns the lock (a file descriptor: closing it,
-    or the process ending, releases it: see :func:`release`). Refuses a folder another process holds, naming that
-    process. What this call made (folders, the marker) is removed again when it fails."""
+def open_folder(path: Path, kind: Kind, check, overwrite: bool = False) -> int:
+    """Create ``path`` if needed, mark and lock it for this process and ``check(marked)`` it again under the lock
+    (``marked``: whether it held the marker before); with ``overwrite`` delete the files selfkd wrote in it. Returns
+    the lock (a file descriptor: closing it, or the process ending, releases it: see :func:`release`). Refuses a
+    folder another process holds, naming that process. What this call made (folders, the marker) is removed again
+    when it fails."""
+    _check_makeable(path, kind)
     made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this call makes, deepest first
     fd, marked, mine = None, True, False  # marked: the folder held the marker before; mine: this call made it
     try:
         path.mkdir(parents=True, exist_ok=True)
         try:
-            fd, marked = os.open(path / MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), False
+            fd, marked = open_nofollow(path / kind.marker, os.O_RDWR | os.O_CREAT | os.O_EXCL), False
         except FileExistsError:
-            fd = os.open(path / MARKER, os.O_RDWR)
-        _lock(fd, path)
+            fd = open_nofollow(path / kind.marker, os.O_RDWR)
+        _lock(fd, path, kind)
         mine = not marked  # and locked: no other process took it meanwhile
-        if resume:
-            check_run(path, "--resume")
-        else:
-            check_new(path, overwrite, marked)
+        check(marked)
         os.ftruncate(fd, 0)
-        os.write(fd, f"selfkd run folder\npid {os.getpid()} on {socket.gethostname()}\n".encode())
-        probe = path / f"{MARKER}.tmp"  # every write makes a temporary file first: can it?
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o666))
-        probe.unlink()
-        if overwrite and not resume:
-            clear(path)
+        os.write(fd, f"selfkd {kind.noun}\npid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.close(new_file(path / f"{kind.marker}.tmp"))  # every write makes a temporary file first: can it?
+        (path / f"{kind.marker}.tmp").unlink()
+        if overwrite:
+            clear(path, kind)
         _HELD.add(fd)
         return fd
     except BaseException as err:
         if fd is not None:
             os.close(fd)
-        with contextlib.suppress(OSError):
-            if mine:
-                (path / MARKER).unlink()
-            for folder in made:
-                folder.rmdir()
-        if isinstance(err, OSError):
-            raise ConfigError(f"Cannot write in the run folder {path}: {write_failure(err, path)}. Free some space or "
-                              "make it writable, or choose another --run-dir; then run the command again.") from None
+        _undo(path, kind, made, mine)
+        if isinstance(err, OSError) and err.errno != errno.ENAMETOOLONG:  # a name too long: said by the CLI
+            raise ConfigError(f"Cannot write in the {kind.noun} {path}: {write_failure(err, path)}. Free some space "
+                              f"or make it writable, or choose another {kind.flag}; then run the command again.") \
+                from None
         raise
 
 
-def clear(path: Path) -> None:
-    """Delete the files selfkd writes in the run folder ``path`` (a link is deleted, never what it points to);
-    other files stay."""
+def _undo(path: Path, kind: Kind, made: list[Path], mine: bool) -> None:
+    """Remove the marker (``mine``: this process made it) and the folders in ``made`` (deepest first), where empty."""
+    for remove in ([(path / kind.marker).unlink] if mine else []) + [folder.rmdir for folder in made]:
+        with contextlib.suppress(OSError):
+            remove()
+
+
+def open_run(path: Path, resume: bool, overwrite: bool) -> int:
+    """:func:`open_folder` for a run: checked as a run to resume (:func:`check_run`) or a new one (:func:`check_new`);
+    ``overwrite`` (a new run) deletes the files selfkd wrote in it."""
+    def check(marked: bool) -> None:
+        if resume:
+            check_run(path, "--resume")
+        else:
+            check_new(path, overwrite, marked)
+
+    return open_folder(path, RUN, check, overwrite and not resume)
+
+
+@contextlib.contextmanager
+def report_folder(path: Path, overwrite: bool):
+    """Write a report into ``path`` (:func:`open_folder` as :data:`REPORT`, checked by :func:`check_report`) within
+    the ``with`` block; when the block fails, the files it wrote are deleted again, and the folder and marker too
+    where this call made them: a report is written whole or not at all."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    fresh = not os.path.lexists(path / REPORT.marker)
+    lock = open_folder(path, REPORT, lambda marked: check_report(path, overwrite, marked), overwrite)
+    try:
+        yield
+    except BaseException:
+        clear(path, REPORT)
+        _undo(path, REPORT, made, fresh)
+        raise
+    finally:
+        release(lock)
+
+
+def clear(path: Path, kind: Kind = RUN) -> None:
+    """Delete the files selfkd writes in the folder ``path`` of ``kind`` (a link is deleted, never what it points
+    to, and never followed into); other files stay."""
     def remove(p: Path) -> None:
         if p.is_symlink() or p.is_file():
             p.unlink()
 
-    tb, export = path / TENSORBOARD, path / EXPORT
-    files = [path / name for name in OUTPUTS] + list(path.glob(".*.tmp")) + [export / n for n in EXPORTS]
-    for p in files + (list(tb.glob("events.out.tfevents.*")) if not tb.is_symlink() else []):
-        remove(p)
-    for folder in (tb, export):
-        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+    for folder, patterns in ((path, (*kind.outputs, ".*.tmp")), *((path / sub, pats) for sub, pats in kind.inside)):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for p in _matches(folder, patterns):
+            remove(p)
+        if folder != path and not any(folder.iterdir()):
             folder.rmdir()

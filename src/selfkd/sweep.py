@@ -1,6 +1,7 @@
 """``selfkd sweep``: train a grid of methods × seeds, one run folder each, then compare them.
 
-The sweep folder holds ``<method>_s<seed>/`` run folders, ``logs/<method>_s<seed>.log`` (each run's
+The sweep folder (made by selfkd, marked and locked while a sweep runs, or found empty:
+:data:`selfkd.runfolder.SWEEP`) holds ``<method>_s<seed>/`` run folders, ``logs/<method>_s<seed>.log`` (each run's
 console output, appended across invocations) and ``report/`` (``selfkd compare`` of the grid).
 Running the same sweep again skips finished runs (summary.json), resumes interrupted ones (last.pt)
 and starts the rest.
@@ -29,7 +30,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runfolder import CHECKPOINT, CONFIG, SUMMARY
+from .atomic import open_nofollow
+from .runfolder import (
+    CHECKPOINT,
+    CONFIG,
+    REPORT,
+    SUMMARY,
+    SWEEP,
+    SWEEP_LOGS,
+    SWEEP_REPORT,
+    check_own,
+    open_folder,
+    release,
+)
 from .tasks import DEFAULT_TASK, TASKS
 from .threads import child_thread_env
 
@@ -71,6 +84,8 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
     from .methods import method_class
     from .report.runs import differing_settings
 
+    check_own(out, SWEEP)  # and its report folder: refused before any run rather than after all of them
+    check_own(out / SWEEP_REPORT, REPORT)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if on_gpus:
         flags["device"] = "cuda"  # each child sees only its own GPU (CUDA_VISIBLE_DEVICES)
@@ -198,7 +213,7 @@ def _launch(job: Job, slot: str | None, logs: Path, threads: dict, done: queue.Q
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
     command = [sys.executable, "-m", "selfkd", "train", *job.train_args]
-    log = open(logs / f"{job.name}.log", "a")  # closed by _pump when the run ends
+    log = os.fdopen(open_nofollow(logs / f"{job.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")  # see _pump
     log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(command[1:])}"
               + (f"  (CUDA_VISIBLE_DEVICES={slot})" if slot is not None else "") + "\n")
     print(f"[{job.name}] {job.action}" + (f" on GPU {slot}" if slot is not None else "")
@@ -246,9 +261,14 @@ def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | P
             state = "finished and kept" if job.action == "skip" else "resumed with its own settings"
             print(f"note: {job.run_dir} was started with other settings than this sweep gives "
                   f"({', '.join(job.changed)}); it is {state}. Delete the folder to run it anew.", flush=True)
-    codes, interrupted = run_jobs(jobs, out / "logs", gpus, estimates)
-    existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
-    report = compare(existing, out / "report", note=note, title=f"selfkd sweep {out.name}") if existing else None
+    lock = open_folder(out, SWEEP, lambda marked: check_own(out, SWEEP, marked))
+    try:
+        codes, interrupted = run_jobs(jobs, out / SWEEP_LOGS, gpus, estimates)
+        existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
+        report = (compare(existing, out / SWEEP_REPORT, note=note, title=f"selfkd sweep {out.name}", overwrite=True)
+                  if existing else None)
+    finally:
+        release(lock)
     return SweepResult(jobs, codes, report, interrupted)
 
 
@@ -261,7 +281,8 @@ def print_outcome(result: SweepResult, out: Path) -> int:
         print("Sweep interrupted; run the same command again to resume it.", file=sys.stderr)
         return 130
     if result.failed:
-        print(f"{len(result.failed)} run(s) failed: " + ", ".join(f"{j.name} (log {out / 'logs' / (j.name + '.log')})"
+        logs = out / SWEEP_LOGS
+        print(f"{len(result.failed)} run(s) failed: " + ", ".join(f"{j.name} (log {logs / (j.name + '.log')})"
                                                                for j in result.failed), file=sys.stderr)
         return 1
     return 0

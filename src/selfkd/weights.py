@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .atomic import AGAIN, atomic_write
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import CheckpointError, ConfigError, first_line, short
 
 
 def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
@@ -84,7 +84,7 @@ def read_metadata(path: Path) -> dict:
             meta = {k: _json(v) for k, v in (fh.metadata() or {}).items()}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
-    wrong = [f"'{key}' is {meta[key]!r}" for key, kind in METADATA.items() if key in meta and meta[key] is not None
+    wrong = [f"'{key}' is {short(meta[key])}" for key, kind in METADATA.items() if key in meta and meta[key] is not None
              and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)
                   or (key in POSITIVE and meta[key] < 1) or (key in CHOICES and meta[key] not in CHOICES[key]))]
     if wrong:

@@ -8,14 +8,16 @@ def register(subparsers) -> None:
                                           "metrics over seeds, with plots and an index.html.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run folders, or folders holding run folders (e.g. a sweep folder, or runs/)")
-    p.add_argument("--out", help="report folder (default reports/<timestamp>)")
+    p.add_argument("--out", help="report folder: made by selfkd compare, or empty (default reports/<timestamp>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report in --out (deletes only the files selfkd compare wrote there)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..report import compare
 
-    report = compare(args.runs, args.out)
+    report = compare(args.runs, args.out, overwrite=args.overwrite)
     print(report.text, end="")
     print(f"\nReport: {report.out / 'index.html'} (table: results.md, results.csv; {len(report.plots)} plots)")
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short
 
 
 def add_run_flags(p: argparse.ArgumentParser, per_run: bool = True) -> None:
@@ -38,9 +38,9 @@ def parse_list(text: str, what: str, cast=str, unique: bool = True) -> list:
         values = [cast(s) for s in items]
     except ValueError:
         raise ConfigError(f"--{what} expects a comma-separated list such as {'0,1,2' if cast is int else 'ce,ls'}, "
-                          f"got '{text}'.") from None
+                          f"got {short(text)}.") from None
     if not values:
         raise ConfigError(f"--{what} is empty; give at least one value.")
     if unique and len(set(values)) != len(values):
-        raise ConfigError(f"--{what} lists a value twice: '{text}'.")
+        raise ConfigError(f"--{what} lists a value twice: {short(text)}.")
     return values

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DatasetError
 from ..registry import Registry, checked_call
-from ..tasks import DEFAULT_TASK, TASKS
+from ..tasks import DEFAULT_TASK, IGNORE_LABEL, TASKS
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -175,6 +175,10 @@ def check_splits(splits: DatasetSplits) -> DatasetSplits:
             raise DatasetError(f"Dataset '{splits.name}' has {splits.num_classes} class(es): a segmenter needs at "
                                "least two classes (the background and at least one object class). Give it more "
                                "classes.")
+        for split, data in (("training", splits.train), ("test", splits.test)):  # masks read from files: when read
+            if isinstance(data, ImageTensors) and (problem := mask_problem(data.labels, splits.num_classes)):
+                raise DatasetError(f"The {split} masks of dataset '{splits.name}' {problem}. Check its options, or "
+                                   "delete its cache ($SELFKD_CACHE) if it was edited.")
     else:
         present = torch.unique(splits.train.labels).numel()
         if splits.num_classes < 2 or present < 2:
@@ -185,6 +189,18 @@ def check_splits(splits: DatasetSplits) -> DatasetSplits:
 
 
 # --------------------------------------------------------------------------- helpers shared by readers
+
+def mask_problem(masks: torch.Tensor, num_classes: int) -> str | None:
+    """What is wrong with uint8 ``masks`` (no labelled pixel, or a label that is neither a class nor the ignored
+    label), or None."""
+    labelled = masks != IGNORE_LABEL
+    if not bool(labelled.any()):
+        return (f"hold no labelled pixel (every pixel is {IGNORE_LABEL}, unlabelled), so there is nothing to learn or "
+                "measure")
+    top = int(torch.where(labelled, masks, 0).max())
+    return (f"hold label {top}, but the dataset has {num_classes} classes (0..{num_classes - 1}; {IGNORE_LABEL}: "
+            "unlabelled)") if top >= num_classes else None
+
 
 def check_labels(labels: torch.Tensor, num_classes: int, where: Path | str) -> torch.Tensor:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..tasks import TASKS
+from ..tasks import IGNORE_LABEL, TASKS
 from .datasets import DatasetSplits, ImageFiles, ImageTensors, SegmentationFiles
 from .files import FileLoader
 from .loaders import AugmentSpec
@@ -52,6 +52,11 @@ def _spec(splits: DatasetSplits, cfg: DataConfig, resident: bool) -> AugmentSpec
         held = "held in memory" if resident else "read from files"
         raise ConfigError(f"data.augment={spec.kind} does not fit {splits.name}, a {splits.task} dataset {held}; "
                           f"use {', '.join(kinds)}.")
+    k = splits.num_classes
+    if TASKS[splits.task].dense and cfg.pad_label not in (*range(k), IGNORE_LABEL):
+        raise ConfigError(f"data.pad_label={cfg.pad_label} is no label of {splits.name}, whose classes are 0..{k - 1} "
+                          f"({IGNORE_LABEL}: unlabelled); padded pixels would be trained as a class that does not "
+                          f"exist. Use {IGNORE_LABEL} (padding left out of the loss) or a class below {k}.")
     if len(cfg.mean) != splits.in_channels or len(cfg.std) != splits.in_channels:
         raise ConfigError(f"data.mean/std need {splits.in_channels} values for {splits.name}, got {cfg.mean} / "
                           f"{cfg.std}.")

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from ..errors import ConfigError, DatasetError
+from ..memory import check_fits
 from ..registry import NonNegativeInt, PositiveInt
 from ..tasks import IGNORE_LABEL
 from .caches import cache_dir, fingerprint, load_cache, save_cache
@@ -32,6 +33,7 @@ from .datasets import (
     SegmentationFiles,
     check_exist,
     lines,
+    mask_problem,
     register_dataset,
     require,
 )
@@ -100,6 +102,9 @@ def read_seg_folder(path: Path, num_classes: PositiveInt | None = None) -> Datas
     if eval_list is None:
         raise MissingFiles(f"{path} has no val.txt or test.txt.")
     classes = lines(path / "classes.txt") if (path / "classes.txt").is_file() else None
+    if classes == []:
+        raise DatasetError(f"{path / 'classes.txt'} is empty: list the class names there (one per line, in label "
+                           "order), or remove it and give the dataset option num_classes.")
     if classes is None and num_classes is None:
         raise DatasetError(f"{path} has no classes.txt: list the class names there (one per line, in label order) "
                            "or give the dataset option num_classes.")
@@ -125,7 +130,8 @@ def read_seg_folder(path: Path, num_classes: PositiveInt | None = None) -> Datas
 # --------------------------------------------------------------------------- fmnist_scenes
 
 SCENES_VERSION = 1  # bump when the composition changes, so old caches are not reused
-
+MAX_ITEMS = 64  # items per scene (each is a pass over the scenes; a few cover a canvas)
+SCENE_CLASSES = ["background"] + FASHION_CLASSES
 
 class SceneLayout(NamedTuple):
     """Per scene ``n`` and slot ``j``: the item index, its size and its top-left corner; slots ``j ≥ count[n]``
@@ -179,13 +185,14 @@ def fill_holes(shapes: np.ndarray) -> np.ndarray:
 
 
 def mark_edges(masks: np.ndarray, band: int) -> np.ndarray:
-    """``masks`` with 255 wherever another label lies within ``band`` pixels (in the ``(2·band+1)²`` window)."""
-    h, w = masks.shape[1:]
-    padded = np.pad(masks, ((0, 0), (band, band), (band, band)), mode="edge")
-    edge = np.zeros(masks.shape, bool)
-    for dy in range(2 * band + 1):
-        for dx in range(2 * band + 1):
-            edge |= padded[:, dy:dy + h, dx:dx + w] != masks
+    """``masks`` with 255 wherever another label lies within ``band`` pixels (in the ``(2·band+1)²`` window, the
+    border repeated): where the window's largest or smallest label is not the pixel's (separable filters: the cost
+    does not grow with the band)."""
+    from scipy import ndimage
+
+    window = (1, 2 * band + 1, 2 * band + 1)
+    edge = ((ndimage.maximum_filter(masks, window, mode="nearest") != masks)
+            | (ndimage.minimum_filter(masks, window, mode="nearest") != masks))
     return np.where(edge, IGNORE_LABEL, masks).astype(np.uint8)
 
 
@@ -219,13 +226,27 @@ def compose_scenes(items: np.ndarray, classes: np.ndarray, layout: SceneLayout, 
     return images[:, None], masks
 
 
+def _check_scene_options(train_size: int, test_size: int, canvas: int, min_items: int, max_items: int,
+                         min_size: int, max_size: int, threshold: int, ignore_band: int, **_) -> None:
+    """Refuse options of fmnist_scenes that contradict each other, or whose scenes do not fit in memory."""
+    if min_items > max_items or min_size > max_size or max_size > canvas or threshold >= 255 or ignore_band >= canvas:
+        raise ConfigError(
+            f"fmnist_scenes needs min_items ≤ max_items (got {min_items}, {max_items}), min_size ≤ max_size ≤ canvas "
+            f"(got {min_size}, {max_size}, {canvas}), threshold < 255 (got {threshold}) and ignore_band < canvas (got "
+            f"{ignore_band}: a band as wide as the canvas leaves no pixel labelled). The defaults are 2–4 items of "
+            "20–36 pixels on a 64-pixel canvas, threshold 16, no band.")
+    check_fits((train_size + test_size) * (8 * canvas**2 + 40 * max_items), "fmnist_scenes with these options",
+               "train_size, test_size or canvas")
+
+
 @register_dataset("fmnist_scenes", ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
                   "Fashion-MNIST as for fashion_mnist (a folder 'fashion-mnist' with train-images-idx3-ubyte.gz, "
                   "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); the scenes "
                   "are composed from it and cached",
                   task="segmentation")
 def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: PositiveInt = 2000,
-                       canvas: PositiveInt = 64, min_items: PositiveInt = 2, max_items: PositiveInt = 4,
+                       canvas: PositiveInt = 64, min_items: PositiveInt = 2,
+                       max_items: Annotated[int, Field(ge=1, le=MAX_ITEMS)] = 4,
                        min_size: PositiveInt = 20, max_size: PositiveInt = 36, threshold: NonNegativeInt = 16,
                        ignore_band: NonNegativeInt = 0, seed: NonNegativeInt = 0) -> DatasetSplits:
     """Grey ``canvas``² scenes of ``min_items..max_items`` Fashion-MNIST items, each resized to
@@ -235,15 +256,10 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     cached in ``$SELFKD_CACHE`` (default ``~/.cache/selfkd``), keyed on the options and the paths, sizes and
     modification times of the four IDX files, so that a cache hit reads nothing else.
     """
-    if min_items > max_items or min_size > max_size or max_size > canvas or threshold >= 255:
-        raise ConfigError(
-            f"fmnist_scenes needs min_items ≤ max_items (got {min_items}, {max_items}), min_size ≤ max_size ≤ canvas "
-            f"(got {min_size}, {max_size}, {canvas}) and threshold < 255 (got {threshold}). The defaults are 2–4 "
-            "items of 20–36 pixels on a 64-pixel canvas, threshold 16."
-        )
     options = dict(train_size=train_size, test_size=test_size, canvas=canvas, min_items=min_items,
                    max_items=max_items, min_size=min_size, max_size=max_size, threshold=threshold,
                    ignore_band=ignore_band, seed=seed, version=SCENES_VERSION)
+    _check_scene_options(**options)
     sources = [str(idx_file(path, f"{p}-{k}").resolve()) for p in ("train", "t10k")
                for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode() + fingerprint({"idx": sources}).encode())
@@ -251,7 +267,8 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     sizes = {"train": train_size, "test": test_size}
     shapes = {f"{split}_{kind}": (n, 1, canvas, canvas) if kind == "images" else (n, canvas, canvas)
               for split, n in sizes.items() for kind in ("images", "masks")}
-    arrays = load_cache(file, shapes)
+    arrays = load_cache(file, shapes, check=lambda a: not any(
+        mask_problem(torch.from_numpy(a[f"{s}_masks"]), len(SCENE_CLASSES)) for s in sizes))  # else made again
     if arrays is None:
         source = read_fashion_mnist(path)
         arrays = {}
@@ -267,8 +284,8 @@ def read_fmnist_scenes(path: Path, train_size: PositiveInt = 10000, test_size: P
     level = np.arange(256) / 255
     mean = float((counts * level).sum() / counts.sum())
     std = float(np.sqrt((counts * (level - mean) ** 2).sum() / counts.sum()))
-    return DatasetSplits("fmnist_scenes", train, test, 11, 1, (mean,), (std,), canvas, "seg_scale_crop_flip",
-                         ["background"] + FASHION_CLASSES, padding=0)
+    return DatasetSplits("fmnist_scenes", train, test, len(SCENE_CLASSES), 1, (mean,), (std,), canvas,
+                         "seg_scale_crop_flip", list(SCENE_CLASSES), padding=0)
 
 
 # --------------------------------------------------------------------------- synthetic_seg
@@ -281,6 +298,8 @@ def read_synthetic_segmentation(path=None, num_classes: Annotated[int, Field(ge=
     """Learnable generated scenes for tests and benchmarks: noise with 1–3 rectangles, each of a class with its
     own colour; label 0 is the background (so ``num_classes ≥ 2``), later rectangles cover earlier ones, and no
     pixel is unlabelled."""
+    check_fits(image_size**2 * ((channels + 1) * (train_size + test_size) + 16 * channels * min(64, max(
+        train_size, test_size))), "synthetic_seg with these options", "train_size, test_size, image_size or channels")
     gen = torch.Generator().manual_seed(seed)
     colour = torch.randn(num_classes, channels, generator=gen)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
+from ..memory import check_fits
 from ..registry import NonNegativeInt, PositiveInt
 from .datasets import (
     CIFAR10_MEAN,
@@ -155,6 +156,9 @@ def read_synthetic(path=None, num_classes: PositiveInt = 10, train_size: Positiv
                    test_size: PositiveInt = 256, image_size: PositiveInt = 32, channels: PositiveInt = 3,
                    seed: NonNegativeInt = 0) -> DatasetSplits:
     """Learnable random data: each class has its own colour and smooth pattern; images add per-pixel noise."""
+    check_fits(4 * channels * image_size**2 * (2 * num_classes + 4 * max(train_size, test_size) + train_size
+                                                + test_size), "synthetic with these options",
+               "train_size, test_size, image_size, channels or num_classes")
     gen = torch.Generator().manual_seed(seed)
     pattern = torch.rand(num_classes, channels, image_size, image_size, generator=gen)
     pattern = torch.nn.functional.avg_pool2d(pattern, 5, 1, 2)  # smooth blobs survive crops

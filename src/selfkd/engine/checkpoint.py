@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError, first_line, short
 from ..version import __version__
 
 FORMAT = "selfkd-checkpoint"
@@ -114,7 +114,8 @@ def load_checkpoint(path: Path) -> dict:
 def check_compatible(ckpt: dict, method: str, model: str, num_classes: int, path: Path) -> None:
     """Refuse to load a checkpoint into a run with a different method, model or class count."""
     want = {"method": method, "model": model, "num_classes": num_classes}
-    diffs = [f"{k}: checkpoint has {ckpt.get(k)!r}, this run has {v!r}" for k, v in want.items() if ckpt.get(k) != v]
+    diffs = [f"{k}: checkpoint has {short(ckpt.get(k))}, this run has {short(v)}" for k, v in want.items()
+             if ckpt.get(k) != v]
     if diffs:
         raise CheckpointError(f"{path} belongs to a different run ({'; '.join(diffs)}). "
                               "Resume with the run's own settings or start a new run.")

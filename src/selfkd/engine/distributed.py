@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, SelfKDError
+from ..errors import ConfigError, SelfKDError, short
 
 _CONTROL = None  # a gloo process group over all processes, for control messages (None in one process)
 
@@ -67,7 +67,8 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise ConfigError(f"train.device '{device}' is not a device selfkd runs on; use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"train.device {short(device)} is not a device selfkd runs on; use auto, cpu, cuda or "
+                          "cuda:N.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device '{device}' asks for CUDA, but no GPU is visible; use --device cpu (or auto).")
     if dev.index is not None and dev.type == "cuda" and dev.index >= torch.cuda.device_count():
@@ -113,29 +114,33 @@ def gather_to_main(obj) -> list | None:
 
 class StopVote:
     """Whether any process was asked to stop (Ctrl-C, SIGTERM: ``flag["stop"]`` names the signal), so that all stop
-    after the same step. In one process, the flag itself. Under torchrun, a sum of the flags over the CPU side
-    group, started before a step and read after it (:meth:`start`, :meth:`result`): it travels while the step runs
-    and adds no synchronisation with the GPU."""
+    after the same step, and whether any could not read its batch for the step (:attr:`failed`). In one process, the
+    flag itself. Under torchrun, a sum of the flags over the CPU side group, started before a step and read after it
+    (:meth:`start`, :meth:`result`): it travels while the step runs and adds no synchronisation with the GPU."""
 
     def __init__(self, flag: dict):
         self.flag = flag
+        self.failed = False  # a process could not read its batch of the step voted on last
 
     @property
     def name(self) -> str:
         return self.flag["stop"] or "a stop request (Ctrl-C or SIGTERM) to another process"
 
-    def start(self):
+    def start(self, failed: bool = False):
+        """Start this step's vote; ``failed``: this process could not read its batch of the step."""
         if _CONTROL is None:
             return None
-        vote = torch.tensor([float(self.flag["stop"] is not None)])
+        vote = torch.tensor([float(self.flag["stop"] is not None), float(failed)])
         return vote, dist.all_reduce(vote, group=_CONTROL, async_op=True)
 
     def result(self, started) -> bool:
+        """Whether any process was asked to stop (:attr:`failed` is set too)."""
         if started is None:
             return self.flag["stop"] is not None
         vote, work = started
         work.wait()
-        return vote.item() > 0
+        self.failed = bool(vote[1] > 0)
+        return bool(vote[0] > 0)
 
     def now(self) -> bool:
         return self.result(self.start())

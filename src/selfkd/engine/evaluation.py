@@ -9,7 +9,7 @@ import torch
 from ..config import DataConfig, build_config, read_yaml
 from ..data import build_test_loader, load_dataset
 from ..data.datasets import dataset_task
-from ..errors import CheckpointError, ConfigError, SelfKDError
+from ..errors import CheckpointError, ConfigError, SelfKDError, short
 from ..methods import create_method, data_args, model_task
 from ..metrics import Evaluation
 from ..models import create_model
@@ -55,7 +55,8 @@ def rebuild_eval_model(path: Path, model: str | None = None, num_classes: int | 
         try:
             net = create_method(name, net, **options, **data_args(name, 1, model_task(net)))
         except SelfKDError as err:
-            raise CheckpointError(f"{path} names method '{name}' with options {options}, which cannot be rebuilt: "
+            raise CheckpointError(f"{path} names method {short(name)} with options {short(options)}, which cannot be "
+                                  "rebuilt: "
                                   f"{err}") from None
         what = f"method '{name}' on {what}"
     load_state(path, net, state, what)
@@ -71,7 +72,7 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     check_run(run_dir, "--run")
     cfg = build_config(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
     given = {"--dataset": (dataset, cfg.data.dataset), "--model": (model, cfg.model.name)}
-    clashes = [f"{flag} {mine} (the run's is {theirs})" for flag, (mine, theirs) in given.items()
+    clashes = [f"{flag} {short(mine, quoted=False)} (the run's is {theirs})" for flag, (mine, theirs) in given.items()
                if mine and mine != theirs]
     if clashes:
         raise ConfigError(f"selfkd eval --run evaluates {run_dir} on its own dataset and model, but got "

@@ -12,11 +12,11 @@ from ..config import Config
 from ..data import DatasetSplits, build_test_loader, build_train_loader
 from ..data.datasets import dataset_task
 from ..data.settings import resolve_data
-from ..errors import ConfigError
+from ..errors import ConfigError, short
 from ..methods import Method, create_method, data_args
 from ..methods.registry import DATA_ARGS
 from ..models import create_model
-from ..models.registry import MODEL_TASKS
+from ..models.registry import MODEL_TASKS, MODELS
 from ..tasks import DEFAULT_TASK, TASKS
 from .distributed import Dist
 from .step import TrainStep, build_optimizer
@@ -45,9 +45,11 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
     """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
     of training images the run uses). A model or method of another task than the dataset's is refused."""
     task = run_task(cfg)
+    if not cfg.model.name.startswith("timm:"):
+        MODELS.get(cfg.model.name)  # an unknown name is refused as such ("did you mean")
     model_task = MODEL_TASKS.get(cfg.model.name, DEFAULT_TASK)  # timm:<name> models classify
     if model_task != task:
-        raise ConfigError(f"Model '{cfg.model.name}' is {TASKS[model_task].model_kind}, but dataset "
+        raise ConfigError(f"Model {short(cfg.model.name)} is {TASKS[model_task].model_kind}, but dataset "
                           f"'{cfg.data.dataset}' is for {task}, which needs {TASKS[task].model_kind}. Choose one with "
                           f"`selfkd list models --task {task}`.")
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,

@@ -16,7 +16,8 @@ from ..atomic import atomic_write
 from ..config import Config, build_config
 from ..data.datasets import load_dataset
 from ..data.resident import ResidentLoader
-from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError, first_line
+from ..errors import ConfigError, DatasetError, Interrupted, SelfKDError, TrainingError, first_line
+from ..memory import check_fits, forward_bytes
 from ..metrics import Evaluation
 from ..runfolder import (
     CHECKPOINT,
@@ -94,14 +95,18 @@ class Trainer:
     def _check_forward(self) -> None:
         """Draw the first training batch (in-memory data only, where it is cheap) and run the eval model on two
         blank images of the training size, so that data, augmentation or model settings that cannot work fail
-        before the run folder is touched. Neither changes any state of the run."""
+        before the run folder is touched (image sizes that cannot fit in memory before anything is allocated).
+        Neither changes any state of the run."""
+        size, channels, d = self.cfg.data.image_size, self.splits.in_channels, self.cfg.data
+        largest = max(size, d.eval_size or 0, d.test_resize or 0)
+        check_fits(forward_bytes(2, channels, largest), f"A forward pass of 2 images of {channels}×{largest}×{largest}",
+                   "data.image_size, data.eval_size or data.test_resize")
         if isinstance(self.train_loader, ResidentLoader):
             try:
                 next(iter(self.train_loader), None)
             except (RuntimeError, ValueError, IndexError) as err:
                 raise ConfigError(f"The data settings cannot make a training batch ({first_line(err)}); check "
                                   "data.augment, image_size, padding and rrc_scale.") from None
-        size, channels = self.cfg.data.image_size, self.splits.in_channels
         blank = torch.zeros(2, channels, size, size, device=self.device)
         module = self.method.eval_model()
         was_training = module.training
@@ -225,8 +230,8 @@ class Trainer:
                            f"epoch {p.epoch + 1}/{self.cfg.train.epochs}")
         started, seen_before = time.perf_counter(), self.step.stats.seen
         try:
-            for batch in self.train_loader.iter_from(p.step_in_epoch):
-                vote = stop.start()  # runs while the step does
+            for batch, error in self._batches():
+                vote = stop.start(error is not None)  # runs while the step does
                 factor = lr_factor(self.cfg.schedule, p.global_step, steps, self.cfg.train.epochs)
                 for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                     group["lr"] = base * factor
@@ -237,8 +242,11 @@ class Trainer:
                     self._log_steps(window_start, bar)
                 if bar is not None:
                     bar.update(1)
+                stopped = stop.result(vote)
+                if stop.failed:  # a process could not read its batch: all stop with its message
+                    dist_utils.together(lambda e=error: _raise(e))
                 # Stops and checkpoints fall between optimizer steps (accumulated gradients are not checkpointed).
-                if stop.result(vote) and self.step.pending == 0:
+                if stopped and self.step.pending == 0:
                     self._stop_in_epoch(stop, window_start, started, seen_before)
         finally:
             if bar is not None:
@@ -249,6 +257,25 @@ class Trainer:
         self._check_finite(window_start)
         self.epoch_stats = {**self._train_summary(), "lr": self.optimizer.param_groups[0]["lr"],
                             "time/epoch_s": elapsed, "time/img_per_s": seen * self.dist.world / max(elapsed, 1e-9)}
+
+    def _batches(self):
+        """The epoch's batches from the run's position, as ``(batch, None)``. Under torchrun, a batch this process
+        cannot read (a :class:`DatasetError`, e.g. a bad mask) is ``(the previous batch, the error)``: the stand-in
+        keeps the step's collectives going on every process, the step's stop vote carries the failure, and every
+        process then stops with the message (nothing of that step is saved). The first batch of the epoch is agreed
+        on before any step. In one process the error is raised at once."""
+        batches = iter(self.train_loader.iter_from(self.progress.step_in_epoch))
+        batch = dist_utils.together(lambda: next(batches, None))
+        while batch is not None:
+            yield batch, None
+            try:
+                following = next(batches, None)
+            except DatasetError as err:
+                if not self.dist.enabled:
+                    raise
+                yield batch, err
+                return
+            batch = following
 
     def _start_epoch(self) -> int:
         """Put the method and loader at the run's position; returns the epoch's steps. A mid-epoch resume keeps the
@@ -310,8 +337,9 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """The task's metrics of the module the run exports, on the test split; keeps the evaluation's files."""
-        evaluation = evaluate(self.method.eval_model(), self.test_loader, self.device, self.step.dtype,
-                              Evaluation(self.task.name, self.splits.num_classes, self.device))
+        evaluation = dist_utils.together(lambda: evaluate(  # a test image one process cannot read stops them all
+            self.method.eval_model(), self.test_loader, self.device, self.step.dtype,
+            Evaluation(self.task.name, self.splits.num_classes, self.device)))
         result = evaluation.result()  # combines the processes' states first
         self.eval_files = evaluation.files()
         return result
@@ -322,17 +350,19 @@ class Trainer:
         if self.eval_files is None:  # resumed after the last epoch: evaluate again for the evaluation's files
             self.evaluate()
         summary = self._summary()
-        if self.dist.main:
-            then = next_step(self.run_dir)
-            save_eval_model(self.run_dir / WEIGHTS, self.method, self._weights_meta().to_dict(), then)
-            for stem, document in self.eval_files.items():
-                atomic_write(self.run_dir / f"{stem}.json", lambda tmp, d=document: tmp.write_text(json.dumps(d)), then)
-            if self.task.examples:  # a few test predictions for the report's figure
-                write_examples(self.run_dir / EXAMPLES, self.method.eval_model(), self.test_loader,
-                               self.splits.classes, self.device, self.step.dtype, then=then)
-            text = json.dumps(summary.to_dict(), indent=2)
-            atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(text), then)
+        dist_utils.together(lambda: self._write_final(summary), main_only=True)  # a failure stops every process
         return summary.to_dict()
+
+    def _write_final(self, summary: RunSummary) -> None:
+        then = next_step(self.run_dir)
+        save_eval_model(self.run_dir / WEIGHTS, self.method, self._weights_meta().to_dict(), then)
+        for stem, document in self.eval_files.items():
+            atomic_write(self.run_dir / f"{stem}.json", lambda tmp, d=document: tmp.write_text(json.dumps(d)), then)
+        if self.task.examples:  # a few test predictions for the report's figure
+            write_examples(self.run_dir / EXAMPLES, self.method.eval_model(), self.test_loader,
+                           self.splits.classes, self.device, self.step.dtype, then=then)
+        text = json.dumps(summary.to_dict(), indent=2)
+        atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(text), then)
 
     def _summary(self) -> RunSummary:
         final = self.logger.rows[-1] if self.logger.rows else {}
@@ -390,6 +420,11 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
                 trainer.close()
     finally:
         dist_utils.shutdown()
+
+
+def _raise(error: Exception | None) -> None:
+    if error is not None:
+        raise error
 
 
 def _yaml(data: dict) -> str:

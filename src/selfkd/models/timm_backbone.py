@@ -18,7 +18,7 @@ import difflib
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line, short
 from .base import Backbone
 
 
@@ -36,14 +36,15 @@ def create_timm_backbone(name: str, num_classes: int, in_channels: int = 3, out_
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.5)
         hint = f" Closest timm names: {', '.join(close)}." if close else ""
-        raise ConfigError(f"Unknown timm model '{name}'.{hint} `timm.list_models('*pattern*')` lists them all.")
+        raise ConfigError(f"Unknown timm model {short(name)}.{hint} `timm.list_models('*pattern*')` lists them all.")
     if "pretrained" in kwargs:
         raise ConfigError(f"timm:{name}: selfkd trains timm models from scratch and never downloads weights; "
                           "remove the 'pretrained' option.")
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     except TypeError as err:
-        raise ConfigError(f"timm model '{name}' does not accept these options {sorted(kwargs)}: {err}.") from None
+        raise ConfigError(f"timm model '{name}' does not accept these options {short(sorted(kwargs))}: "
+                          f"{first_line(err)}.") from None
     return TimmBackbone(model, name, out_indices)
 
 

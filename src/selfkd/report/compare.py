@@ -5,7 +5,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..atomic import atomic_write
+from ..runfolder import report_folder
 from .page import html_page
 from .plots import make_plots
 from .runs import load_runs
@@ -29,20 +30,19 @@ class Report:
     text: str  # what results.md holds and the terminal shows
 
 
-def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results") -> Report:
+def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results",
+            overwrite: bool = False) -> Report:
     """Read the run folders (or folders holding run folders) in ``paths`` and write ``results.md``,
-    ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``)."""
+    ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``): a folder selfkd made
+    for a report, or an empty one (:func:`~selfkd.runfolder.report_folder`; ``overwrite`` replaces a report there).
+    Each file is written atomically; a report that cannot be written whole is not left half-written."""
     runs, empty = load_runs(paths)
     out = Path(out) if out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = "a file is in its way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
-        raise ConfigError(f"Cannot make the report folder {out} ({reason}). Pass --out with a folder (made if "
-                          "missing) in a writable place.") from None
     groups = summarize(runs)
     unfinished = unfinished_lines(runs)
     warnings = notes(groups) + [f"{p} holds no run folder; ignored." for p in empty]
+    warnings += [f"{r.path}: {r.examples_problem}; its predictions are left out of the figure of examples."
+                 for r in runs if r.examples_problem]
     header = ([note] if note else []) + [HOW_TO_READ]
 
     lines = [f"# {title}", "", *header, "", markdown_table(groups) if groups else "No finished run yet.", ""]
@@ -52,10 +52,11 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
     if unfinished:
         lines += ["", "## Unfinished runs", "", *(f"- {u}" for u in unfinished)]
     text = "\n".join(lines).rstrip() + "\n"
-    (out / "results.md").write_text(text)
-    (out / "results.csv").write_text(csv_text(groups))
-    plots = make_plots(groups, out)
-    (out / "index.html").write_text(html_page(title, groups, plots, warnings, unfinished, header))
+    then = f"Nothing of the report is left in {out}. Free some space (or make it writable), then run the command again."
+    with report_folder(out, overwrite):
+        atomic_write(out / "results.md", lambda tmp: tmp.write_text(text), then)
+        atomic_write(out / "results.csv", lambda tmp: tmp.write_text(csv_text(groups)), then)
+        plots = make_plots(groups, out, then)
+        page = html_page(title, groups, plots, warnings, unfinished, header)
+        atomic_write(out / "index.html", lambda tmp: tmp.write_text(page), then)
     return Report(out, groups, unfinished, warnings, plots, text)
-
-

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import zipfile
-import zlib
 from functools import partial
 from pathlib import Path
 
@@ -20,12 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
+from ..atomic import atomic_write
 from ..metrics import Column, column
-from ..runfolder import EXAMPLES
 from ..tasks import IGNORE_LABEL, TASKS
 from .table import Group
-
-EXAMPLE_KEYS = ("images", "masks", "predictions", "sizes", "index", "classes")
 
 
 def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
@@ -52,7 +48,7 @@ def mean_curve(group: Group, key: str) -> tuple[list[int], list[float], list[flo
     return epochs, mean, lo, hi
 
 
-def plot_curves(groups: list[Group], key: str, ylabel: str, title: str, path: Path, log_y: bool = False) -> bool:
+def plot_curves(groups: list[Group], key: str, ylabel: str, title: str, log_y: bool = False) -> Figure | None:
     fig, (ax,) = _figure(6.4, 4.2)
     drawn = False
     for i, g in enumerate(groups):
@@ -65,7 +61,7 @@ def plot_curves(groups: list[Group], key: str, ylabel: str, title: str, path: Pa
         if g.n > 1:
             ax.fill_between(epochs, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
     if not drawn:
-        return False
+        return None
     if log_y and all(v > 0 for g in groups for v in mean_curve(g, key)[1]):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -76,8 +72,7 @@ def plot_curves(groups: list[Group], key: str, ylabel: str, title: str, path: Pa
     ax.set_title(title + ("  (mean over seeds, band: min–max)" if any(g.n > 1 for g in groups) else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path)
-    return True
+    return fig
 
 
 def pooled_reliability(group: Group) -> tuple[list[float], list[float], list[float]] | None:
@@ -95,11 +90,11 @@ def pooled_reliability(group: Group) -> tuple[list[float], list[float], list[flo
     return count, conf, acc
 
 
-def plot_reliability(groups: list[Group], title: str, path: Path) -> bool:
+def plot_reliability(groups: list[Group], title: str) -> Figure | None:
     pooled = [(g, pooled_reliability(g)) for g in groups]
     pooled = [(g, p) for g, p in pooled if p is not None]
     if not pooled:
-        return False
+        return None
     cols = min(4, len(pooled))
     rows = math.ceil(len(pooled) / cols)
     fig, axes = _figure(max(3.2 * cols, 4.0), 3.4 * rows, cols, rows)
@@ -124,16 +119,15 @@ def plot_reliability(groups: list[Group], title: str, path: Path) -> bool:
     for ax in axes[len(pooled):]:
         ax.set_visible(False)
     fig.suptitle(f"{title}\nreliability, last epoch, seeds pooled", fontsize=10)
-    fig.savefig(path)
-    return True
+    return fig
 
 
-def plot_cost(groups: list[Group], title: str, path: Path, metric: Column) -> bool:
+def plot_cost(groups: list[Group], title: str, metric: Column) -> Figure | None:
     costs = [("train_time_s", "training time (min)", 1 / 60), ("img_per_s", "training throughput (img/s)", 1.0)]
     key = metric.key
     points = [g for g in groups if g.mean.get(key) is not None]
     if not any(getattr(g, attr) is not None for g in points for attr, _, _ in costs):
-        return False
+        return None
     fig, axes = _figure(9.6, 4.0, cols=2)
     for ax, (attr, label, scale) in zip(axes, costs):
         for i, g in enumerate(points):
@@ -148,8 +142,7 @@ def plot_cost(groups: list[Group], title: str, path: Path, metric: Column) -> bo
         ax.grid(alpha=0.3)
     devices = sorted({d for g in points for d in g.devices})
     fig.suptitle(f"{title} — accuracy vs training cost" + (f" ({', '.join(devices)})" if devices else ""), fontsize=10)
-    fig.savefig(path)
-    return True
+    return fig
 
 
 def voc_palette() -> np.ndarray:
@@ -164,26 +157,10 @@ def voc_palette() -> np.ndarray:
     return palette.astype(np.uint8)
 
 
-def read_examples(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """A run's ``examples.npz`` (see :func:`selfkd.engine.examples.write_examples`); None when absent, damaged or
-    not of that layout."""
-    try:
-        with np.load(run_dir / EXAMPLES, allow_pickle=False) as saved:
-            ex = {key: saved[key] for key in EXAMPLE_KEYS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
-    images, masks, predictions = ex["images"], ex["masks"], ex["predictions"]
-    n = len(ex["index"])
-    valid = (n > 0 and images.ndim == 4 and images.shape[:3] == masks.shape == predictions.shape
-             and len(images) == n and ex["sizes"].shape == (n, 2) and ex["classes"].dtype.kind == "U"
-             and all(a.dtype == np.uint8 for a in (images, masks, predictions)))
-    return ex if valid else None
-
-
 def example_sources(groups: list[Group]) -> list[tuple[Group, dict[str, np.ndarray]]]:
     """One run's examples per group that has any, all of one seed where possible: the seed that most groups have
     examples of (the first in seed order among ties)."""
-    found = [(g, {r.seed: e for r in g.runs if (e := read_examples(r.path)) is not None}) for g in groups]
+    found = [(g, {r.seed: r.examples for r in g.runs if r.examples is not None}) for g in groups]
     seeds = sorted({s for _, by_seed in found for s in by_seed}, key=str)
     if not seeds:
         return []
@@ -191,14 +168,14 @@ def example_sources(groups: list[Group]) -> list[tuple[Group, dict[str, np.ndarr
     return [(g, by_seed.get(seed, next(iter(by_seed.values())))) for g, by_seed in found if by_seed]
 
 
-def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
+def plot_examples(groups: list[Group], title: str) -> Figure | None:
     """Rows of test images: the image, its ground truth and each method's prediction, coloured with
     :func:`voc_palette`, and a legend of the class names shown. The images are those of the first method's
     examples; another method's prediction of one is drawn when its examples hold the same test image (same
     index and ground truth), else its cell is left empty."""
     sources = example_sources(groups)
     if not sources:
-        return False
+        return None
     ref = sources[0][1]
     palette = voc_palette()
     rows, cols = len(ref["index"]), 2 + len(sources)
@@ -229,8 +206,7 @@ def plot_examples(groups: list[Group], title: str, path: Path) -> bool:
     fig.legend(handles=_legend(palette, [str(c) for c in ref["classes"]], shown), loc="outside lower center",
                ncol=min(len(shown), 6), fontsize=8)
     fig.suptitle(f"{title}\ntest images, ground truth and predictions (last epoch)", fontsize=10)
-    fig.savefig(path)
-    return True
+    return fig
 
 
 def _crop(examples: dict, i: int, key: str) -> np.ndarray:
@@ -246,30 +222,36 @@ def _legend(palette: np.ndarray, names: list[str], shown: set[int]) -> list[Patc
     return [Patch(facecolor=palette[k] / 255, edgecolor="0.5", label=label(k)) for k in sorted(shown)]
 
 
-def _panel_plots(members: list[Group], out: Path, name: str, title: str) -> list[tuple[str, str]]:
-    """The plots of one dataset and model (its groups ``members``); returns the ``(caption, file name)`` drawn."""
+def _panel_plots(members: list[Group], title: str) -> list[tuple[str, str, object]]:
+    """The plots of one dataset and model (its groups ``members``): ``(caption, file stem, draw)``, where ``draw()``
+    returns the figure, or None when there is nothing to draw."""
     metric = column(members[0].primary)  # the headline metric: top-1, mIoU
     header = f"test {metric.header}"
     plots = [
-        (f"{title}: {header} per epoch", f"accuracy_{name}.png",
+        (f"{title}: {header} per epoch", "accuracy",
          partial(plot_curves, members, f"test/{metric.key}", header, f"{title}: {header}")),
-        (f"{title}: training loss per epoch", f"loss_{name}.png", partial(
+        (f"{title}: training loss per epoch", "loss", partial(
             plot_curves, members, "train/loss", "training loss (all terms)", f"{title}: training loss", log_y=True)),
-        (f"{title}: reliability diagrams", f"reliability_{name}.png", partial(plot_reliability, members, title)),
-        (f"{title}: accuracy vs training cost", f"cost_{name}.png", partial(plot_cost, members, title, metric=metric)),
+        (f"{title}: reliability diagrams", "reliability", partial(plot_reliability, members, title)),
+        (f"{title}: accuracy vs training cost", "cost", partial(plot_cost, members, title, metric=metric)),
     ]
     if "examples" in TASKS[members[0].task].report_sections:
-        plots.append((f"{title}: test images, ground truth and each method's prediction", f"examples_{name}.png",
+        plots.append((f"{title}: test images, ground truth and each method's prediction", "examples",
                       partial(plot_examples, members, title)))
-    return [(caption, filename) for caption, filename, draw in plots if draw(out / filename)]
+    return plots
 
 
-def make_plots(groups: list[Group], out: Path) -> list[tuple[str, str]]:
-    """Write every plot under ``out``; returns ``(caption, file name)`` pairs in display order."""
+def make_plots(groups: list[Group], out: Path, then: str) -> list[tuple[str, str]]:
+    """Write every plot under ``out`` (each PNG atomically; ``then``: what to do when one cannot be written); returns
+    ``(caption, file name)`` pairs in display order."""
     panels: dict[tuple[str, str], list[Group]] = {}
     for g in groups:
         panels.setdefault((g.dataset, g.model), []).append(g)
     made = []
     for (dataset, model), members in panels.items():
-        made += _panel_plots(members, out, slug(dataset, model), f"{dataset} / {model}")
+        for caption, stem, draw in _panel_plots(members, f"{dataset} / {model}"):
+            if (fig := draw()) is not None:
+                name = f"{stem}_{slug(dataset, model)}.png"
+                atomic_write(out / name, lambda tmp, f=fig: f.savefig(tmp, format="png"), then)
+                made.append((caption, name))
     return made

@@ -1,20 +1,25 @@
 """Run folders as the report sees them: files written by the engine, read back without importing it.
 
 A run folder holds ``config.yaml`` (written when the run starts), ``metrics.jsonl`` (one row per epoch),
-``summary.json`` and ``reliability.json`` (once the run finished). A folder without ``summary.json``
-is an unfinished run: it is listed as such, never dropped.
+``summary.json`` and ``reliability.json`` (once the run finished), and for segmentation ``examples.npz``. A folder
+without ``summary.json`` is an unfinished run: it is listed as such, never dropped. A file the report cannot use is
+named as a problem of its run; the report of the others is written.
 """
 from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+import numpy as np
 
+from ..config import read_yaml
+from ..data.caches import npz_headers
 from ..errors import ConfigError
-from ..runfolder import CONFIG, METRICS, RELIABILITY, SUMMARY, read_metrics, summary_problems
+from ..runfolder import CONFIG, EXAMPLES, METRICS, RELIABILITY, SUMMARY, read_metrics, summary_problems
 from ..tasks import DEFAULT_TASK
 
 # Keys that may differ between runs of one group without making them different experiments.
@@ -29,6 +34,8 @@ class Run:
     rows: list[dict] = field(default_factory=list)  # metrics.jsonl, one row per epoch, in epoch order
     reliability: dict | None = None
     problem: str = ""  # why a folder that looks finished is treated as unfinished
+    examples: dict | None = None  # examples.npz (read_examples)
+    examples_problem: str = ""  # why its examples.npz cannot be shown
 
     @property
     def finished(self) -> bool:
@@ -127,8 +134,8 @@ def load_run(path: Path) -> Run:
     config: dict = {}
     if (path / CONFIG).is_file():
         try:
-            config = yaml.safe_load((path / CONFIG).read_text()) or {}
-        except yaml.YAMLError:
+            config = read_yaml(path / CONFIG)
+        except ConfigError:
             config = {}
     summary, problem = (None, "")
     if (path / SUMMARY).is_file():
@@ -142,7 +149,41 @@ def load_run(path: Path) -> Run:
     if (path / RELIABILITY).is_file():
         reliability, _ = _read_json(path / RELIABILITY)
     return Run(path, config if isinstance(config, dict) else {}, summary, read_metrics(path / METRICS),
-               reliability if isinstance(reliability, dict) else None, problem)
+               reliability if isinstance(reliability, dict) else None, problem, *read_examples(path))
+
+
+EXAMPLE_KEYS = ("images", "masks", "predictions", "sizes", "index", "classes")
+MAX_EXAMPLES_BYTES = 2**28  # a run keeps four test images
+
+
+def read_examples(run_dir: Path) -> tuple[dict | None, str]:
+    """``(examples, "")``: a run's ``examples.npz`` (see :func:`selfkd.engine.examples.write_examples`);
+    ``(None, "")`` when it has none; ``(None, why)`` when it cannot be shown: unreadable, larger than
+    :data:`MAX_EXAMPLES_BYTES` (read from its headers, before anything is loaded) or not of that layout."""
+    path = run_dir / EXAMPLES
+    if not path.is_file():
+        return None, ""
+    try:
+        size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in npz_headers(path).values())
+        if size > MAX_EXAMPLES_BYTES:
+            return None, f"{EXAMPLES} holds {size:,} bytes of arrays, more than four test images"
+        with np.load(path, allow_pickle=False) as saved:
+            ex = {key: saved[key] for key in EXAMPLE_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        return None, f"{EXAMPLES} is unreadable ({type(err).__name__})"
+    return (ex, "") if _examples_valid(ex) else (None, f"{EXAMPLES} does not hold examples as selfkd writes them")
+
+
+def _examples_valid(ex: dict) -> bool:
+    """Whether ``ex`` holds N ≥ 1 uint8 examples of at least 1×1 pixels with their sizes, indices and class names."""
+    images, masks, predictions, sizes = ex["images"], ex["masks"], ex["predictions"], ex["sizes"]
+    n = len(ex["index"])
+    shapes = (images.ndim == 4 and images.shape[:3] == masks.shape == predictions.shape and len(images) == n > 0
+              and images.shape[1] > 0 and images.shape[2] > 0 and images.shape[3] in (1, 3))
+    kinds = (all(a.dtype == np.uint8 for a in (images, masks, predictions)) and ex["classes"].dtype.kind == "U"
+             and ex["index"].dtype.kind in "iu" and sizes.dtype.kind in "iu")
+    return (shapes and kinds and sizes.shape == (n, 2) and bool((sizes >= 1).all())
+            and bool((sizes <= images.shape[1:3]).all()))
 
 
 def load_runs(paths) -> tuple[list[Run], list[Path]]:
