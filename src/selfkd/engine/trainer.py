@@ -18,10 +18,12 @@ from ..data.datasets import load_dataset
 from ..data.resident import ResidentLoader
 from ..errors import ConfigError, Interrupted, SelfKDError, TrainingError, first_line
 from ..metrics import Evaluation
+from ..models.pretrained import LoadReport
 from ..runfolder import (
     CHECKPOINT,
     CONFIG,
     EXAMPLES,
+    PRETRAINED,
     SUMMARY,
     WEIGHTS,
     RunSummary,
@@ -81,8 +83,10 @@ class Trainer:
             check_new(self.run_dir, overwrite)
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
-        parts = build_run(cfg, self.splits, self.device, self.dist)
-        self.cfg, self.task = parts.cfg, TASKS[parts.method.task]
+        # A resume keeps the trained weights; the report says which came from model.pretrained (and its preprocessing)
+        resumed = LoadReport.read(self.run_dir / PRETRAINED) if resume and cfg.model.pretrained else None
+        parts = build_run(cfg, self.splits, self.device, self.dist, resumed)
+        self.cfg, self.task, self.pretrained = parts.cfg, TASKS[parts.method.task], parts.pretrained
         self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
         self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -136,6 +140,9 @@ class Trainer:
                                   "process was writing the run). Run the command again.")
             atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())),
                          next_step(self.run_dir))
+            if self.pretrained is not None and not resume:
+                text = self.pretrained.to_json()
+                atomic_write(self.run_dir / PRETRAINED, lambda tmp: tmp.write_text(text), next_step(self.run_dir))
         except BaseException:
             release(lock)
             raise
@@ -182,6 +189,8 @@ class Trainer:
         self.logger.print(f"selfkd {__version__}: {self.cfg.method.name} on {self.cfg.model.name}, "
                           f"{self.cfg.data.dataset} ({len(self.train_loader)} steps/epoch), device {self.device}, "
                           f"run folder {self.run_dir}")
+        if self.pretrained is not None and self.resumed_stamp is None:  # a new run: what it starts from
+            self.logger.print(self.pretrained.text())
         needs, sampler = self.method.data_needs, self.train_loader.sampler
         if needs.class_partners:
             self.logger.print(
