@@ -83,9 +83,8 @@ class Trainer:
             check_new(self.run_dir, overwrite)
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
-        # A resume keeps the trained weights; the report says which came from model.pretrained (and its preprocessing)
-        resumed = LoadReport.read(self.run_dir / PRETRAINED) if resume and cfg.model.pretrained else None
-        parts = build_run(cfg, self.splits, self.device, self.dist, resumed)
+        parts = build_run(cfg, self.splits, self.device, self.dist, _resumed_weights(self.run_dir, cfg) if resume
+                          else None)
         self.cfg, self.task, self.pretrained = parts.cfg, TASKS[parts.method.task], parts.pretrained
         self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
         self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
@@ -399,6 +398,19 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
                 trainer.close()
     finally:
         dist_utils.shutdown()
+
+
+def _resumed_weights(run_dir: Path, cfg: Config) -> LoadReport | None:
+    """What a resumed run took from model.pretrained (its pretrained.json: which parameters, which preprocessing), None
+    for a run that started from random weights. A resume keeps the trained weights, so it must start as the run did."""
+    path = run_dir / PRETRAINED
+    if path.is_file() != bool(cfg.model.pretrained):
+        started, now = (("from model.pretrained", "leaves it out") if path.is_file()
+                        else ("from random weights", f"sets model.pretrained: {cfg.model.pretrained}"))
+        raise ConfigError(f"{run_dir} started {started}, and this resume {now}: a resume continues the run's trained "
+                          "weights, with the preprocessing and learning rates of its start. Leave model.pretrained as "
+                          "the run had it (its config.yaml).")
+    return LoadReport.read(path) if path.is_file() else None
 
 
 def _yaml(data: dict) -> str:

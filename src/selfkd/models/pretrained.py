@@ -306,17 +306,18 @@ def efficientnet_pytorch_names(tensors: dict[str, torch.Tensor], arch: str) -> d
 
 def move(tensors: dict, places, unused: tuple[str, ...], own, why: str) -> Placement:
     """``tensors`` renamed by the first of ``places`` (old prefix, new prefix) that fits each name; names under
-    ``unused`` are skipped for ``why``; ``own``: the names of the receiving side."""
+    ``unused`` are skipped for ``why``; ``own``: the names of the receiving side (None: any name), where a renamed
+    tensor must land to be placed."""
     out, skipped, unplaced = {}, [], []
     for key, value in tensors.items():
         new = next((to + key[len(at):] for at, to in places if key.startswith(at)), None)
-        if new is not None:
+        if new is not None and (own is None or new in own):
             out[new] = value
-        elif key.startswith(unused):
+        elif new is None and key.startswith(unused):
             skipped.append(key)
         else:
             unplaced.append(key)
-    covered = {key for key in own if any(key.startswith(to) for _, to in places)}
+    covered = {key for key in own or () if any(key.startswith(to) for _, to in places)}
     return Placement(out, covered, {why: skipped} if skipped else {}, unplaced)
 
 
@@ -327,7 +328,7 @@ def place(weights: Weights, model: nn.Module) -> tuple[str, Placement]:
     own = model.state_dict().keys()
     tensors, skipped = weights.tensors, {}
     if weights.meta.get("inference") == "method":  # the file of a whole method: its model is its `backbone`
-        inner = move(tensors, [("backbone.", "")], ("",), (), f"modules of the {weights.meta.get('method')} method")
+        inner = move(tensors, [("backbone.", "")], ("",), None, f"modules of the {weights.meta.get('method')} method")
         tensors, skipped = inner.tensors, inner.skipped
     if weights.layout == "selfkd" and weights.meta["model"] != model.name:
         tensors, networks, skipped = _through_network(tensors, weights.meta["model"], model.name, skipped)
@@ -358,7 +359,7 @@ def _through_network(tensors: dict, source: str, model_name: str, skipped: dict)
                           f"{', '.join(n.arch for n in networks) or 'none'}). Give weights of a {model_name}, or of "
                           "a model built on the same network.")
     network = theirs[shared[0].arch]
-    back = move(tensors, [(to, at) for at, to in network.places], ("",), (), f"parts of {source} outside its "
+    back = move(tensors, [(to, at) for at, to in network.places], ("",), None, f"parts of {source} outside its "
                 f"{network.arch}")
     return back.tensors, shared[:1], {**skipped, **back.skipped}
 
@@ -375,7 +376,7 @@ def load_pretrained(model: nn.Module, source: str, exact: bool = False) -> LoadR
     missing = [k for k in own if k in placed.covered and k not in state and k not in wrong and not k.endswith(COUNTER)
                and not any(k in keys for keys in skipped.values())]
     uncovered = [k for k in own if k not in placed.covered and not k.endswith(COUNTER)]
-    unplaced = placed.unplaced + [k for k in placed.tensors if k not in own]
+    unplaced = placed.unplaced
     if missing or unplaced or wrong or (exact and uncovered):
         raise ConfigError(_mismatch(weights.what, model.name, missing or (uncovered if exact else []), unplaced,
                                     list(wrong.values()), exact))
