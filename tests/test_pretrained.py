@@ -23,7 +23,8 @@ from selfkd.engine.step import build_optimizer
 from selfkd.errors import ConfigError
 from selfkd.methods import create_method
 from selfkd.models import create_model
-from selfkd.models.pretrained import load_pretrained
+from selfkd.models.pretrained import Weights, load_pretrained, place
+from selfkd.models.registry import MODEL_WEIGHTS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -338,3 +339,27 @@ def test_fine_grained_fine_tuning_recipes(folder, images):
     assert cfg.schedule.milestones == [round(cfg.train.epochs * 0.6)]
     assert (d.augment, d.image_size, d.test_resize) == ("rrc_flip", 224, 256)
     create_method("frskd", create_model("resnet18", num_classes=7), **cfg.method.options())
+
+
+DECLARED = [(name, network) for name, networks in sorted(MODEL_WEIGHTS.items()) for network in networks]
+
+
+@pytest.mark.parametrize("name, network", DECLARED, ids=[f"{n}-{w.arch}" for n, w in DECLARED])
+def test_every_declared_network_has_a_place_for_each_tensor(name, network, caches):
+    """Each torchvision network a model declares (built on the meta device, as its published weights hold it: the
+    segmentation networks with their auxiliary head) fits it: every tensor lands on a model tensor of its shape (the
+    class layer aside) or in a part the model leaves out, and covers what it should."""
+    import inspect
+
+    from torchvision.models import get_model, get_model_builder
+
+    options = {"weights_backbone": None, "aux_loss": True}
+    options = {k: v for k, v in options.items() if k in inspect.signature(get_model_builder(network.arch)).parameters}
+    with torch.device("meta"):
+        net = get_model(network.arch, weights=None, **options)
+        model = create_model(name, num_classes=7)
+    _, placed = place(Weights(net.state_dict(), "torchvision", network.arch), model)
+    own = model.state_dict()
+    assert placed.unplaced == [] and placed.covered == set(placed.tensors)
+    differ = {k: v.shape for k, v in placed.tensors.items() if v.shape != own[k].shape}
+    assert all(own[k].shape[0] == 7 and shape[1:] == own[k].shape[1:] for k, shape in differ.items())  # class layers
