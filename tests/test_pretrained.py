@@ -194,10 +194,12 @@ def test_timm_tags_through_the_hugging_face_cache_and_timm_files(tmp_path, cache
         load_pretrained(create_model("timm:resnet18", num_classes=5), "nosuch_in1k")
 
 
-def _finished_run(tmp_path: Path, name: str, **cfg) -> Path:
-    """A one-epoch run of ``name`` on 16×16 synthetic images (4 classes); returns its folder."""
+def _finished_run(tmp_path: Path, name: str, model: dict | None = None, data: dict | None = None) -> Path:
+    """A one-epoch ce run on 16×16 synthetic images (4 classes), of ``model`` (default: cifar_resnet18 of width 8), with
+    ``data`` settings added; returns its folder."""
     run = quick_config(tmp_path, "ce", epochs=1, run=name, train_size=64)
-    run["model"] = cfg.get("model", run["model"])
+    run["model"] = model or run["model"]
+    run["data"].update(data or {})
     train(run)
     return tmp_path / name
 
@@ -222,8 +224,11 @@ def test_a_selfkd_classification_run_starts_a_segmenters_encoder(tmp_path):
 def test_a_ce_run_starts_a_self_distillation_fine_tune(tmp_path, capsys):
     """A ce run's folder as model.pretrained of an frskd run with other classes, the pretrained parameters at lr × 0
     and their BatchNorm frozen: they end exactly as loaded (running statistics too), the new class layer and frskd's
-    self-teacher train; the run prints the report and keeps it as pretrained.json."""
-    ce = _finished_run(tmp_path, "ce")
+    self-teacher train; the run prints the report and keeps it as pretrained.json. It normalises as the ce run did
+    (its weights' preprocessing), and so does `selfkd eval --run` on it."""
+    from selfkd.engine.evaluation import evaluate_run
+
+    ce = _finished_run(tmp_path, "ce", data={"mean": [0.3, 0.4, 0.5], "std": [0.5, 0.6, 0.7]})
     cfg = quick_config(tmp_path, "frskd", epochs=1, run="frskd", train_size=64)
     cfg["data"]["options"]["num_classes"] = 5
     cfg["model"].update(pretrained=str(ce), freeze_bn=True)
@@ -240,6 +245,10 @@ def test_a_ce_run_starts_a_self_distillation_fine_tune(tmp_path, capsys):
     assert report["skipped"] == {"4 classes, this run has 5": ["fc.weight", "fc.bias"]}
     assert report["new"] == ["fc.weight", "fc.bias"] and report["source"] == str(ce)
     assert "Pretrained weights: loaded 100 of 102 tensors of cifar_resnet18 from" in capsys.readouterr().out
+    data = torch.load(tmp_path / "frskd" / "last.pt", weights_only=True)["config"]["data"]
+    assert (data["mean"], data["std"]) == ([0.3, 0.4, 0.5], [0.5, 0.6, 0.7])
+    summary = json.loads((tmp_path / "frskd" / "summary.json").read_text())
+    assert evaluate_run(tmp_path / "frskd", device="cpu")["top1"] == summary["final"]["top1"]
 
 
 def test_resume_is_exact_and_never_reads_the_weights_again(tmp_path):
