@@ -257,7 +257,7 @@ def timm_weights(name: str, tag: str) -> Weights:
     full = name if tag == IMAGENET else f"{name}.{tag}"
     try:
         net = timm.create_model(full, pretrained=True)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # a failed download (OSError, the hub's errors) or a damaged cached file
         cfg = timm.models.get_pretrained_cfg(full)
         where = (f"download model.safetensors from https://huggingface.co/{cfg.hf_hub_id}" if cfg and cfg.hf_hub_id
                  else f"download {getattr(cfg, 'url', None)}")
@@ -376,9 +376,8 @@ def load_pretrained(model: nn.Module, source: str, exact: bool = False) -> LoadR
     missing = [k for k in own if k in placed.covered and k not in state and k not in wrong and not k.endswith(COUNTER)
                and not any(k in keys for keys in skipped.values())]
     uncovered = [k for k in own if k not in placed.covered and not k.endswith(COUNTER)]
-    unplaced = placed.unplaced
-    if missing or unplaced or wrong or (exact and uncovered):
-        raise ConfigError(_mismatch(weights.what, model.name, missing or (uncovered if exact else []), unplaced,
+    if missing or placed.unplaced or wrong or (exact and uncovered):
+        raise ConfigError(_mismatch(weights.what, model.name, missing or (uncovered if exact else []), placed.unplaced,
                                     list(wrong.values()), exact))
     model.load_state_dict({**own, **state})
     counted = [k for k in own if not k.endswith(COUNTER)]
