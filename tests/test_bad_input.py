@@ -220,6 +220,20 @@ def offline(tmp, run, cached: bytes | None = None):
     return restore
 
 
+def timm_offline(tmp, run):
+    """timm.yaml (the tiny run on timm:resnet18), an empty Hugging Face cache in {tmp}/hf, and no network."""
+    import huggingface_hub.constants as hf
+
+    (tmp / "timm.yaml").write_text(yaml.safe_dump({**_config(tmp), "model": {"name": "timm:resnet18"}}))
+    before = hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE
+    hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE = str(tmp / "hf"), True
+
+    def restore():
+        hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE = before
+
+    return restore
+
+
 class Case(NamedTuple):
     name: str
     argv: str
@@ -342,6 +356,9 @@ CASES = [
     Case("pretrained-cached-file-damaged", RESNET + " --set model.pretrained=imagenet", 2,
          "torchvision's cached ResNet18_Weights.IMAGENET1K_V1, cannot be read", ("new", "torch"),
          lambda tmp, run: offline(tmp, run, cached=b"PK\x03\x04 cut short")),
+    Case("pretrained-timm-offline-and-not-cached", "train -c {tmp}/timm.yaml --run-dir {new} --set "
+         "model.pretrained=imagenet", 2, "download model.safetensors from https://huggingface.co/timm/resnet18.a1_in1k "
+         "and give its path as model.pretrained", ("new",), timm_offline),
     Case("pretrained-lr-scale-without-weights", TRAIN + " --set optim.pretrained_lr_scale=0.1", 2,
          "optim.pretrained_lr_scale=0.1 act on the parameters that came from pretrained weights, but model.pretrained "
          "is not set", ("new",)),
