@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 
 import fault_methods  # noqa: F401  (registers test_nan)
@@ -351,6 +352,70 @@ def image_folder_with_a_corrupt_image(tmp, run):
         fh.truncate(30)
 
 
+class CodeOnLoad:
+    """Unpickling this runs code: it makes the folder ``path`` (weights_only loading refuses it, so nothing is made)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def weights_files(tmp, run):
+    """Weights files that cannot start the tiny run (cifar_resnet18 of width 4, 3 channels, 4 classes)."""
+    from selfkd.models import create_model
+
+    torch.save({"w": torch.zeros(1000)}, tmp / "whole.pt")
+    (tmp / "truncated.pt").write_bytes((tmp / "whole.pt").read_bytes()[:600])
+    (tmp / "corrupt.safetensors").write_bytes(b"definitely not safetensors")
+    torch.save({"w": torch.zeros(2), "payload": CodeOnLoad(tmp / "pwned")}, tmp / "code.pt")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp / "resnet18.pth")
+    grey = create_model("cifar_resnet18", num_classes=4, in_channels=1, width=4)
+    torch.save(grey.state_dict(), tmp / "grey.pth")
+
+
+def offline(tmp, run, cached: bytes | None = None):
+    """resnet.yaml (the tiny run on torchvision's resnet18), torch's cache in {tmp}/torch (with ``cached`` as
+    torchvision's resnet18 file), and no network."""
+    from urllib.error import URLError
+
+    (tmp / "resnet.yaml").write_text(yaml.safe_dump({**_config(tmp), "model": {"name": "resnet18"}}))
+    if cached is not None:
+        (tmp / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+        (tmp / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(cached)
+    before, download = os.environ.get("TORCH_HOME"), torch.hub.download_url_to_file
+    os.environ["TORCH_HOME"] = str(tmp / "torch")
+
+    def no_network(url, *args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    torch.hub.download_url_to_file = no_network
+
+    def restore():
+        torch.hub.download_url_to_file = download
+        if before is None:
+            os.environ.pop("TORCH_HOME")
+        else:
+            os.environ["TORCH_HOME"] = before
+
+    return restore
+
+
+def timm_offline(tmp, run):
+    """timm.yaml (the tiny run on timm:resnet18), an empty Hugging Face cache in {tmp}/hf, and no network."""
+    import huggingface_hub.constants as hf
+
+    (tmp / "timm.yaml").write_text(yaml.safe_dump({**_config(tmp), "model": {"name": "timm:resnet18"}}))
+    before = hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE
+    hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE = str(tmp / "hf"), True
+
+    def restore():
+        hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE = before
+
+    return restore
+
+
 class Case(NamedTuple):
     name: str
     argv: str
@@ -366,6 +431,7 @@ SEG = "train -c {tmp}/seg.yaml --run-dir {new}"
 SEGF = "train -c {tmp}/segf.yaml --run-dir {new}"
 SCENES = "train -c {tmp}/scenes.yaml --run-dir {new}"
 SEGF2 = SEGF + " --method frskd --set method.warmup_epochs=0"  # frskd: every parameter gets a gradient (DDP)
+RESNET = "train -c {tmp}/resnet.yaml --run-dir {new}"
 CASES = [
     # Files that were destroyed or overwritten.
     Case("overwrite-a-project-folder", "train -c {cfg} --run-dir {tmp}/project --overwrite", 2,
@@ -448,6 +514,42 @@ CASES = [
          "the last batch of each epoch (1 image(s), a different random few each epoch) is left out"),
     Case("bake-batch-without-an-anchor", TRAIN + " --method bake --batch-size 3", 2, "The batch holds no anchor",
          ("new",)),
+    # Pretrained weights (issue #23): refused before the run folder is made.
+    Case("pretrained-file-missing", TRAIN + " --set model.pretrained={tmp}/nothere.safetensors", 2,
+         "No weights file at {tmp}/nothere.safetensors", ("new",)),
+    Case("pretrained-file-truncated", TRAIN + " --set model.pretrained={tmp}/truncated.pt", 2,
+         "truncated.pt is not a readable weights file", ("new", "truncated.pt"), weights_files),
+    Case("pretrained-file-corrupt", TRAIN + " --set model.pretrained={tmp}/corrupt.safetensors", 2,
+         "corrupt.safetensors is not a readable safetensors file", ("new",), weights_files),
+    Case("pretrained-pickle-that-runs-code", TRAIN + " --set model.pretrained={tmp}/code.pt", 2,
+         "code.pt is a pickle that holds more than tensors", ("new", "pwned"), weights_files),
+    Case("pretrained-another-architecture", TRAIN + " --set model.pretrained={tmp}/resnet18.pth", 2,
+         "resnet18.pth does not fit cifar_resnet18: cifar_resnet18's stem.0.weight", ("new",), weights_files),
+    Case("pretrained-another-in-channels", TRAIN + " --set model.pretrained={tmp}/grey.pth", 2,
+         "The first convolution stem.0.weight of the weights takes 1 input channel(s) and this model 3", ("new",),
+         weights_files),
+    Case("teacher-another-class-count-head-kept", TRAIN + " --method tfkd_self --set method.teacher_weights={run} "
+         "--set data.options.num_classes=5", 2, "shapes differ: fc.weight (4, 32) in the weights, (5, 32) in the model",
+         ("new", "run"), copy_run),
+    Case("pretrained-folder-not-a-run", TRAIN + " --set model.pretrained={tmp}/notrun", 2,
+         "{tmp}/notrun is a folder without model.safetensors", ("new", "notrun"), not_a_run),
+    Case("pretrained-imagenet-for-a-cifar-network", TRAIN + " --set model.pretrained=imagenet", 2,
+         "no public weights exist for cifar_resnet18", ("new",)),
+    Case("pretrained-unknown-torchvision-name", RESNET + " --set model.pretrained=IMAGENET1K_V9", 2,
+         "nor torchvision weights of resnet18, which are: imagenet, IMAGENET1K_V1", ("new", "torch"), offline),
+    Case("pretrained-offline-and-not-cached", RESNET + " --set model.pretrained=imagenet", 2,
+         "put it in {tmp}/torch/hub/checkpoints as resnet18-f37072fd.pth", ("new",), offline),  # torch makes its folder
+    Case("pretrained-cached-file-damaged", RESNET + " --set model.pretrained=imagenet", 2,
+         "torchvision's cached ResNet18_Weights.IMAGENET1K_V1, cannot be read", ("new", "torch"),
+         lambda tmp, run: offline(tmp, run, cached=b"PK\x03\x04 cut short")),
+    Case("pretrained-timm-offline-and-not-cached", "train -c {tmp}/timm.yaml --run-dir {new} --set "
+         "model.pretrained=imagenet", 2, "download model.safetensors from https://huggingface.co/timm/resnet18.a1_in1k "
+         "and give its path as model.pretrained", ("new",), timm_offline),
+    Case("pretrained-lr-scale-without-weights", TRAIN + " --set optim.pretrained_lr_scale=0.1", 2,
+         "optim.pretrained_lr_scale=0.1 act on the parameters that came from pretrained weights, but model.pretrained "
+         "is not set", ("new",)),
+    Case("resume-adding-pretrained-weights", "train --resume {run} --set model.pretrained={run}", 2,
+         "started from random weights, and this resume sets model.pretrained", ("run",), unfinished),
     # Accepted silently.
     Case("empty-training-set", TRAIN + " --set data.options.train_size=0", 2,
          "'train_size' must be greater than or equal to 1 (got 0)", ("new",)),

@@ -116,6 +116,7 @@ def test_tfkd_self_run_learns_and_keeps_the_teacher(teacher_run, tmp_path):
 
 
 def test_tfkd_self_refuses_bad_teacher_files(teacher_run, tmp_path, tiny_resnet):
+    """The teacher goes through model.pretrained's loader, exactly: the network as trained or nothing."""
     good = str(teacher_run)
     with pytest.raises(ConfigError, match="teacher_weights"):
         create_method("tfkd_self", tiny_resnet(4))
@@ -127,19 +128,34 @@ def test_tfkd_self_refuses_bad_teacher_files(teacher_run, tmp_path, tiny_resnet)
         create_method("tfkd_self", tiny_resnet(4), teacher_weights=str(corrupt))
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(CheckpointError, match="not written by selfkd"):
+    with pytest.raises(ConfigError, match="cifar_resnet18's stem.0.weight, .* are not in them; their w have no place"):
         create_method("tfkd_self", tiny_resnet(4), teacher_weights=str(foreign))
-    with pytest.raises(ConfigError, match="10 classes"):
-        create_method("tfkd_self", tiny_resnet(10), teacher_weights=good)
-    with pytest.raises(ConfigError, match="preact_resnet18"):
+    with pytest.raises(ConfigError, match=r"shapes differ: fc.weight \(4, 64\) in the weights, \(10, 64\) in the model, fc.bias"):
+        create_method("tfkd_self", tiny_resnet(10), teacher_weights=good)  # a teacher keeps its class layer
+    with pytest.raises(ConfigError, match="shares no network with preact_resnet18"):
         create_method("tfkd_self", tiny_resnet(4, name="preact_resnet18"), teacher_weights=good)
     with pytest.raises(ConfigError, match="does not fit"):
         create_method("tfkd_self", tiny_resnet(4, width=16), teacher_weights=good)
+    grey = tiny_resnet(4, in_channels=1)
+    with pytest.raises(ConfigError, match=r"stem.0.weight \(8, 3, 3, 3\) in the weights, \(8, 1, 3, 3\)"):
+        create_method("tfkd_self", grey, teacher_weights=good)  # a teacher keeps its first conv too
+
+
+def test_tfkd_self_takes_the_backbone_of_a_whole_method_file_and_a_plain_state_dict(teacher_run, tmp_path,
+                                                                                    tiny_resnet):
+    """A run that evaluated a whole method (ONE's ensemble) wrote its backbone under ``backbone.``: that backbone is
+    the teacher; so is a plain torch.save of the network's state dict."""
+    saved = load_file(str(teacher_run))
     meta = {**load_weights(teacher_run)[1], "inference": "method", "method": "one"}
-    ensemble = tmp_path / "ensemble.safetensors"  # the weights of a run that evaluated a whole method
-    save_file(load_file(str(teacher_run)), str(ensemble), metadata={k: json.dumps(v) for k, v in meta.items()})
-    with pytest.raises(ConfigError, match="holds a whole 'one' method"):
-        create_method("tfkd_self", tiny_resnet(4), teacher_weights=str(ensemble))
+    ensemble = tmp_path / "ensemble.safetensors"
+    branch = {"branches.0.weight": torch.ones(3)}
+    save_file({**{f"backbone.{k}": v for k, v in saved.items()}, **branch}, str(ensemble),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    plain = tmp_path / "plain.pt"
+    torch.save(saved, plain)
+    for path in (ensemble, plain):
+        method = create_method("tfkd_self", tiny_resnet(4), teacher_weights=str(path))
+        assert all(torch.equal(method.teacher.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_tfkd_self_example_options_write_a_teacher_it_loads(tiny_resnet, tmp_path):

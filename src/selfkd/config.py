@@ -40,10 +40,14 @@ class MethodConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """``name`` plus the backbone's keyword arguments (e.g. ``width``)."""
+    """``name`` plus the backbone's keyword arguments (e.g. ``width``); ``pretrained``: the weights a new run starts
+    from (a tag such as ``imagenet``, a file or a run folder: :mod:`selfkd.models.pretrained`); ``freeze_bn``: the
+    BatchNorm layers that came from them stay in eval mode (running statistics frozen; their affine weights train)."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "cifar_resnet18"
+    pretrained: str | None = Field(None, min_length=1)
+    freeze_bn: bool = False
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -56,6 +60,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_norm_bias: bool = False
     lr_reference_batch: PositiveInt | None = None  # scale lr by batch_size / this (linear scaling rule)
+    pretrained_lr_scale: float = Field(1.0, ge=0)  # lr multiplier of the parameters that came from model.pretrained
 
 
 class ScheduleConfig(Section):

@@ -32,6 +32,7 @@ WEIGHTS = "model.safetensors"  # the module the run evaluated (weights.save_eval
 RELIABILITY = "reliability.json"  # per-bin statistics of the last evaluation
 SUMMARY = "summary.json"  # written when the run finishes
 EXAMPLES = "examples.npz"  # a segmentation run's test images, ground truth and predictions (engine/examples.py)
+PRETRAINED = "pretrained.json"  # what the run took from model.pretrained (models/pretrained.py: LoadReport)
 EXPORT = "export"  # selfkd export's default folder
 EXPORT_FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}  # -> extension
 EXPORTS = tuple(f"model{ext}" for ext in EXPORT_FORMATS.values())  # what selfkd export writes there for a run
@@ -39,7 +40,8 @@ MARKER = ".selfkd-run"  # made by selfkd; holds the PID of the process that last
 REPORT_FILES = ("results.md", "results.csv", "index.html", "*.png")  # what selfkd compare writes in its folder
 SWEEP_LOGS, SWEEP_REPORT = "logs", "report"  # in a sweep folder: each run's console output, and the comparison
 DEMO_FILE = "demo.json"  # selfkd demo's record, in its sweep folder
-OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT)
+OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT,
+           PRETRAINED)
 
 
 def read_metrics(path: Path) -> list[dict]:

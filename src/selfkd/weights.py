@@ -7,7 +7,6 @@ the run reported.
 """
 from __future__ import annotations
 
-import copy
 import json
 import typing
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .atomic import AGAIN, atomic_write
-from .errors import CheckpointError, ConfigError, first_line, short
+from .errors import CheckpointError, first_line, short
 
 
 def weights_bytes(module: torch.nn.Module, metadata: dict) -> bytes:
@@ -123,33 +122,9 @@ def _json(text: str):
         return text
 
 
-def load_state(path: Path, module: torch.nn.Module, state: dict, what: str, error: type = CheckpointError) -> None:
+def load_state(path: Path, module: torch.nn.Module, state: dict, what: str) -> None:
     """Load ``state`` (read from ``path``) into ``module``, or refuse naming ``what`` it does not fit."""
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise error(f"{path} does not fit {what} ({first_line(err)}).") from None
-
-
-def load_backbone(path: Path, like: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
-    """``(backbone, metadata)``: a copy of the backbone ``like`` holding the weights of ``path``, a plain backbone
-    written by selfkd for the same model and class count (e.g. a teacher of a student's own architecture). A file
-    of another model, class count or model options, or of a whole method, is a :class:`ConfigError`."""
-    state, meta = load_weights(path)
-    if "model" not in meta or "num_classes" not in meta:
-        raise CheckpointError(f"{path} was not written by selfkd (its metadata does not name the model and class "
-                              "count); give the model.safetensors of a selfkd run.")
-    if meta.get("inference", "backbone") != "backbone":
-        raise ConfigError(f"{path} holds a whole '{meta.get('method')}' method (its run evaluated more than the "
-                          "backbone), not a plain backbone; give the weights of a run that evaluates its backbone "
-                          "(e.g. plain CE).")
-    if (meta["model"], meta["num_classes"]) != (like.name, like.num_classes):
-        raise ConfigError(f"{path} holds a {meta['model']} with {meta['num_classes']} classes, but a {like.name} with "
-                          f"{like.num_classes} classes is needed; give the weights of a run of that model and class "
-                          "count.")
-    net = copy.deepcopy(like)
-    load_state(path, net, state, f"{like.name} with these model options (use the options of the run that wrote it)",
-          ConfigError)
-    return net, meta
-
-
+        raise CheckpointError(f"{path} does not fit {what} ({first_line(err)}).") from None

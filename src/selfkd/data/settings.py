@@ -6,11 +6,12 @@ means "the dataset's usual one": :func:`resolve_data` decides them all, in one p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
-from ..tasks import IGNORE_LABEL
+from ..tasks import IGNORE_LABEL, TASKS
 
 
 class DataConfig(BaseModel):
@@ -57,11 +58,29 @@ class DataConfig(BaseModel):
         return value
 
 
-def resolve_data(cfg: DataConfig, splits) -> DataConfig:
+@dataclass(frozen=True)
+class Preprocessing:
+    """What pretrained weights were trained with: the normalisation and the classification crop (None: unknown)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int | None = None
+
+
+def resolve_data(cfg: DataConfig, splits, weights: Preprocessing | None = None) -> DataConfig:
     """``cfg`` with every dataset default decided for ``splits`` (a :class:`~selfkd.data.DatasetSplits`): the
     augmentation, image size, crop padding, mean and std the config leaves to the dataset. The one place these are
-    settled (as timm's ``resolve_data_config``); resolving a resolved config changes nothing."""
+    settled (as timm's ``resolve_data_config``); resolving a resolved config changes nothing.
+
+    ``weights``: the preprocessing of the pretrained weights the run starts from, which comes before the dataset's
+    where it fits: its mean and std when they have the dataset's number of channels (a first conv adapted to other
+    channels keeps the dataset's), its crop size for classification images read from files (a segmentation crop
+    belongs to the scenes, and small in-memory images keep their own size)."""
+    fits = weights is not None and len(weights.mean) == splits.in_channels
+    mean, std = (weights.mean, weights.std) if fits else (splits.mean, splits.std)
+    crops = weights is not None and weights.image_size and not splits.in_memory and not TASKS[splits.task].dense
     return cfg.model_copy(update={
-        "augment": cfg.augment or splits.augment, "image_size": cfg.image_size or splits.image_size,
+        "augment": cfg.augment or splits.augment,
+        "image_size": cfg.image_size or (weights.image_size if crops else splits.image_size),
         "padding": splits.padding if cfg.padding is None else cfg.padding,
-        "mean": tuple(cfg.mean or splits.mean), "std": tuple(cfg.std or splits.std)})
+        "mean": tuple(cfg.mean or mean), "std": tuple(cfg.std or std)})

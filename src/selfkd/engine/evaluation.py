@@ -84,9 +84,11 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     method = build_method(cfg, splits)
     ckpt = load_run_checkpoint(run_dir / CHECKPOINT, method, cfg.method.name, cfg.model.name, splits.num_classes)
     method.to(dev)
-    loader = build_test_loader(splits, data, dev, cfg.seed)
-    # The checkpoint's config is the run's resolved one: its amp is what the run decided on its own device.
+    # The checkpoint's config is the run's resolved one: its amp is what the run decided on its own device, its
+    # preprocessing what it trained with (a pretrained model's own, where the config left it).
     trained = build_config(ckpt["config"], f"the config in {run_dir / CHECKPOINT}")
+    data = data.model_copy(update={key: getattr(trained.data, key) for key in ("image_size", "mean", "std")})
+    loader = build_test_loader(splits, data, dev, cfg.seed)
     amp = trained.resolved(dev.type, distributed=False).train.amp
     result = _metrics(method.eval_model(), loader, dev, amp, method.task, splits)
     return {"run": str(run_dir), "dataset": data.dataset, "epoch": ckpt["epoch"], **result}

@@ -50,15 +50,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def build_optimizer(method: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-                    no_decay_norm_bias: bool, device: torch.device) -> torch.optim.SGD:
-    """SGD over every trainable parameter of the method (backbone and added modules alike)."""
-    params = [p for p in method.parameters() if p.requires_grad]
-    if no_decay_norm_bias:
-        decay = [p for p in params if p.ndim > 1]
-        plain = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay}, {"params": plain, "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params}]
+                    no_decay_norm_bias: bool, device: torch.device, pretrained: frozenset[str] = frozenset(),
+                    pretrained_lr_scale: float = 1.0) -> torch.optim.SGD:
+    """SGD over every trainable parameter of the method (backbone and added modules alike); ``no_decay_norm_bias``:
+    no weight decay on 1-D parameters (norms, biases). ``pretrained``: the names of the parameters that came from
+    pretrained weights, which train at ``pretrained_lr_scale`` × ``lr`` in groups of their own, after the others'
+    (always there, maybe empty, when the scale is not 1; the schedule scales each group's base rate)."""
+    named = [(name, p) for name, p in method.named_parameters() if p.requires_grad]
+    parts = [named] if pretrained_lr_scale == 1 else [[(n, p) for n, p in named if n not in pretrained],
+                                                     [(n, p) for n, p in named if n in pretrained]]
+    groups = []
+    for part, scale in zip(parts, (1.0, pretrained_lr_scale)):
+        params = [p for _, p in part]
+        if no_decay_norm_bias:
+            groups += [{"params": [p for p in params if p.ndim > 1], "lr": lr * scale},
+                       {"params": [p for p in params if p.ndim <= 1], "lr": lr * scale, "weight_decay": 0.0}]
+        else:
+            groups.append({"params": params, "lr": lr * scale})
     fused = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                            weight_decay=weight_decay, **fused)

@@ -19,10 +19,12 @@ from ..data.resident import ResidentLoader
 from ..errors import ConfigError, DatasetError, Interrupted, SelfKDError, TrainingError, first_line
 from ..memory import check_fits, forward_bytes
 from ..metrics import Evaluation
+from ..models.pretrained import LoadReport
 from ..runfolder import (
     CHECKPOINT,
     CONFIG,
     EXAMPLES,
+    PRETRAINED,
     SUMMARY,
     WEIGHTS,
     RunSummary,
@@ -82,8 +84,9 @@ class Trainer:
             check_new(self.run_dir, overwrite)
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self.splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, **cfg.data.options)
-        parts = build_run(cfg, self.splits, self.device, self.dist)
-        self.cfg, self.task = parts.cfg, TASKS[parts.method.task]
+        parts = build_run(cfg, self.splits, self.device, self.dist, _resumed_weights(self.run_dir, cfg) if resume
+                          else None)
+        self.cfg, self.task, self.pretrained = parts.cfg, TASKS[parts.method.task], parts.pretrained
         self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
         self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -141,6 +144,9 @@ class Trainer:
                                   "process was writing the run). Run the command again.")
             atomic_write(self.run_dir / CONFIG, lambda tmp: tmp.write_text(_yaml(cfg.to_dict())),
                          next_step(self.run_dir))
+            if self.pretrained is not None and not resume:
+                text = self.pretrained.to_json()
+                atomic_write(self.run_dir / PRETRAINED, lambda tmp: tmp.write_text(text), next_step(self.run_dir))
         except BaseException:
             release(lock)
             raise
@@ -187,6 +193,8 @@ class Trainer:
         self.logger.print(f"selfkd {__version__}: {self.cfg.method.name} on {self.cfg.model.name}, "
                           f"{self.cfg.data.dataset} ({len(self.train_loader)} steps/epoch), device {self.device}, "
                           f"run folder {self.run_dir}")
+        if self.pretrained is not None and self.resumed_stamp is None:  # a new run: what it starts from
+            self.logger.print(self.pretrained.text())
         needs, sampler = self.method.data_needs, self.train_loader.sampler
         if needs.class_partners:
             self.logger.print(
@@ -425,6 +433,19 @@ def train(cfg: Config | dict, resume: bool = False, overwrite: bool = False) -> 
 def _raise(error: Exception | None) -> None:
     if error is not None:
         raise error
+
+
+def _resumed_weights(run_dir: Path, cfg: Config) -> LoadReport | None:
+    """What a resumed run took from model.pretrained (its pretrained.json: which parameters, which preprocessing), None
+    for a run that started from random weights. A resume keeps the trained weights, so it must start as the run did."""
+    path = run_dir / PRETRAINED
+    if path.is_file() != bool(cfg.model.pretrained):
+        started, now = (("from model.pretrained", "leaves it out") if path.is_file()
+                        else ("from random weights", f"sets model.pretrained: {cfg.model.pretrained}"))
+        raise ConfigError(f"{run_dir} started {started}, and this resume {now}: a resume continues the run's trained "
+                          "weights, with the preprocessing and learning rates of its start. Leave model.pretrained as "
+                          "the run had it (its config.yaml).")
+    return LoadReport.read(path) if path.is_file() else None
 
 
 def _yaml(data: dict) -> str:

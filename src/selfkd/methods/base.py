@@ -41,12 +41,26 @@ class Method(nn.Module):
     # Buffers the method keeps identical on every process under torchrun (e.g. gathered from all of them); every
     # other buffer is per process, and a checkpoint keeps each process's copy.
     shared_buffers: tuple[str, ...] = ()
+    # BatchNorm modules of the model kept in eval mode in training (model.freeze_bn), by their names in the model.
+    frozen_norms: tuple[str, ...] = ()
 
     def __init__(self, model: Backbone, num_classes: int):
         super().__init__()
         self.backbone = model
         self.num_classes = num_classes
         self.register_load_state_dict_pre_hook(self._resize_buffers)
+
+    def freeze_norms(self, names: list[str]) -> None:
+        """Keep the model's BatchNorm modules ``names`` in eval mode from now on, training or not: they normalise with
+        their running statistics, which stay as they are; their affine weights still train."""
+        self.frozen_norms = tuple(names)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen_norms:
+            self.backbone.get_submodule(name).eval()
+        return self
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None,
                 index: torch.Tensor | None = None):

@@ -8,6 +8,7 @@ the official code at another K, set the weight to α·m/K).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, SelfKDError
 from ..losses import compute_dtype, cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy, upcast
+from ..models.pretrained import load_pretrained
 from ..registry import Fraction, NonNegative, Positive
-from ..weights import load_backbone, save_weights
+from ..weights import save_weights
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -83,8 +85,11 @@ class TFKDSelf(Method):
     with ``KD_T(t, s) = T²·(1/B) Σ_b KL(σ(t_b/T) ‖ σ(s_b/T))`` and defaults 0.05 = 1−α and 0.475 = α·m/K
     (α = 0.95, m = 50, K = 100), the official ResNet-18 setting.
 
-    ``teacher_weights`` is the ``model.safetensors`` of an earlier selfkd run of the same model and class
-    count (normally plain CE). The teacher is frozen, always in eval mode (BN running statistics), run
+    ``teacher_weights`` is the trained network of the student's architecture and class count: normally the
+    ``model.safetensors`` (or the folder) of an earlier selfkd run of the same model (plain CE), or a torchvision or
+    timm file of that network; it is read by the loader of ``model.pretrained``
+    (:func:`selfkd.models.pretrained.load_pretrained`), which here keeps the class layer and first conv exact. The
+    teacher is frozen, always in eval mode (BN running statistics), run
     under ``no_grad``, kept out of the optimizer, DDP gradient sync and :meth:`eval_model`. It is part of
     ``state_dict``, so checkpoints are self-contained.
 
@@ -112,12 +117,13 @@ class TFKDSelf(Method):
                 "tfkd_self needs teacher_weights: the model.safetensors of a finished selfkd run of the same model "
                 f"({model.name}) and class count, e.g. --set method.teacher_weights=runs/<CE run>/model.safetensors."
             )
+        teacher = copy.deepcopy(model)
         try:
-            teacher, _ = load_backbone(Path(path), like=model)
+            load_pretrained(teacher, path, exact=True)
         except SelfKDError as err:
-            raise type(err)(f"tfkd_self cannot use its teacher: {err} TF-KD-self needs the model.safetensors of a "
-                            "finished selfkd run of the student's architecture (the same model, options and class "
-                            "count), normally plain CE.") from None
+            raise type(err)(f"tfkd_self cannot use its teacher: {err} TF-KD-self needs a trained network of the "
+                            "student's architecture (the same model, options and class count): normally the "
+                            "model.safetensors of a finished selfkd run, plain CE.") from None
         return teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):

@@ -29,6 +29,17 @@ CIFAR_SETTING = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6,
                  [6, 320, 1, 1]]
 
 
+def stage_layers(setting: list[list[int]], stem_stride: int) -> dict[int, list[int]]:
+    """Total reduction -> the indices in torchvision's ``features`` of the layers of that stage (every layer after the
+    stem's two, the final conv1x1 included)."""
+    strides = [s if i == 0 else 1 for _, _, n, s in setting[1:] for i in range(n)] + [1]
+    stages, reduction = {}, stem_stride
+    for index, stride in enumerate(strides, start=2):
+        reduction *= stride
+        stages.setdefault(reduction, []).append(index)
+    return stages
+
+
 class MobileNetV2Backbone(Backbone):
     def __init__(self, num_classes: int, in_channels: int, stem_stride: int, setting: list[list[int]],
                  width_mult: float = 1.0, dropout: float = 0.0, name: str = "mobilenetv2"):
@@ -40,14 +51,10 @@ class MobileNetV2Backbone(Backbone):
                                          norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
         init_weights(layers[0])
         self.stem = nn.Sequential(*layers[:2])
-        strides = [s if i == 0 else 1 for _, _, n, s in setting[1:] for i in range(n)] + [1]
-        stages, reduction = {}, stem_stride
-        for layer, stride in zip(layers[2:], strides):
-            reduction *= stride
-            stages.setdefault(reduction, []).append(layer)
-        self.stages = nn.ModuleList(nn.Sequential(*group) for group in stages.values())
+        stages = stage_layers(setting, stem_stride)
+        self.stages = nn.ModuleList(nn.Sequential(*(layers[i] for i in group)) for group in stages.values())
         self.stage_reductions = list(stages)
-        self.stage_channels = [group[-1].out_channels for group in stages.values()]
+        self.stage_channels = [layers[group[-1]].out_channels for group in stages.values()]
         self.dropout, self.fc = net.classifier
 
     def embed(self, last: torch.Tensor) -> torch.Tensor:

@@ -7,13 +7,17 @@ from .base import Backbone
 
 MODELS: Registry = Registry("model")
 MODEL_TASKS: dict[str, str] = {}  # model name -> task (selfkd.tasks.TASKS)
+MODEL_WEIGHTS: dict[str, tuple] = {}  # model name -> the torchvision networks it takes weights of (pretrained.Network)
 
 
-def register_model(name: str | None = None, task: str = DEFAULT_TASK):
-    """Register a model factory; ``task``: classification backbones or segmentation segmenters."""
+def register_model(name: str | None = None, task: str = DEFAULT_TASK, weights: tuple = ()):
+    """Register a model factory; ``task``: classification backbones or segmentation segmenters; ``weights``: the
+    torchvision networks whose published weights it can start from (:class:`selfkd.models.pretrained.Network`, the
+    first one for ``model.pretrained: imagenet``), none for networks without public weights."""
     def add(factory):
         MODELS.register(name)(factory)
         MODEL_TASKS[name or factory.__name__] = task
+        MODEL_WEIGHTS[name or factory.__name__] = tuple(weights)
         return factory
 
     return add

@@ -5,8 +5,9 @@ encoder stages ``C2..C5`` → FPN to six ``channels``-wide levels ``P2..P7`` (64
 3 × :class:`BiFPNSeg` → pyramid ``S1`` → head on ``S1``'s finest level (``cbr3(channels→head_channels)``, 256 by
 default, then a 3×3 conv to K), upsampled bilinearly to the input size.
 ``pyramid`` is ``S1`` (FRSKD's self-teacher refines it). Encoders are EfficientNet-B0/B1/B2 (torchvision's modules
-and names) or ResNet-18/50 (torchvision's), randomly initialised (nothing is downloaded). The reference models wrap
-torchvision's segmentation networks and return an empty pyramid.
+and names) or ResNet-18/50 (torchvision's), randomly initialised, or from torchvision's ImageNet weights,
+efficientnet_pytorch's, or a selfkd classification run with ``model.pretrained`` (:mod:`selfkd.models.pretrained`;
+the decoder stays new). The reference models wrap torchvision's segmentation networks and return an empty pyramid.
 
 The EfficientNet segmenters are the official one (``tests/test_fidelity_frskd.py`` compares them with it): the
 encoder is the network efficientnet_pytorch builds (TensorFlow "SAME" padding fixed for the nominal input size, BN
@@ -14,8 +15,9 @@ eps 1e-3, no stochastic depth: :func:`efficientnet_encoder`) tapped where FRSKD'
 use eps 1e-4, with one fix: the stem keeps EfficientNet's activation after its BN (the official code takes the stem
 as ``Sequential(conv, bn)`` and so drops it; ``stem_activation=False`` reproduces that). Options:
 ``encoder_style="torchvision"`` (torchvision's network, what its pretrained weights were trained with),
-``taps="stage_end"``. Differences without an option: random initialisation (the official code loads ImageNet
-weights); biases of convs that feed a BN are dropped (the BN cancels them); the FPN and head BNs use PyTorch's
+``taps="stage_end"``. The official code starts from efficientnet_pytorch's ImageNet weights (``model.pretrained``: that
+file, or ``imagenet``, torchvision's weights, best with ``encoder_style="torchvision"``). Differences without an
+option: biases of convs that feed a BN are dropped (the BN cancels them); the FPN and head BNs use PyTorch's
 default momentum (the official 0.997 is TensorFlow's convention, which in PyTorch keeps almost only the
 last batch in the running statistics that evaluation uses); the FPN's two smoothing convs, built but never used,
 are left out.
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import PositiveInt
+from .pretrained import Network
 from .registry import register_model
 
 EFFICIENTNET_PYRAMID_CHANNELS = {"b0": 64, "b1": 88, "b2": 112}  # the official code's width per encoder
@@ -282,6 +285,20 @@ class TorchvisionSegmenter(Segmenter):
 
 # --------------------------------------------------------------------------- registered models
 
+# Where the tensors of torchvision's networks sit in these models (selfkd.models.pretrained.Network).
+EFFICIENTNET_PLACES = tuple((f"features.{s}.", f"encoder.features.{s}.") for s in range(8))  # features.8: head conv
+RESNET_ENCODER_PLACES = (("conv1.", "encoder.stages.0.0."), ("bn1.", "encoder.stages.0.1."),
+                         ("layer1.", "encoder.stages.0.4."), ("layer2.", "encoder.stages.1."),
+                         ("layer3.", "encoder.stages.2."), ("layer4.", "encoder.stages.3."))
+RESNET_BACKBONE = Network("resnet50", tuple((f"{m}.", f"net.backbone.{m}.") for m in (
+    "conv1", "bn1", "layer1", "layer2", "layer3", "layer4")), ("fc.",))
+TORCHVISION_BACKBONES = {  # the ImageNet network of each reference's backbone and where it sits
+    "deeplabv3_resnet50": RESNET_BACKBONE, "fcn_resnet50": RESNET_BACKBONE,
+    "lraspp_mobilenet_v3_large": Network("mobilenet_v3_large", tuple((f"features.{i}.", f"net.backbone.{i}.")
+                                                                      for i in range(17)), ("classifier.",)),
+}
+
+
 def _efficientnet_segmenter(version: str):
     name = f"frskd_seg_eff{version}"
 
@@ -295,13 +312,14 @@ def _efficientnet_segmenter(version: str):
         return FRSKDSegmenter(encoder, num_classes, channels, head_channels, name)
 
     factory.__name__ = name
-    factory.__doc__ = (f"{name}: FRSKD segmenter on EfficientNet-{version.upper()} (random init); pyramid width "
+    factory.__doc__ = (f"{name}: FRSKD segmenter on EfficientNet-{version.upper()}; pyramid width "
                        f"`channels` ({EFFICIENTNET_PYRAMID_CHANNELS[version]}, the official value), head width "
                        "`head_channels` (256); the encoder is the official one (efficientnet_pytorch's network, "
                        "FRSKD's taps) except that its stem keeps its activation (`stem_activation=false` drops it, as "
                        "the official code does); `encoder_style=torchvision` for torchvision's network, "
                        "`taps=stage_end` to tap each stage's last block.")
-    return register_model(name, task="segmentation")(factory)
+    network = Network(f"efficientnet_{version}", EFFICIENTNET_PLACES, ("features.8.", "classifier."))
+    return register_model(name, task="segmentation", weights=(network,))(factory)
 
 
 frskd_seg_effb0 = _efficientnet_segmenter("b0")
@@ -309,17 +327,19 @@ frskd_seg_effb1 = _efficientnet_segmenter("b1")
 frskd_seg_effb2 = _efficientnet_segmenter("b2")
 
 
-@register_model("frskd_seg_resnet18", task="segmentation")
+@register_model("frskd_seg_resnet18", task="segmentation", weights=(Network("resnet18", RESNET_ENCODER_PLACES,
+                                                                           ("fc.",)),))
 def frskd_seg_resnet18(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt = 64,
                        head_channels: PositiveInt = 256) -> FRSKDSegmenter:
-    """frskd_seg_resnet18: FRSKD segmenter on ResNet-18 (random init), strides 4/8/16/32."""
+    """frskd_seg_resnet18: FRSKD segmenter on ResNet-18, strides 4/8/16/32."""
     return FRSKDSegmenter(resnet_encoder(18, in_channels), num_classes, channels, head_channels, "frskd_seg_resnet18")
 
 
-@register_model("frskd_seg_resnet50", task="segmentation")
+@register_model("frskd_seg_resnet50", task="segmentation", weights=(Network("resnet50", RESNET_ENCODER_PLACES,
+                                                                           ("fc.",)),))
 def frskd_seg_resnet50(num_classes: PositiveInt, in_channels: PositiveInt = 3, channels: PositiveInt = 64,
                        head_channels: PositiveInt = 256, output_stride: Literal[32, 16, 8] = 32) -> FRSKDSegmenter:
-    """frskd_seg_resnet50: FRSKD segmenter on ResNet-50 (random init); `output_stride` 16 or 8 dilates the last
+    """frskd_seg_resnet50: FRSKD segmenter on ResNet-50; `output_stride` 16 or 8 dilates the last
     stages (several encoder levels at one stride)."""
     return FRSKDSegmenter(resnet_encoder(50, in_channels, output_stride), num_classes, channels, head_channels,
                           "frskd_seg_resnet50")
@@ -335,8 +355,10 @@ def _torchvision_segmenter(name: str):
         return TorchvisionSegmenter(net, num_classes, name)
 
     factory.__name__ = name
-    factory.__doc__ = f"{name}: torchvision's {name} (random init, no auxiliary head), a plain-CE reference."
-    return register_model(name, task="segmentation")(factory)
+    factory.__doc__ = (f"{name}: torchvision's {name} (no auxiliary head), a plain-CE reference; model.pretrained: "
+                       "imagenet for its ImageNet backbone, COCO_WITH_VOC_LABELS_V1 for torchvision's whole network.")
+    whole = Network(name, (("backbone.", "net.backbone."), ("classifier.", "net.classifier.")), ("aux_classifier.",))
+    return register_model(name, task="segmentation", weights=(TORCHVISION_BACKBONES[name], whole))(factory)
 
 
 lraspp_mobilenet_v3_large = _torchvision_segmenter("lraspp_mobilenet_v3_large")

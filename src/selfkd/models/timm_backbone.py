@@ -1,4 +1,6 @@
-"""Any timm model as a backbone: ``create_model("timm:<name>", num_classes)``, always randomly initialised.
+"""Any timm model as a backbone: ``create_model("timm:<name>", num_classes)``, randomly initialised; timm's pretrained
+weights come through ``model.pretrained`` (:mod:`selfkd.models.pretrained`, which loads them with timm's own
+mechanism and reports what it loaded).
 
 Stage features come from timm's feature interface (``forward_intermediates``, timm >= 1.0) at the
 levels of ``model.feature_info`` (all of them, or ``out_indices``); ``stage_channels`` and
@@ -38,8 +40,8 @@ def create_timm_backbone(name: str, num_classes: int, in_channels: int = 3, out_
         hint = f" Closest timm names: {', '.join(close)}." if close else ""
         raise ConfigError(f"Unknown timm model {short(name)}.{hint} `timm.list_models('*pattern*')` lists them all.")
     if "pretrained" in kwargs:
-        raise ConfigError(f"timm:{name}: selfkd trains timm models from scratch and never downloads weights; "
-                          "remove the 'pretrained' option.")
+        raise ConfigError(f"timm:{name}: pretrained weights are not a model option; set model.pretrained (e.g. "
+                          "imagenet, or one of timm's tags) in the config, which loads and reports them.")
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     except TypeError as err:

@@ -1,5 +1,6 @@
-"""ImageNet-style backbones built by torchvision's constructors with ``weights=None`` (nothing is
-downloaded; training starts from scratch), re-exposed as stem / stages / fc.
+"""ImageNet-style backbones built by torchvision's constructors, re-exposed as stem / stages / fc. They start from
+random weights, or from torchvision's ImageNet weights (or any in the same layout) with ``model.pretrained``
+(:mod:`selfkd.models.pretrained`; each declares where its network's tensors sit).
 
 ResNets (He et al. 2016; ResNeXt: Xie et al. 2017): stem = conv7x7/2, BN, ReLU, max-pool/2; stages =
 ``layer1..layer4`` (post-ReLU outputs), reductions 4/8/16/32. Parameters with K=1000, as torchvision
@@ -15,8 +16,19 @@ from torchvision.models import resnet as tv_resnet
 
 from ..registry import Fraction, Positive, PositiveInt
 from .base import Backbone, init_weights
-from .mobilenetv2 import IMAGENET_SETTING, MobileNetV2Backbone
+from .mobilenetv2 import IMAGENET_SETTING, MobileNetV2Backbone, stage_layers
+from .pretrained import Network
 from .registry import register_model
+
+# torchvision's ResNet names -> TorchvisionResNet's
+RESNET_PLACES = (("conv1.", "stem.0."), ("bn1.", "stem.1."), *((f"layer{i}.", f"stages.{i - 1}.") for i in range(1, 5)),
+                 ("fc.", "fc."))
+# torchvision's MobileNetV2 names -> MobileNetV2Backbone's (stem: features 0 and 1; stages grouped by resolution)
+MOBILENETV2_PLACES = (("features.0.", "stem.0."), ("features.1.", "stem.1."),
+                      *((f"features.{i}.", f"stages.{s}.{b}.")
+                        for s, layers in enumerate(stage_layers(IMAGENET_SETTING, 2).values())
+                        for b, i in enumerate(layers)),
+                      ("classifier.1.", "fc."))
 
 
 class TorchvisionResNet(Backbone):
@@ -48,8 +60,9 @@ def _resnet(constructor: Callable[..., tv_resnet.ResNet], name: str):
         return TorchvisionResNet(constructor, num_classes, in_channels, name=name)
 
     factory.__name__ = name
-    factory.__doc__ = f"{name}: torchvision's ImageNet {name} (7x7 stem + max-pool), randomly initialised."
-    return register_model(name)(factory)
+    factory.__doc__ = (f"{name}: torchvision's ImageNet {name} (7x7 stem + max-pool); model.pretrained: imagenet "
+                       "starts from torchvision's weights.")
+    return register_model(name, weights=(Network(name, RESNET_PLACES),))(factory)
 
 
 resnet18 = _resnet(tv_resnet.resnet18, "resnet18")
@@ -58,7 +71,7 @@ resnet50 = _resnet(tv_resnet.resnet50, "resnet50")
 resnext50_32x4d = _resnet(tv_resnet.resnext50_32x4d, "resnext50_32x4d")
 
 
-@register_model("mobilenetv2_imagenet")
+@register_model("mobilenetv2_imagenet", weights=(Network("mobilenet_v2", MOBILENETV2_PLACES),))
 def mobilenetv2_imagenet(num_classes: PositiveInt, in_channels: PositiveInt = 3, width_mult: Positive = 1.0,
                          dropout: Fraction = 0.2) -> MobileNetV2Backbone:
     """torchvision's ImageNet MobileNetV2 (stem stride 2), stages @4/8/16/32 (see ``mobilenetv2``)."""
