@@ -54,9 +54,11 @@ def read_metrics(path: Path) -> list[dict]:
 
 @dataclass
 class RunSummary:
-    """``summary.json``: what a finished run reports. The engine writes it, the report, the sweep and a resume of a
-    finished run read it (:func:`read_summary`). ``final`` holds the last epoch's test metrics; ``best_on_test`` the
-    best test epoch, labelled as selected on the test set."""
+    """``summary.json``: what a finished run reports. The engine writes it, the report, the sweep, the tuner and a
+    resume of a finished run read it. ``final`` holds the test metrics of the selected weights (``selected``: their
+    epoch, ``by`` ``last`` or ``best_val``, and the validation metric that chose them; empty under ``train.eval_test:
+    never``); ``best_on_test`` the best test epoch, labelled as selected on the test set (empty unless every epoch
+    was tested). Files of selfkd before validation splits lack the last three fields."""
 
     selfkd_version: str
     task: str
@@ -76,6 +78,9 @@ class RunSummary:
     world_size: int
     settings: dict  # the resolved amp, channels_last and compile
     classes: list  # the dataset's class names (segmentation: the names of final's iou_per_class)
+    selected: dict | None = None  # {"epoch", "by", "metric", "value", "note"}: which weights final reports, and why
+    train_images: int | None = None  # images trained on (the training set less the validation split, its subset)
+    val_images: int | None = None  # images validated on (0: no validation split)
 
     def to_dict(self) -> dict:
         return asdict(self)

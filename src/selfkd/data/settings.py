@@ -6,7 +6,7 @@ means "the dataset's usual one": :func:`resolve_data` decides them all, in one p
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
@@ -35,7 +35,12 @@ class DataConfig(BaseModel):
     eval_size: PositiveInt | None = None  # evaluation: None = original resolution; FRSKD's code resizes to 512²
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle, for quick runs
+    # Validation images held out of the training set (data/holdout.py): a count, a fraction of the dataset's training
+    # set, or "dataset" (its own validation split, where its reader gives one); drawn with val_seed, not the run's
+    # seed, before train_subset draws from the rest.
+    val_split: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | Literal["dataset"] | None = None
+    val_seed: NonNegativeInt = 0
+    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle (by the run's seed), for quick runs
     test_subset: PositiveInt | None = None
     loader: Literal["auto", "resident", "workers"] = "auto"
     workers: NonNegativeInt = 8

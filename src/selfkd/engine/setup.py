@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data import DatasetSplits, build_test_loader, build_train_loader
+from ..data import DatasetSplits, build_test_loader, build_train_loader, build_val_loader
 from ..data.datasets import dataset_task
+from ..data.holdout import training_size
 from ..data.settings import resolve_data
 from ..errors import ConfigError
 from ..methods import Method, create_method, data_args
@@ -30,6 +31,7 @@ class RunParts:
     step: TrainStep
     train_loader: object
     test_loader: object
+    val_loader: object | None  # None without data.val_split
 
 
 def run_task(cfg: Config) -> str:
@@ -43,7 +45,8 @@ def run_task(cfg: Config) -> str:
 
 def build_method(cfg: Config, splits: DatasetSplits) -> Method:
     """The run's model and method, as ``cfg`` describes them, for ``splits`` (per-sample methods get the number
-    of training images the run uses). A model or method of another task than the dataset's is refused."""
+    of training images the run uses: the training set without its validation split, then its subset). A model or
+    method of another task than the dataset's is refused."""
     task = run_task(cfg)
     model_task = MODEL_TASKS.get(cfg.model.name, DEFAULT_TASK)  # timm:<name> models classify
     if model_task != task:
@@ -52,7 +55,7 @@ def build_method(cfg: Config, splits: DatasetSplits) -> Method:
                           f"`selfkd list models --task {task}`.")
     model = create_model(cfg.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
                          **cfg.model.options())
-    num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
+    num_train = training_size(splits, cfg.data)
     options = cfg.method.options()
     given = [key for key in DATA_ARGS if key in options]
     if given:
@@ -66,6 +69,11 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     """Everything a training loop needs, on ``device``, for this process of ``dist``; ``parts.cfg`` is ``cfg`` with
     every ``auto`` setting and every dataset default decided."""
     dist = dist or Dist()
+    if cfg.train.select == "best_val" and cfg.data.val_split is None:
+        raise ConfigError("train.select=best_val exports and tests the weights of the epoch with the best validation "
+                          "metric, but this run has no validation split. Hold one out of the training set with "
+                          "data.val_split (a count such as 5000, a fraction such as 0.1, or dataset for the dataset's "
+                          "own), or keep train.select=last.")
     cfg = cfg.resolved(device.type, dist.enabled)
     cfg = cfg.model_copy(update={"data": resolve_data(cfg.data, splits)})
     t, o = cfg.train, cfg.optim
@@ -82,9 +90,10 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     train_loader = build_train_loader(splits, cfg.data, method.data_needs, device, cfg.seed, dist.rank, dist.world,
                                       layout)
     test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
+    val_loader = build_val_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
     lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
     optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device)
     step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
                      ignore_index=TASKS[method.task].ignore_index, accumulate=t.accumulate_steps,
                      clip_mode=t.grad_clip_mode)  # wrapped in DDP by the trainer (TrainStep.distribute)
-    return RunParts(cfg, method, optimizer, step, train_loader, test_loader)
+    return RunParts(cfg, method, optimizer, step, train_loader, test_loader, val_loader)
