@@ -41,6 +41,9 @@ class Method(nn.Module):
     # Buffers the method keeps identical on every process under torchrun (e.g. gathered from all of them); every
     # other buffer is per process, and a checkpoint keeps each process's copy.
     shared_buffers: tuple[str, ...] = ()
+    # Where `selfkd tune` searches by default: {option: selfkd.registry.Range or Choice}, within the option's limits
+    # (tests/test_method_rules.py checks every method's against its constructor). Empty: nothing but what --space adds.
+    search_space: dict = {}
 
     def __init__(self, model: Backbone, num_classes: int):
         super().__init__()

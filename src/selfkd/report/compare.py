@@ -11,7 +11,9 @@ from .plots import make_plots
 from .runs import load_runs
 from .table import Group, class_tables, csv_text, markdown_rows, markdown_table, notes, summarize, unfinished_lines
 
-HOW_TO_READ = ("Last-epoch test metrics (summary.json 'final'), never the best test epoch. The headline metric "
+HOW_TO_READ = ("Test metrics of each run's selected weights (summary.json 'final': the last epoch's, or with "
+               "train.select: best_val those of the epoch with the best validation metric), never the best test "
+               "epoch. The headline metric "
                "(top-1 for classification, mIoU for segmentation): mean ± sample standard deviation over seeds (n "
                "runs); "
                "other metrics: means. Δ vs ce: difference of the headline metric's mean to `ce` on the same dataset "
@@ -29,9 +31,11 @@ class Report:
     text: str  # what results.md holds and the terminal shows
 
 
-def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results") -> Report:
+def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results",
+            extra: tuple[list[str], list[str]] = ((), ())) -> Report:
     """Read the run folders (or folders holding run folders) in ``paths`` and write ``results.md``,
-    ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``)."""
+    ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``); ``extra``: markdown
+    lines and HTML parts of more sections, after the comparison (``selfkd tune``'s)."""
     runs, empty = load_runs(paths)
     out = Path(out) if out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     try:
@@ -51,11 +55,11 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
         lines += ["", f"## {caption}", "", markdown_rows(rows)]
     if unfinished:
         lines += ["", "## Unfinished runs", "", *(f"- {u}" for u in unfinished)]
-    text = "\n".join(lines).rstrip() + "\n"
+    text = "\n".join([*lines, "", *extra[0]]).rstrip() + "\n"
     (out / "results.md").write_text(text)
     (out / "results.csv").write_text(csv_text(groups))
     plots = make_plots(groups, out)
-    (out / "index.html").write_text(html_page(title, groups, plots, warnings, unfinished, header))
+    (out / "index.html").write_text(html_page(title, groups, plots, warnings, unfinished, header, extra[1]))
     return Report(out, groups, unfinished, warnings, plots, text)
 
 
