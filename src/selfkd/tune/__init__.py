@@ -198,6 +198,9 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
     began, out = time.monotonic(), Path(out)
     defs = definitions(config, methods, space_items, flags or {}, overrides)
     url = storage_url(storage, out)
+    if resume and storage is None and not (out / "study.db").is_file():
+        raise ConfigError(f"--resume continues the studies in {out / 'study.db'}, which does not exist. Leave --resume "
+                          "out to start them (or give --out the study folder, --storage the study's storage).")
     if storage is None:
         _make_folder(out)
     stop, procs = threading.Event(), []

@@ -21,6 +21,8 @@ from ..registry import Choice, Range, closest, option_hints
 
 Space = dict  # dotted key -> Range | Choice
 EXAMPLE = "e.g. --space optim.lr=0.01:0.3:log or --space method.temperature=2,4,8"
+# Keys that decide what the trials are compared on, or that no trial may change (it is never tested): not searched.
+FIXED = ("seed", "data.val_split", "data.val_seed", "train.eval_test")
 
 
 def parse_space(items: Sequence[str]) -> Space:
@@ -119,6 +121,10 @@ def _options(fn, fixed: int) -> dict:
 def _hint(key: str, method_cls, name: str, cfg, others: dict):
     """The type (with its limits) of the option or config key ``key`` names."""
     section, _, option = key.partition(".")
+    if key in FIXED:
+        raise ConfigError(f"--space {key}: {', '.join(FIXED)} decide what the trials are compared on (the same seed "
+                          "and validation images for every trial, never the test set), so they are not searched; "
+                          "set them in the recipe or with --set.")
     if key in ("method.name", "model.name"):
         raise ConfigError(f"--space {key}: the methods are chosen with --methods and the model with --model (or the "
                           "recipe), not searched; search their options (method.<option>, model.<option>).")
