@@ -224,7 +224,8 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
     from .end import write_record
 
     device = "cuda" if gpus else studies[0].definition["config"]["train"]["device"]
-    write_record(result, command, url, budget, final_seeds, time.monotonic() - began, device)
+    write_record(result, command, url, budget, final_seeds, time.monotonic() - began, device,
+                 int(lanes[0].threads["OMP_NUM_THREADS"]))
     return result
 
 

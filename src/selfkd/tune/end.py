@@ -66,14 +66,17 @@ def trial_summary(ms) -> dict:
     return summary
 
 
-def write_record(result, command: str, url: str, budget: int, seeds, wall_s: float, device: str) -> None:
-    """``<out>/tune.json``: the command, when and where it ran, its wall time, and each study."""
+def write_record(result, command: str, url: str, budget: int, seeds, wall_s: float, device: str,
+                 threads: int) -> None:
+    """``<out>/tune.json``: the command, when and where it ran (``threads``: each run's CPU threads), its wall time,
+    and each study."""
     import torch
 
     from ..bench import environment
 
     record = {"command": command, "date": time.strftime("%Y-%m-%d"), "wall_s": wall_s, "storage": url,
               "budget": budget, "final_seeds": seeds or [], "interrupted": result.interrupted,
+              "threads_per_run": threads,
               "methods": {ms.method: trial_summary(ms) for ms in result.studies},
               "finals": {job.name: result.codes.get(job.name) for job in result.finals},
               "machine": environment(torch.device("cuda" if device.startswith("cuda") else "cpu"))}
