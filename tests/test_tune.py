@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -230,6 +231,28 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert all("[ce trial" in o for o in outputs), outputs  # each worker ran at least one trial
     over = [t for t in trials if t.state.name == "FAIL"]
     assert all(not t.params for t in over)  # only trials asked for after the budget filled, never run
+
+
+def test_two_lanes_of_one_worker_share_a_journal_study(tmp_path):
+    """What --gpus 0,1 gives on a machine with two GPUs, on the CPU: one worker's two lanes (threads), each running
+    trials at once, on Optuna's journal file storage: the budget is met exactly and two trials overlapped in time."""
+    from selfkd.tune import _open, _run_method, definitions
+    from selfkd.tune.trials import Lane
+
+    path, out = recipe(tmp_path), tmp_path / "study"
+    (tmp_path / "shared").mkdir()
+    url = f"journal:{tmp_path / 'shared' / 'study.log'}"
+    defs = definitions(str(path), ["ce"], ["optim.lr=0.001:1.0:log"], {}, [])
+    stop = threading.Event()
+    [ms] = _open(out, defs, 3, url, False, "none", 0, 30, stop, [], False)
+    lanes = [Lane(None, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) for _ in range(2)]
+    assert _run_method(ms, lanes, stop, False, 30, time.monotonic()) == []
+    trials = ms.study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials].count("COMPLETE") == 3 and len({t.user_attrs["run_dir"] for t in trials
+                                                                         if t.state.name == "COMPLETE"}) == 3
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials if t.state.name == "COMPLETE")
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two ran at once
+    assert (tmp_path / "shared" / "study.log").stat().st_size > 0 and not (out / "study.db").exists()
 
 
 def _wait_for(check, proc, timeout=300):

@@ -156,6 +156,11 @@ def _run_method(ms: MethodStudy, lanes: list[Lane], stop: threading.Event, wait:
                 began: float) -> list:
     """Run ``ms``'s trials on every lane at once until none may start; with ``wait``, then wait for the trials other
     workers run (taking over any of theirs that goes stale) until the study is over. Returns the lanes' errors."""
+    import optuna
+
+    # The heartbeat, fail_stale_trials and the retry callback are experimental in Optuna; their warnings are silenced
+    # for selfkd.tune's calls by a filter (catch_warnings is not thread-safe, and the lanes are threads).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=r"selfkd\.tune")
     errors: list = []
     said = False
     while True:
