@@ -312,8 +312,10 @@ def test_ctrl_c_stops_the_trial_with_a_checkpoint_and_the_next_run_continues_it(
     assert "Tuning interrupted; run the same command again" in stderr and "Traceback" not in stdout + stderr
     assert "Stopped by SIGINT" in stdout
     assert states(out, "ce") == ["FAIL", "WAITING"]  # the interrupted trial is enqueued again, never counted
-    result = subprocess.run(worker(path, out, "--pruner", "none", trials=2), capture_output=True, text=True,
-                            env=env(), timeout=600)
+    # --resume continues the study as it was made: no recipe or search space needed.
+    result = subprocess.run([sys.executable, "-m", "selfkd", "tune", "--resume", "--methods", "ce", "--trials", "2",
+                             "--out", str(out), "--pruner", "none"], capture_output=True, text=True, env=env(),
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = study(out, "ce").get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]

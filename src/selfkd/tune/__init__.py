@@ -89,17 +89,17 @@ def _pruner(name: str, epochs: int, budget: int):
 
 def _open(out: Path, defs: dict, budget: int, url: str, resume: bool, pruner: str, sampler_seed, heartbeat: int,
           stop, procs, on_gpus: bool) -> list[MethodStudy]:
-    """Open (or make) each method's study and write its trials' recipe."""
+    """Open (or make) each method's study (every one checked before anything is written), then write its trials'
+    recipe. A definition of None (``--resume`` without a recipe) takes the stored one."""
     import optuna
     import yaml
 
     storage = open_storage(url, heartbeat)
+    opened = {m: open_study(storage, f"{out.name}.{m}", d, resume, optuna.samplers.TPESampler(seed=sampler_seed),
+                            None) for m, d in defs.items()}
     studies = []
-    for method, definition in defs.items():
-        epochs = definition["config"]["train"]["epochs"]
-        sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-        study, definition = open_study(storage, f"{out.name}.{method}", definition, resume, sampler,
-                                       _pruner(pruner, epochs, budget))
+    for method, (study, definition) in opened.items():
+        study.pruner = _pruner(pruner, definition["config"]["train"]["epochs"], budget)
         for folder in (out / method, out / "logs"):
             folder.mkdir(parents=True, exist_ok=True)
         base = out / method / "base.yaml"
@@ -201,7 +201,10 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
     from ..sweep import forward_signals, run_jobs
 
     began, out = time.monotonic(), Path(out)
-    defs = definitions(config, methods, space_items, flags or {}, overrides)
+    if resume and not config:  # the studies' own definitions
+        defs = dict.fromkeys(methods)
+    else:
+        defs = definitions(config, methods, space_items, flags or {}, overrides)
     url = storage_url(storage, out)
     if resume and storage is None and not (out / "study.db").is_file():
         raise ConfigError(f"--resume continues the studies in {out / 'study.db'}, which does not exist. Leave --resume "

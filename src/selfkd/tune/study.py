@@ -65,7 +65,8 @@ def open_storage(url: str, heartbeat: int):
 
 def open_study(storage, name: str, definition: dict, resume: bool, sampler, pruner):
     """The study ``name`` in ``storage`` (made if new) and its definition: ``definition``, or with ``resume`` the one
-    stored with it. A study stored with another definition is refused unless ``resume``."""
+    stored with it (``definition`` may then be None). A study stored with another definition is refused unless
+    ``resume``."""
     import optuna
 
     if resume and name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:

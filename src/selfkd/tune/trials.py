@@ -65,6 +65,7 @@ class Trials:
     def __call__(self, trial, lane: Lane) -> float:
         record = frozen(trial)
         if not within_budget(trial.study, record, self.budget):
+            trial.set_user_attr("error", "asked for after other workers filled the budget; not run")
             raise OverBudget(f"trial {trial.number} was asked for after the budget of {self.budget} filled")
         params = {key: suggest(trial, key, where) for key, where in self.space.items()}
         number = slot(record)
