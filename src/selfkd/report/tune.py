@@ -27,16 +27,24 @@ class StudyView:
     budget: int
 
 
+def _evaluator():
+    """PED-ANOVA on the better half of the complete trials (experimental in Optuna before 5)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.5)
+
+
 def _importances(study) -> dict[str, float]:
     """PED-ANOVA's importances; empty while the study has too few complete trials for them (Optuna then says the
     importances would all be equal)."""
     import optuna
 
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.5)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         try:
-            weights = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            weights = optuna.importance.get_param_importances(study, evaluator=_evaluator())
         except (ValueError, RuntimeError):  # no complete trial, or no parameter
             return {}
     return {} if any("too small" in str(w.message) for w in said) else weights
@@ -62,13 +70,11 @@ def trial_rows(view: StudyView) -> list[list[str]]:
 def _plots(view: StudyView, out: Path) -> list[tuple[str, str]]:
     """Optuna's matplotlib plots of the study as PNGs in ``out``; a plot the study cannot give yet is left out."""
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as vis
 
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.5)
     kinds = [("history", "optimisation history", vis.plot_optimization_history),
              ("importances", "parameter importances (PED-ANOVA)",
-              lambda s: vis.plot_param_importances(s, evaluator=evaluator)),
+              lambda s: vis.plot_param_importances(s, evaluator=_evaluator())),
              ("slice", "objective per parameter", vis.plot_slice),
              ("epochs", f"{view.metric} per epoch of every trial", vis.plot_intermediate_values)]
     if not _importances(view.study):
