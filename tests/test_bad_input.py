@@ -416,6 +416,24 @@ def timm_offline(tmp, run):
     return restore
 
 
+def tune_recipe(tmp, run):
+    """The bad-input recipe with a validation split of 8 images, tune.yaml (selfkd tune needs one)."""
+    cfg = _config(tmp)
+    cfg["data"]["val_split"] = 8
+    (tmp / "tune.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def tune_study(tmp, run):
+    """A study of ce in {tmp}/study searching optim.lr in 0.01..0.1, made as selfkd tune makes it (no trial yet)."""
+    from selfkd.tune import definitions
+    from selfkd.tune.study import open_storage, open_study, storage_url
+
+    tune_recipe(tmp, run)
+    (tmp / "study").mkdir()
+    definition = definitions(str(tmp / "tune.yaml"), ["ce"], ["optim.lr=0.01:0.1"], {}, [])["ce"]
+    open_study(open_storage(storage_url(None, tmp / "study"), 30), "study.ce", definition, False, None, None)
+
+
 class Case(NamedTuple):
     name: str
     argv: str
@@ -432,6 +450,7 @@ SEGF = "train -c {tmp}/segf.yaml --run-dir {new}"
 SCENES = "train -c {tmp}/scenes.yaml --run-dir {new}"
 SEGF2 = SEGF + " --method frskd --set method.warmup_epochs=0"  # frskd: every parameter gets a gradient (DDP)
 RESNET = "train -c {tmp}/resnet.yaml --run-dir {new}"
+TUNE = "tune -c {tmp}/tune.yaml --methods ce --trials 2 --out {new}"
 CASES = [
     # Files that were destroyed or overwritten.
     Case("overwrite-a-project-folder", "train -c {cfg} --run-dir {tmp}/project --overwrite", 2,
@@ -686,6 +705,44 @@ CASES = [
          "is too long for the file system (a file name holds at most 255 bytes", ("run",), copy_run),
     Case("export-out-longer-than-a-file-name", "export {run} --format safetensors --out {tmp}/{long}.st", 2,
          "is too long for the file system", ("run",), copy_run),
+    # Validation splits and selfkd tune (#24).
+    Case("val-split-as-large-as-the-training-set", TRAIN + " --set data.val_split=32", 2,
+         "asks for 32 of the 32 training images of synthetic, which leaves no training image", ("new",)),
+    Case("val-split-emptying-a-class", TRAIN + " --set data.val_split=30", 2,
+         "would hold out every training image of class(es) class_0, class_1 of synthetic", ("new",)),
+    Case("val-split-a-fraction-of-1", TRAIN + " --set data.val_split=1.0", 2,
+         "'data.val_split': Value error, must be a number of images (an integer, at least 1), a fraction", ("new",)),
+    Case("val-split-of-a-dataset-without-one", TRAIN + " --set data.val_split=dataset", 2,
+         "asks for the validation split of synthetic itself, but synthetic has none", ("new",)),
+    Case("best-val-without-a-validation-split", TRAIN + " --set train.select=best_val", 2,
+         "but this run has no validation split. Hold one out", ("new",)),
+    Case("resume-with-another-validation-split", "train --resume {run} --epochs 2 --set data.val_split=8", 2,
+         "validates or selects its weights otherwise than this resume (data.val_split 8 (saved: None))", ("run",),
+         unfinished),
+    Case("tune-without-a-validation-split", "tune -c {cfg} --methods ce --trials 2 --space optim.lr=0.01:0.1 "
+         "--out {new}", 2, "holds no validation split; add one", ("new",)),
+    Case("tune-unknown-space-key", TUNE + " --space optim.lrr=0.01:0.1", 2,
+         "unknown config key 'optim.lrr'. Did you mean 'lr'?", ("new",), tune_recipe),
+    Case("tune-space-low-above-high", TUNE + " --space optim.lr=0.5:0.1", 2, "goes from 0.5 down to 0.1 (low > high)",
+         ("new",), tune_recipe),
+    Case("tune-log-range-through-0", TUNE + " --space optim.lr=0:0.1:log", 2, "a log scale cannot reach 0 or below",
+         ("new",), tune_recipe),
+    Case("tune-space-over-an-option-of-another-method", "tune -c {tmp}/tune.yaml --methods ce,lightskd --trials 2 "
+         "--out {new} --space method.alpha=0.1:1", 2, "searches an option of lightskd, not of 'ce'", ("new",),
+         tune_recipe),
+    Case("tune-nothing-to-search", "tune -c {tmp}/tune.yaml --methods ce --trials 2 --out {new}", 2,
+         "declares no search space and --space adds none", ("new",), tune_recipe),
+    Case("tune-storage-folder-missing", TUNE + " --space optim.lr=0.01:0.1 --storage sqlite:///{tmp}/nowhere/s.db",
+         2, "cannot be opened (OperationalError", ("new", "nowhere"), tune_recipe),
+    Case("tune-storage-without-its-driver", TUNE + " --space optim.lr=0.01:0.1 --storage "
+         "postgresql://selfkd@127.0.0.1:9/none", 2, "cannot be opened", ("new",), tune_recipe),
+    Case("tune-a-study-made-with-another-space", "tune -c {tmp}/tune.yaml --methods ce --trials 2 --out {tmp}/study "
+         "--space optim.lr=0.01:0.5", 2, "The study 'study.ce' in its storage was made with another search space",
+         ("study",), tune_study),
+    Case("tune-resume-without-a-study", TUNE + " --space optim.lr=0.01:0.1 --resume", 2,
+         "--resume continues the studies in {new}/study.db, which does not exist", ("new",), tune_recipe),
+    Case("tune-zero-trials", "tune -c {tmp}/tune.yaml --methods ce --trials 0 --out {new}", 2,
+         "--trials 0: give a positive number", ("new",), tune_recipe),
 ]
 
 

@@ -175,3 +175,51 @@ def test_results_section_from_fixture_runs(tmp_path):
     empty = tmp_path / "none"
     script.main(["--results", str(empty), "--readme", str(readme)])
     assert "No run is committed yet" in readme.read_text() and "## Next\nrest\n" in readme.read_text()
+
+
+def test_results_section_tuning_from_a_fixture_study(tmp_path):
+    """The tuning subsection: each method's trials and best trial from tune.json, its tuned test accuracy and gain over
+    the tuned ce from the final runs beside the untuned demo's, and whether tuning changed the comparison."""
+    script = load_script()
+    study, demo = tmp_path / "runs" / "tune_fashion_mnist", tmp_path / "results" / "demo_cpu"
+    finals = {"ce": (80.0, 81.0, 82.0), "lightskd": (83.0, 84.0, 84.5)}  # lightskd - ce: 3, 3, 2.5 -> clearly better
+    untuned = {"ce": (80.0, 81.0, 82.0), "lightskd": (81.0, 80.5, 82.5)}  # 1, -0.5, 0.5 -> within noise
+    for folder, table in ((study / "final", finals), (demo, untuned)):
+        for method, values in table.items():
+            for seed, top1 in enumerate(values):
+                run = write_run(folder, f"{method}_s{seed}", method=method, seed=seed, top1=top1,
+                                dataset="fashion_mnist")
+                summary = json.loads((run / "summary.json").read_text())
+                (run / "summary.json").write_text(json.dumps({**summary, "val_images": 200, "train_images": 1000}))
+    best = {"ce": {"trial": 4, "value": 85.5, "params": {"optim.lr": 0.0312}, "epoch": 40},
+            "lightskd": {"trial": 7, "value": 86.0, "params": {"method.alpha": 0.51, "optim.lr": 0.02}, "epoch": 40}}
+    (study / "tune.json").write_text(json.dumps({
+        "command": "selfkd tune -c configs/demo/fashion_mnist_tune.yaml ...", "date": "2026-12-07", "wall_s": 1800.0,
+        "budget": 12, "final_seeds": [0, 1, 2], "threads_per_run": 2,
+        "machine": {"cores": 2, "cpu": "AMD EPYC 7B13", "torch": "2.14.1", "selfkd": "0.1.0"},
+        "methods": {m: {"trials": {"complete": 7, "pruned": 5}, "best": b} for m, b in best.items()}}))
+    for method in finals:
+        (study / method).mkdir()
+        (study / method / "best.yaml").write_text("seed: 0\n")
+    (study / "ce" / "trial_000").mkdir()
+    (study / "ce" / "trial_000" / "last.pt").write_bytes(b"a checkpoint")
+    (study / "report").mkdir()
+    (study / "report" / "tune_ce_history.png").write_bytes(b"png")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{script.BEGIN}\n{script.END}\n")
+    assert script.main(["--from", str(study), "--results", str(tmp_path / "results"), "--readme", str(readme)]) == 0
+    kept = sorted(str(p.relative_to(tmp_path / "results" / "tune_fashion_mnist"))
+                  for p in (tmp_path / "results" / "tune_fashion_mnist").rglob("*") if p.is_file())
+    assert kept == sorted(["tune.json", "ce/best.yaml", "lightskd/best.yaml", "report/tune_ce_history.png",
+                           *(f"final/{m}_s{s}/{f}" for m in finals for s in range(3)
+                             for f in ("config.yaml", "metrics.jsonl", "summary.json"))])  # no trial run folder
+    section = readme.read_text()
+    assert "took 30.0 min in all: 12 trials per method" in section and "2 CPU thread(s) per run" in section
+    assert ("| lightskd | 7, 5 | 86.0 (trial 7, epoch 40) | alpha 0.51, lr 0.02 | 83.83 ± 0.76 | "
+            "+2.83 [+2.12, +3.55] | 81.33 ± 1.04 | +0.33 [-1.56, +2.23] within noise |") in section
+    assert "| ce | 7, 5 | 85.5 (trial 4, epoch 40) | lr 0.0312 | 81.00 ± 1.00 | (baseline) |" in section
+    # lightskd - ce per seed, untuned 1, -0.5, 0.5: +0.33 ± t(0.975, 2)·0.764/√3; tuned 3, 3, 2.5: +2.83 ± 4.303·0.289/√3
+    assert ("**Tuning changed how lightskd compares with ce:** within noise untuned (+0.33 [-1.56, +2.23]), better "
+            "than ce tuned (+2.83 [+2.12, +3.55]).") in section
+    assert "Validation: 200 images held out" in section and "each run's 1,000 training images" in section
+    assert "![ce history](benchmarks/results/tune_fashion_mnist/report/tune_ce_history.png)" in section

@@ -84,16 +84,26 @@ def _expected_ddp_step(tmp_path):
 
 
 def test_two_rank_pskd_and_cskd_runs_finish(tmp_path):
+    """PS-KD's table and CS-KD's partners under torchrun, with a validation split held out (evaluated on both ranks'
+    shards, the best epoch's weights selected)."""
     for method in ("pskd", "cskd"):
-        cfg = tiny_config(tmp_path, method=method, epochs=1, data={"train_subset": 128, "batch_size": 32})
+        cfg = tiny_config(tmp_path, method=method, epochs=2, data={"train_subset": 128, "batch_size": 32,
+                                                                   "val_split": 33},
+                          train={"epochs": 2, "device": "cpu", "progress": False, "select": "best_val"})
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         result = _torchrun("train", "-c", str(path))
         assert result.returncode == 0, result.stderr[-3000:]
-        assert json.loads((tmp_path / f"run_{method}" / "summary.json").read_text())["world_size"] == 2
+        summary = json.loads((tmp_path / f"run_{method}" / "summary.json").read_text())
+        assert (summary["world_size"], summary["train_images"], summary["val_images"]) == (2, 128, 33)
+        rows = [json.loads(r) for r in (tmp_path / f"run_{method}" / "metrics.jsonl").read_text().splitlines()]
+        best = max(rows, key=lambda r: (r["val/top1"], -r["epoch"]))
+        assert summary["selected"]["epoch"] == best["epoch"] and summary["selected"]["value"] == best["val/top1"]
+        assert all(round(r["val/top1"] * 33 / 100, 6).is_integer() for r in rows)  # all 33 images, once each
     state = torch.load(tmp_path / "run_pskd" / "last.pt", weights_only=True)["method_state"]
-    # Every training image's row was written on rank 0, half of them from rank 1's predictions.
-    assert bool((state["table"].sum(dim=1) > 0.99).all())
+    # Every training image's row (128: the subset of what the validation split left) was written on rank 0, half of
+    # them from rank 1's predictions.
+    assert state["table"].shape == (128, 10) and bool((state["table"].sum(dim=1) > 0.99).all())
 
 
 NAN_ON_RANK_1 = '''

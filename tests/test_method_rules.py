@@ -1,7 +1,8 @@
 """Rules every registered method (of both tasks) keeps, checked on each one: its loss is the sum of its named terms, a copy restored
 from its state (with its optimizer's) continues exactly as the original, and options outside their limits are
-refused with a message that names the option, the limit, the value and the default. Each method with a
-Self-KD-Lib recipe loads and builds from it, and one epoch of the methods listed at the end beats chance."""
+refused with a message that names the option, the limit, the value and the default, and its default search space
+(selfkd tune's) lies within those limits and around its defaults. Each method with a Self-KD-Lib recipe loads and
+builds from it, and one epoch of the methods listed at the end beats chance."""
 import copy
 import re
 
@@ -124,6 +125,36 @@ SEGMENTATION_OUT_OF_RANGE = [
     ("frskd", "alpha", -1.0, {}), ("frskd", "beta", -1.0, {}), ("frskd", "temperature", 0.0, {}),
     ("frskd", "warmup_epochs", -1, {}), ("frskd", "ramp_epochs", -2, {}),
 ]
+
+
+@pytest.mark.parametrize("task, name", METHODS)
+def test_the_default_search_space_is_within_the_limits_and_holds_the_defaults(task, name, tmp_path):
+    """selfkd tune checks the declared space as it checks --space (an option of the method, a range of a number within
+    its limits); each default of a searched option lies in its range, and a method with options to weigh has one."""
+    import inspect
+
+    from selfkd.config import make_config
+    from selfkd.registry import Choice, Range
+    from selfkd.tune.space import method_space
+
+    cls = method_class(name, task)
+    if not cls.search_space:
+        assert name == "ce"  # nothing to search but what --space adds (the optimizer's keys)
+        return
+    checked = method_space(cls, name, make_config({}), {}, {})
+    assert checked.keys() == {f"method.{k}" for k in cls.search_space}
+    defaults = inspect.signature(cls.__init__).parameters
+    for option, where in cls.search_space.items():
+        default = defaults[option].default
+        if isinstance(where, Range) and default is not None:  # None: chosen from other options
+            assert where.low <= default <= where.high and where.low < where.high, option
+        if isinstance(where, Choice):
+            assert default in where.values, option
+    for end in ("low", "high"):  # the method builds at both ends of every range
+        options = {k: getattr(w, end) for k, w in cls.search_space.items() if isinstance(w, Range)}
+        torch.manual_seed(0)
+        model = _model(task)
+        create_method(name, model, **cls.example_options(model, tmp_path), **options, **data_args(name, 32, task))
 
 
 @pytest.mark.parametrize("task, name, option, value, others",

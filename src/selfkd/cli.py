@@ -1,5 +1,5 @@
-"""Command line: ``selfkd train | eval | list | compare | sweep | demo | bench | export``. Parses arguments and runs
-the command (each in :mod:`selfkd.commands`); nothing else. Parsing imports no torch, so ``--help`` and argument
+"""Command line: ``selfkd train | eval | list | compare | sweep | tune | demo | bench | export``. Parses arguments and
+runs the command (each in :mod:`selfkd.commands`); nothing else. Parsing imports no torch, so ``--help`` and argument
 errors answer at once.
 
 User mistakes (:class:`selfkd.errors.SelfKDError`) print one paragraph and exit non-zero. Under torchrun an error
@@ -39,6 +39,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None, _def
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for records (selfkd tune's)
     warnings.showwarning = show_warning
     try:
         return args.func(args) or 0

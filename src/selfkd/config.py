@@ -82,7 +82,13 @@ class TrainConfig(Section):
     grad_clip_mode: Literal["norm", "value"] = "norm"  # clip the global gradient norm, or each value (FRSKD seg)
     accumulate_steps: PositiveInt = 1  # batches whose gradients are summed (loss / N) before each optimizer step
     deterministic: bool = False
-    eval_every: PositiveInt = 1
+    eval_every: PositiveInt = 1  # epochs between evaluations (the last epoch is always evaluated)
+    # Which weights the run exports and tests: the last epoch's, or those of the epoch with the best validation
+    # metric (the task's headline metric on data.val_split's images; kept in the checkpoint).
+    select: Literal["last", "best_val"] = "last"
+    # Test evaluation: on every evaluated epoch (per-epoch test/ columns, the best one labelled as selected on the test
+    # set), only at the end for the selected weights, or never (selfkd tune's trials: tuning never sees the test set).
+    eval_test: Literal["every", "end", "never"] = "every"
     log_every: PositiveInt = 50  # steps between progress updates and non-finite checks
     nonfinite: Literal["stop", "skip"] = "stop"
     sync_bn: bool = False

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from typing import Annotated, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field
 
@@ -18,6 +19,24 @@ NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where ``selfkd tune`` searches a numeric option: from ``low`` to ``high``, uniformly or (``log``) on a log
+    scale; an integer option takes integers. A method declares its default search space as ``search_space = {option:
+    Range(...) or Choice(...)}`` next to its options; ``selfkd.tune`` checks it against the option's type and limits."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Where ``selfkd tune`` searches an option with a few values (numbers, names, booleans)."""
+
+    values: tuple[Any, ...]
 
 
 def closest(name: str, choices, n: int = 1) -> str:
@@ -59,7 +78,7 @@ class Registry(Generic[F]):
         return name in self._entries
 
 
-def _annotations(fn: Callable) -> dict:
+def option_hints(fn: Callable) -> dict:
     """Resolved type hints of a function or class constructor; unresolvable ones become Any."""
     import sys
     import typing
@@ -107,7 +126,7 @@ def checked_call(fn: Callable, kind: str, name: str, kwargs: dict, fixed: tuple 
     if missing:
         raise ConfigError(f"{kind.capitalize()} {short(name)} needs the option(s) {', '.join(missing)}: give them in "
                           f"the {kind}'s section of the config (or as keyword arguments in Python).")
-    hints = _annotations(fn)
+    hints = option_hints(fn)
     fields = {key: (hints.get(key, Any), ...) for key in kwargs}
     options = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True),
                                     **fields)

@@ -61,9 +61,11 @@ def read_metrics(path: Path) -> list[dict]:
 
 @dataclass
 class RunSummary:
-    """``summary.json``: what a finished run reports. The engine writes it, the report, the sweep and a resume of a
-    finished run read it (:func:`read_summary`). ``final`` holds the last epoch's test metrics; ``best_on_test`` the
-    best test epoch, labelled as selected on the test set."""
+    """``summary.json``: what a finished run reports. The engine writes it, the report, the sweep, the tuner and a
+    resume of a finished run read it. ``final`` holds the test metrics of the selected weights (``selected``: their
+    epoch, ``by`` ``last`` or ``best_val``, and the validation metric that chose them; empty under ``train.eval_test:
+    never``); ``best_on_test`` the best test epoch, labelled as selected on the test set (empty unless every epoch
+    was tested). Files of selfkd before validation splits lack the last three fields."""
 
     selfkd_version: str
     task: str
@@ -83,6 +85,9 @@ class RunSummary:
     world_size: int
     settings: dict  # the resolved amp, channels_last and compile
     classes: list  # the dataset's class names (segmentation: the names of final's iou_per_class)
+    selected: dict | None = None  # {"epoch", "by", "metric", "value", "note"}: which weights final reports, and why
+    train_images: int | None = None  # images trained on (the training set less the validation split, its subset)
+    val_images: int | None = None  # images validated on (0: no validation split)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +143,9 @@ RUN = Kind("run folder", "--run-dir (or name)", MARKER, OUTPUTS,
 REPORT = Kind("report folder", "--out", ".selfkd-report", REPORT_FILES)  # selfkd compare
 SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep", (SWEEP_LOGS, SWEEP_REPORT, DEMO_FILE))  # its runs: RUN
 PROFILE = Kind("profile folder", "--profile", ".selfkd-profile", ("*.txt",))  # selfkd bench --profile
-KINDS = (RUN, REPORT, SWEEP, PROFILE)
+TUNE = Kind("study folder", "--out", ".selfkd-tune",  # selfkd tune: its trials' run folders are RUN
+            ("study.db", "study.db-*", "tune.json", "*/base.yaml", "*/best.yaml", SWEEP_LOGS, SWEEP_REPORT))
+KINDS = (RUN, REPORT, SWEEP, PROFILE, TUNE)
 
 
 def marked_folder(path: Path) -> tuple[Path, Kind] | None:
@@ -278,9 +285,10 @@ def next_step(path: Path) -> str:
     return "Nothing was saved; run the same command again."
 
 
-def open_folder(path: Path, kind: Kind, check, overwrite: bool = False) -> int:
+def open_folder(path: Path, kind: Kind, check, overwrite: bool = False, shared: bool = False) -> int:
     """Create ``path`` if needed, mark and lock it for this process and ``check(marked)`` it again under the lock
-    (``marked``: whether it held the marker before); with ``overwrite`` delete the files selfkd wrote in it. Returns
+    (``marked``: whether it held the marker before; ``shared``: a lock that processes working together in the folder,
+    such as the workers of one study, share); with ``overwrite`` delete the files selfkd wrote in it. Returns
     the lock (a file descriptor: closing it, or the process ending, releases it: see :func:`release`). Refuses a
     folder another process holds, naming that process. What this call made (folders, the marker) is removed again
     when it fails."""
@@ -293,7 +301,7 @@ def open_folder(path: Path, kind: Kind, check, overwrite: bool = False) -> int:
             fd, marked = open_nofollow(path / kind.marker, os.O_RDWR | os.O_CREAT | os.O_EXCL), False
         except FileExistsError:
             fd = open_nofollow(path / kind.marker, os.O_RDWR)
-        _lock(fd, path, kind)
+        _lock(fd, path, kind, shared)
         mine = not marked  # and locked: no other process took it meanwhile
         check(marked)
         os.ftruncate(fd, 0)

@@ -140,13 +140,36 @@ def forward_signals(procs: list, stop: threading.Event):
             signal.signal(s, h)
 
 
-def _pump(proc, log, prefix: str, done: queue.Queue, job: Job) -> None:
+def _pump(proc, log, prefix: str, when_done) -> None:
     for line in proc.stdout:
         log.write(line)
         log.flush()
         print(prefix + line, end="", flush=True)
-    done.put((job, proc.wait()))
+    code = proc.wait()
     log.close()
+    if when_done is not None:
+        when_done(code)
+
+
+def start_child(argv: list[str], name: str, log_path: Path, slot: str | None, threads: dict, when_done=None,
+                preexec_fn=None) -> tuple[subprocess.Popen, threading.Thread]:
+    """Start ``python -m selfkd ARGV`` in its own session (on GPU ``slot`` when given, with ``threads``), its output
+    appended to ``log_path`` (after a line with the command) and echoed after ``[name] ``; ``when_done(exit code)``
+    is called once it ended and its output is all written. Returns the process and the thread that copies its
+    output (joined, the log is complete). The one way sweeps and tuning trials start a run."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **threads)
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    command = [sys.executable, "-m", "selfkd", *argv]
+    log = os.fdopen(open_nofollow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")  # closed by _pump
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(command[1:])}"
+              + (f"  (CUDA_VISIBLE_DEVICES={slot})" if slot is not None else "") + "\n")
+    log.flush()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True, preexec_fn=preexec_fn)
+    pump = threading.Thread(target=_pump, args=(proc, log, f"[{name}] ", when_done), daemon=True)
+    pump.start()
+    return proc, pump
 
 
 def remaining_s(estimated_left: float, actual_done: float, estimated_done: float, slots: int = 1) -> float:
@@ -207,21 +230,11 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None,
 
 
 def _launch(job: Job, slot: str | None, logs: Path, threads: dict, done: queue.Queue) -> subprocess.Popen:
-    """Start ``selfkd train`` for ``job`` in its own session (on GPU ``slot`` when given), its output appended to
-    its log and echoed with the run's name; ``done`` gets ``(job, exit code)`` when it ends."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **threads)
-    if slot is not None:
-        env["CUDA_VISIBLE_DEVICES"] = slot
-    command = [sys.executable, "-m", "selfkd", "train", *job.train_args]
-    log = os.fdopen(open_nofollow(logs / f"{job.name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")  # see _pump
-    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(command[1:])}"
-              + (f"  (CUDA_VISIBLE_DEVICES={slot})" if slot is not None else "") + "\n")
+    """Start ``selfkd train`` for ``job`` (:func:`start_child`); ``done`` gets ``(job, exit code)`` when it ends."""
     print(f"[{job.name}] {job.action}" + (f" on GPU {slot}" if slot is not None else "")
           + f"; log {logs / (job.name + '.log')}", flush=True)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    threading.Thread(target=_pump, args=(proc, log, f"[{job.name}] ", done, job), daemon=True).start()
-    return proc
+    return start_child(["train", *job.train_args], job.name, logs / f"{job.name}.log", slot, threads,
+                       lambda code: done.put((job, code)))[0]
 
 
 def _print_outcome(job: Job, code: int, log: Path) -> None:

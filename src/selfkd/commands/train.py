@@ -52,11 +52,20 @@ def run(args) -> int:
 
 
 def final_line(summary: dict, run_dir) -> str:
-    """``final test top-1 93.10%  top-5 99.80%  nll 0.240  ece 1.20%  aurc 8.1  (last epoch; run folder ...)``."""
-    from ..metrics import columns
-    from ..tasks import DEFAULT_TASK
+    """``final test top-1 93.10%  top-5 99.80%  nll 0.240  ece 1.20%  aurc 8.1  (last epoch; run folder ...)``, or
+    with ``train.select: best_val`` ``(epoch 7, best validation top-1 91.20%; ...)``; a run that was not tested
+    (``train.eval_test: never``) gives its selected epoch's validation metric."""
+    from ..metrics import column, columns
+    from ..tasks import DEFAULT_TASK, TASKS
 
-    final = summary["final"]
-    values = [f"{c.header.split(' (')[0].lower()} {c.format(final.get(c.key, float('nan')))}"
-              for c in columns(summary.get("task", DEFAULT_TASK))]
-    return f"final test {'  '.join(values)}  (last epoch; run folder {run_dir})"
+    task, final, selected = summary.get("task", DEFAULT_TASK), summary["final"], summary.get("selected") or {}
+    primary = column(TASKS[task].primary)
+    name = primary.header.split(" (")[0].lower()
+    value = selected.get("value")
+    val = f"validation {name} {primary.format(value)}" if isinstance(value, (int, float)) else "no validation split"
+    which = (f"epoch {selected.get('epoch')}, best {val}" if selected.get("by") == "best_val"
+             else f"last epoch, {val}" if isinstance(value, (int, float)) else "last epoch")
+    if not final:
+        return f"not tested (train.eval_test: never): {which}  (run folder {run_dir})"
+    values = [f"{c.header.split(' (')[0].lower()} {c.format(final.get(c.key, float('nan')))}" for c in columns(task)]
+    return f"final test {'  '.join(values)}  ({which}; run folder {run_dir})"

@@ -72,6 +72,7 @@ class DatasetSplits:
     classes: list[str] = field(default_factory=list)
     padding: int = 4  # crop_flip padding of the usual recipe
     task: str = DEFAULT_TASK  # what its labels are for (selfkd.tasks.TASKS): set by load_dataset
+    own_val: torch.Tensor | None = None  # rows of train that are the dataset's own validation split (data.val_split)
 
     @property
     def in_memory(self) -> bool:

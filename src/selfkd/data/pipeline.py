@@ -9,26 +9,14 @@ import torch
 
 from ..errors import ConfigError
 from ..tasks import IGNORE_LABEL, TASKS
-from .datasets import DatasetSplits, ImageFiles, ImageTensors, SegmentationFiles
+from .datasets import DatasetSplits, ImageTensors, SegmentationFiles
 from .files import FileLoader
+from .holdout import subset, training_set, validation_set
 from .loaders import AugmentSpec
 from .needs import DataNeeds
 from .resident import ResidentLoader
 from .samplers import Batches, ClassPartnerBatches, ShardedSequential
 from .settings import DataConfig, resolve_data
-
-
-def subset(data: ImageTensors | ImageFiles | SegmentationFiles, n: int | None, seed: int):
-    """The first ``n`` samples of a fixed shuffle (all when ``n`` is None or too large)."""
-    if n is None or n >= len(data):
-        return data
-    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    if isinstance(data, ImageTensors):
-        return ImageTensors(data.images[keep], data.labels[keep])
-    rows = keep.tolist()
-    if isinstance(data, SegmentationFiles):
-        return SegmentationFiles([data.paths[i] for i in rows], [data.mask_paths[i] for i in rows])
-    return ImageFiles([data.paths[i] for i in rows], data.labels[keep])
 
 
 def train_sampler(labels: torch.Tensor | None, batch_size: int, needs: DataNeeds, seed: int, rank: int, world: int,
@@ -78,7 +66,7 @@ def build_train_loader(splits: DatasetSplits, cfg: DataConfig, needs: DataNeeds,
                        memory_format: torch.memory_format = torch.contiguous_format):
     """The training batches for this rank, in ``memory_format`` (the model's layout)."""
     cfg = resolve_data(cfg, splits)
-    train = subset(splits.train, cfg.train_subset, seed)
+    train = training_set(splits, cfg, seed)
     resident = _resident(train, cfg, splits.name)
     spec = _spec(splits, cfg, resident)
     if TASKS[splits.task].dense and needs.class_partners:
@@ -97,16 +85,31 @@ def build_test_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.devi
     """The test split for this rank: samples rank, rank+world, ... (no padding, no augmentation), in
     ``memory_format`` (the model's layout)."""
     cfg = resolve_data(cfg, splits)
-    test = subset(splits.test, cfg.test_subset, seed)
-    resident = _resident(test, cfg, splits.name)
+    return _eval_loader(subset(splits.test, cfg.test_subset, seed), splits, cfg, device, seed, rank, world,
+                        memory_format)
+
+
+def build_val_loader(splits: DatasetSplits, cfg: DataConfig, device: torch.device, seed: int = 0,
+                     rank: int = 0, world: int = 1, memory_format: torch.memory_format = torch.contiguous_format):
+    """The validation split (``data.val_split``, held out of the training set) for this rank, served as the test
+    split is; None without one."""
+    cfg = resolve_data(cfg, splits)
+    val = validation_set(splits, cfg)
+    return None if val is None else _eval_loader(val, splits, cfg, device, seed, rank, world, memory_format)
+
+
+def _eval_loader(data, splits: DatasetSplits, cfg: DataConfig, device: torch.device, seed: int, rank: int,
+                 world: int, memory_format: torch.memory_format):
+    """Evaluation batches of ``data`` (``cfg`` resolved) for this rank."""
+    resident = _resident(data, cfg, splits.name)
     spec = _spec(splits, cfg, resident)
     batch_size = cfg.eval_batch_size
-    if isinstance(test, SegmentationFiles) and spec.eval_size is None:
+    if isinstance(data, SegmentationFiles) and spec.eval_size is None:
         batch_size = 1  # evaluated at their original resolution, images of different sizes cannot share a batch
-    sampler = ShardedSequential(len(test), batch_size, rank, world)
+    sampler = ShardedSequential(len(data), batch_size, rank, world)
     if resident:  # dense targets: the original resolution unless eval_size is set (as for files)
-        size = (spec.eval_size or test.images.shape[-1]) if TASKS[splits.task].dense else spec.size
-        test_spec = AugmentSpec("none", size) if size != test.images.shape[-1] else None
-        return ResidentLoader(test, sampler, device, cfg.mean, cfg.std, test_spec, 1, seed, rank, memory_format)
-    return FileLoader(test, sampler, device, cfg.mean, cfg.std, spec, 1, cfg.workers, train=False, seed=seed,
+        size = (spec.eval_size or data.images.shape[-1]) if TASKS[splits.task].dense else spec.size
+        eval_spec = AugmentSpec("none", size) if size != data.images.shape[-1] else None
+        return ResidentLoader(data, sampler, device, cfg.mean, cfg.std, eval_spec, 1, seed, rank, memory_format)
+    return FileLoader(data, sampler, device, cfg.mean, cfg.std, spec, 1, cfg.workers, train=False, seed=seed,
                       num_classes=splits.num_classes, memory_format=memory_format)

@@ -61,9 +61,9 @@ def _listed_pairs(list_file: Path, where: Path, image_of, mask_of) -> tuple[list
 
 
 def _seg_splits(name: str, train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
-                classes: list[str]) -> DatasetSplits:
+                classes: list[str], own_val: torch.Tensor | None = None) -> DatasetSplits:
     return DatasetSplits(name, SegmentationFiles(*train), SegmentationFiles(*test), len(classes), 3, IMAGENET_MEAN,
-                         IMAGENET_STD, 512, "seg_voc", classes)
+                         IMAGENET_STD, 512, "seg_voc", classes, own_val=own_val)
 
 
 @register_dataset("voc", ("VOCdevkit",),
@@ -73,7 +73,9 @@ def _seg_splits(name: str, train: tuple[list[str], list[str]], test: tuple[list[
                   task="segmentation")
 def read_voc(path: Path, split: Literal["voc0712", "voc2012"] = "voc0712") -> DatasetSplits:
     """PASCAL VOC segmentation, 21 classes. ``split="voc0712"`` (as FRSKD's code): VOC2007 + VOC2012 trainval for
-    training, VOC2007 test for evaluation; ``split="voc2012"``: VOC2012 train / VOC2012 val (without SBD)."""
+    training, VOC2007 test for evaluation, and VOC2012 val (part of that training set) as its own validation split
+    (``data.val_split: dataset``: training then on VOC2007 trainval + VOC2012 train); ``split="voc2012"``: VOC2012
+    train / VOC2012 val (without SBD), with no validation split of its own (its val is the test split)."""
 
     def part(year: int, name: str):
         root = path / f"VOC{year}"
@@ -85,9 +87,11 @@ def read_voc(path: Path, split: Literal["voc0712", "voc2012"] = "voc0712") -> Da
     if split == "voc0712":
         (images07, masks07), (images12, masks12) = part(2007, "trainval"), part(2012, "trainval")
         train, test = (images07 + images12, masks07 + masks12), part(2007, "test")
-    else:
-        train, test = part(2012, "train"), part(2012, "val")
-    return _seg_splits("voc", train, test, VOC_CLASSES)
+        listed = path / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+        val = {str(path / "VOC2012" / "JPEGImages" / f"{i}.jpg") for i in lines(listed)} if listed.is_file() else set()
+        rows = [len(images07) + i for i, image in enumerate(images12) if image in val]
+        return _seg_splits("voc", train, test, VOC_CLASSES, torch.tensor(rows, dtype=torch.long) if rows else None)
+    return _seg_splits("voc", part(2012, "train"), part(2012, "val"), VOC_CLASSES)
 
 
 @register_dataset("seg_folder", ("seg_folder",),

@@ -36,7 +36,12 @@ class DataConfig(BaseModel):
     eval_size: PositiveInt | None = None  # evaluation: None = original resolution; FRSKD's code resizes to 512²
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle, for quick runs
+    # Validation images held out of the training set (data/holdout.py): a count, a fraction of the dataset's training
+    # set, or "dataset" (its own validation split, where its reader gives one); drawn with val_seed, not the run's
+    # seed, before train_subset draws from the rest.
+    val_split: int | float | Literal["dataset"] | None = None
+    val_seed: NonNegativeInt = 0
+    train_subset: PositiveInt | None = None  # first N images of a fixed shuffle (by the run's seed), for quick runs
     test_subset: PositiveInt | None = None
     loader: Literal["auto", "resident", "workers"] = "auto"
     workers: NonNegativeInt = 8
@@ -49,6 +54,16 @@ class DataConfig(BaseModel):
         if not 0 < low <= high <= top:
             raise ValueError(f"must be [low, high] with 0 < low <= high{' <= 1' if top == 1 else ''}")
         return value
+
+    @field_validator("val_split", mode="before")
+    @classmethod
+    def _split(cls, value):
+        """A count is an int >= 1 and a fraction a float strictly between 0 and 1 (1.0 is neither; true is no count)."""
+        count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if value is None or value == "dataset" or count or (type(value) is float and 0 < value < 1):
+            return value
+        raise ValueError("must be a number of images (an integer, at least 1), a fraction of the training set "
+                         "strictly between 0 and 1, or dataset (the dataset's own validation split)")
 
     @field_validator("std")
     @classmethod

@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 ENTRIES = {"config": dict, "method": str, "model": str, "num_classes": int, "epoch": int, "step_in_epoch": int,
            "global_step": int, "method_state": dict, "optimizer": dict, "rng": dict}
 OPTIONAL = {"scaler": dict, "best": dict, "train_time": (int, float), "images_seen": int, "window": dict,
-            "world_size": int, "processes": list}
+            "world_size": int, "processes": list, "best_val": dict, "best_state": dict}
 # The statistics of a partly trained epoch (engine.step.StepStats.state; selfkd 0.1 did not write "labelled").
 WINDOW = {"names": (list, type(None)), "sums": (torch.Tensor, type(None)), "correct": torch.Tensor,
           "skipped": torch.Tensor, "seen": int, "steps": int}
@@ -48,10 +48,13 @@ def _problems(ckpt: dict) -> list[str]:
     if found:
         return found
     found += [f"'{key}' is negative" for key in ("epoch", "step_in_epoch", "global_step") if ckpt[key] < 0]
-    best = ckpt.get("best")
-    if best is not None and not (len(best) == 2 and isinstance(best.get("epoch"), int)
-                                 and all(map(_number, best.values()))):
-        found.append("'best' is not an epoch and a metric value")
+    for key in ("best", "best_val"):
+        best = ckpt.get(key)
+        if best is not None and not (len(best) == 2 and isinstance(best.get("epoch"), int)
+                                     and all(map(_number, best.values()))):
+            found.append(f"'{key}' is not an epoch and a metric value")
+    if not all(isinstance(v, torch.Tensor) for v in (ckpt.get("best_state") or {}).values()):
+        found.append("'best_state' is not a mapping of tensors")
     owners = [("", ckpt)] + [(f"processes[{rank}].", own) for rank, own in enumerate(ckpt.get("processes") or [])]
     for where, state in owners:
         found += _own_problems(where, state)

@@ -65,7 +65,8 @@ def rebuild_eval_model(path: Path, model: str | None = None, num_classes: int | 
 
 def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, batch_size: int | None = None,
                  dataset: str | None = None, model: str | None = None) -> dict:
-    """Rebuild the run's method from its config, load ``last.pt`` and evaluate its eval model as trained (in the
+    """Rebuild the run's method from its config, load ``last.pt`` and evaluate the weights the run selects (the
+    last epoch's, or under ``train.select: best_val`` the best validation epoch's so far) as trained (in the
     precision it trained in). ``dataset`` and ``model``, when given, must be the run's own (a run is evaluated as it
     was trained)."""
     run_dir = Path(run_dir)
@@ -83,6 +84,10 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     splits = load_dataset(data.dataset, data.data_dir, **data.options)
     method = build_method(cfg, splits)
     ckpt = load_run_checkpoint(run_dir / CHECKPOINT, method, cfg.method.name, cfg.model.name, splits.num_classes)
+    epoch = ckpt["epoch"]
+    if cfg.train.select == "best_val" and ckpt.get("best_state"):
+        method.load_state_dict(ckpt["best_state"])
+        epoch = ckpt["best_val"]["epoch"]
     method.to(dev)
     # The checkpoint's config is the run's resolved one: its amp is what the run decided on its own device, its
     # preprocessing what it trained with (a pretrained model's own, where the config left it).
@@ -91,7 +96,7 @@ def evaluate_run(run_dir, device: str = "auto", data_dir: str | None = None, bat
     loader = build_test_loader(splits, data, dev, cfg.seed)
     amp = trained.resolved(dev.type, distributed=False).train.amp
     result = _metrics(method.eval_model(), loader, dev, amp, method.task, splits)
-    return {"run": str(run_dir), "dataset": data.dataset, "epoch": ckpt["epoch"], **result}
+    return {"run": str(run_dir), "dataset": data.dataset, "epoch": epoch, **result}
 
 
 def evaluate_weights(weights, dataset: str, model: str | None = None, device: str = "auto",

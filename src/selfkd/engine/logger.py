@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from ..atomic import atomic_write, write_failure
-from ..metrics import columns
+from ..metrics import column, columns
 from ..runfolder import METRICS, METRICS_CSV, TENSORBOARD, next_step, read_metrics
 from ..tasks import TASKS
 
@@ -109,13 +109,17 @@ def progress_bar(setting, main: bool, total: int, initial: int, desc: str):
 
 
 def epoch_line(row: dict, epochs: int, task: str) -> str:
-    """``epoch 3/10  loss 0.4212  train 91.20%  test 88.10%  nll 0.351  ece 2.10%  5123 img/s``: the task's test
-    metrics that have a console label (:class:`selfkd.metrics.Column`), in their order."""
+    """``epoch 3/10  loss 0.4212  train 91.20%  val 87.50%  test 88.10%  nll 0.351  ece 2.10%  5123 img/s``: the
+    headline validation metric (with a validation split), then the task's test metrics that have a console label
+    (:class:`selfkd.metrics.Column`), in their order."""
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', math.nan):.4f}",
              f"train {row.get('train/' + TASKS[task].train_accuracy, math.nan):.2f}%"]
-    for column in columns(task):
-        value = row.get(f"test/{column.key}")
-        if column.line and isinstance(value, (int, float)):
-            parts.append(f"{column.line} {column.format(value)}")
+    val = row.get(f"val/{TASKS[task].primary}")
+    if isinstance(val, (int, float)):
+        parts.append(f"val {column(TASKS[task].primary).format(val)}")
+    for shown in columns(task):
+        value = row.get(f"test/{shown.key}")
+        if shown.line and isinstance(value, (int, float)):
+            parts.append(f"{shown.line} {shown.format(value)}")
     parts.append(f"{row.get('time/img_per_s', 0):.0f} img/s")
     return "  ".join(parts)

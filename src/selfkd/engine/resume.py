@@ -19,7 +19,8 @@ from .checkpoint import LOAD_ERRORS, does_not_fit, load_run_checkpoint
 @dataclass
 class Progress:
     """Where a run stands: epochs done, steps into the next one, optimizer steps in all, the best test epoch so
-    far (labelled as selected on the test set wherever it is shown), and the training time and images so far."""
+    far (labelled as selected on the test set wherever it is shown), the training time and images so far, the best
+    validation epoch so far and (``train.select: best_val``) the method's state at its end, on the CPU."""
 
     epoch: int = 0
     step_in_epoch: int = 0
@@ -27,6 +28,8 @@ class Progress:
     best: dict | None = None
     train_time: float = 0.0
     images_seen: int = 0
+    best_val: dict | None = None
+    best_state: dict | None = None
 
 
 def own_state(method, step, device: torch.device, mid_epoch: bool) -> dict:
@@ -52,6 +55,7 @@ def checkpoint_payload(cfg, num_classes: int, progress: Progress, method, optimi
         "method_state": method.state_dict(), "optimizer": optimizer.state_dict(), "scaler": step.scaler.state_dict(),
         "rng": own["rng"], "window": own["window"],
         "best": progress.best, "train_time": progress.train_time, "images_seen": progress.images_seen,
+        "best_val": progress.best_val, **({"best_state": progress.best_state} if progress.best_state else {}),
         "world_size": world, **({"processes": processes} if processes else {}),
     }
 
@@ -79,18 +83,21 @@ def restore(path: Path, cfg, num_classes: int, method, optimizer, step, world: i
              "the same, but per-process state (random streams, BatchNorm batches, per-process caches) differs from an "
              "uninterrupted run.")
     progress = Progress(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], ckpt.get("best"),
-                        ckpt.get("train_time", 0.0), ckpt.get("images_seen", 0))
+                        ckpt.get("train_time", 0.0), ckpt.get("images_seen", 0), ckpt.get("best_val"),
+                        ckpt.get("best_state"))
     return progress, own
 
 
 def _check_continuable(path: Path, ckpt: dict, cfg) -> None:
-    """Refuse a resume that would go back in time, or change the batches of an epoch it stopped in."""
+    """Refuse a resume that would go back in time, change the batches of an epoch it stopped in, or change how the
+    run selects its weights (the validation images, or what was kept for the selection)."""
     epochs, done, steps = cfg.train.epochs, ckpt["epoch"], ckpt["step_in_epoch"]
     if done > epochs or (done == epochs and steps):
         where = f"in epoch {done + 1} (step {steps})" if steps else f"after epoch {done}"
         raise ConfigError(f"{path} was saved {where}, past train.epochs={epochs} of this resume: a run cannot "
                           f"go back. Resume with --epochs {done + bool(steps)} or more.")
     saved, now = ckpt["config"], cfg.to_dict()
+    _check_selection(path, saved, now, type(cfg)().to_dict())
     moved = [key for key in (("data", "batch_size"), ("data", "train_subset"), ("seed",))
              if _get(saved, key) != _get(now, key)]  # what decides an epoch's batches
     if steps and moved:
@@ -98,6 +105,19 @@ def _check_continuable(path: Path, ckpt: dict, cfg) -> None:
         raise ConfigError(f"{path} stopped in the middle of epoch {done + 1} (step {steps}) and this resume changes "
                           f"{changed}: the rest of the epoch would not be the batches it left. Resume with the run's "
                           "own values (leave those options out).")
+
+
+def _check_selection(path: Path, saved: dict, now: dict, defaults: dict) -> None:
+    """Refuse a resume that validates on other images or selects otherwise than the run did (a checkpoint of a
+    selfkd without these settings counts as the defaults')."""
+    keys = (("data", "val_split"), ("data", "val_seed"), ("train", "select"))
+    then = {key: _get(saved, key, _get(defaults, key)) for key in keys}
+    fixed = [key for key in keys if then[key] != _get(now, key)]
+    if fixed:
+        changed = ", ".join(f"{'.'.join(key)} {_get(now, key)} (saved: {then[key]})" for key in fixed)
+        raise ConfigError(f"{path} was saved by a run that validates or selects its weights otherwise than this "
+                          f"resume ({changed}): its best validation epoch so far would not mean the same. Resume "
+                          "with the run's own values (leave those options out), or start a new run.")
 
 
 def restore_own(own: dict, method, device: torch.device, path: Path) -> dict | None:
@@ -113,7 +133,10 @@ def restore_own(own: dict, method, device: torch.device, path: Path) -> dict | N
     return own["window"]
 
 
-def _get(config: dict, key: tuple):
+def _get(config: dict, key: tuple, default=None):
+    """``config[key[0]][key[1]]...``, or ``default`` where a key is missing."""
     for part in key:
-        config = config.get(part) if isinstance(config, dict) else None
+        if not isinstance(config, dict) or part not in config:
+            return default
+        config = config[part]
     return config

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data import DatasetSplits, build_test_loader, build_train_loader
+from ..data import DatasetSplits, build_test_loader, build_train_loader, build_val_loader
 from ..data.datasets import dataset_task
+from ..data.holdout import training_size
 from ..data.settings import resolve_data
 from ..errors import ConfigError, short
 from ..methods import Method, create_method, data_args
@@ -31,6 +32,7 @@ class RunParts:
     step: TrainStep
     train_loader: object
     test_loader: object
+    val_loader: object | None  # None without data.val_split
     pretrained: LoadReport | None = None  # what the model started from (model.pretrained)
 
 
@@ -60,9 +62,10 @@ def build_model(cfg: Config, splits: DatasetSplits) -> torch.nn.Module:
 
 def build_method(cfg: Config, splits: DatasetSplits, model: torch.nn.Module | None = None) -> Method:
     """The run's method on ``model`` (default: :func:`build_model`'s), as ``cfg`` describes it, for ``splits``
-    (per-sample methods get the number of training images the run uses)."""
+    (per-sample methods get the number of training images the run uses: the training set without its validation
+    split, then its subset)."""
     model = build_model(cfg, splits) if model is None else model
-    num_train = min(len(splits.train), cfg.data.train_subset or len(splits.train))
+    num_train = training_size(splits, cfg.data)
     options = cfg.method.options()
     given = [key for key in DATA_ARGS if key in options]
     if given:
@@ -98,6 +101,11 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     every ``auto`` setting and every dataset default decided (the pretrained weights' preprocessing first, where the
     config leaves it). ``resumed``: the pretrained weights' report of a run that resumes (see :func:`start_weights`)."""
     dist = dist or Dist()
+    if cfg.train.select == "best_val" and cfg.data.val_split is None:
+        raise ConfigError("train.select=best_val exports and tests the weights of the epoch with the best validation "
+                          "metric, but this run has no validation split. Hold one out of the training set with "
+                          "data.val_split (a count such as 5000, a fraction such as 0.1, or dataset for the dataset's "
+                          "own), or keep train.select=last.")
     cfg = cfg.resolved(device.type, dist.enabled)
     model = build_model(cfg, splits)
     report = start_weights(cfg, model, resumed)
@@ -118,6 +126,7 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     train_loader = build_train_loader(splits, cfg.data, method.data_needs, device, cfg.seed, dist.rank, dist.world,
                                       layout)
     test_loader = build_test_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
+    val_loader = build_val_loader(splits, cfg.data, device, cfg.seed, dist.rank, dist.world, layout)
     lr = o.lr * (cfg.data.batch_size / o.lr_reference_batch if o.lr_reference_batch else 1.0)
     pretrained = frozenset(f"backbone.{key}" for key in (report.loaded if report else ()))
     optimizer = build_optimizer(method, lr, o.momentum, o.nesterov, o.weight_decay, o.no_decay_norm_bias, device,
@@ -125,4 +134,4 @@ def build_run(cfg: Config, splits: DatasetSplits, device: torch.device, dist: Di
     step = TrainStep(method, optimizer, device, t.amp, t.compile, t.grad_clip, t.nonfinite == "skip",
                      ignore_index=TASKS[method.task].ignore_index, accumulate=t.accumulate_steps,
                      clip_mode=t.grad_clip_mode)  # wrapped in DDP by the trainer (TrainStep.distribute)
-    return RunParts(cfg, method, optimizer, step, train_loader, test_loader, report)
+    return RunParts(cfg, method, optimizer, step, train_loader, test_loader, val_loader, report)

@@ -15,6 +15,7 @@ import torch
 from ..atomic import atomic_write
 from ..config import Config, build_config
 from ..data.datasets import load_dataset
+from ..data.holdout import training_size
 from ..data.resident import ResidentLoader
 from ..errors import ConfigError, DatasetError, Interrupted, SelfKDError, TrainingError, first_line
 from ..memory import check_fits, forward_bytes
@@ -67,7 +68,8 @@ class Trainer:
         self.resumed_own: dict | None = None  # this process's own state in the checkpoint (see resume.own_state)
         self.resumed_window: dict | None = None  # statistics of a partly trained epoch, from the checkpoint
         self.resumed_stamp: tuple | None = None  # the checkpoint read on resume (inode, size, time), to see it change
-        self.eval_files: dict | None = None  # documents of the last evaluation (reliability bins), for the folder
+        self.eval_files: dict | None = None  # documents of the last test evaluation (reliability bins), for the folder
+        self.last_test: dict | None = None  # the last test evaluation of this process's epochs
         dist_utils.together(lambda: self._prepare(cfg, resume, overwrite))
         if self.dist.enabled:
             self.step.distribute()  # collectives: outside `together`, whose checks can fail on some processes only
@@ -88,7 +90,7 @@ class Trainer:
                           else None)
         self.cfg, self.task, self.pretrained = parts.cfg, TASKS[parts.method.task], parts.pretrained
         self.method, self.optimizer, self.step = parts.method, parts.optimizer, parts.step
-        self.train_loader, self.test_loader = parts.train_loader, parts.test_loader
+        self.train_loader, self.test_loader, self.val_loader = parts.train_loader, parts.test_loader, parts.val_loader
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self._check_forward()
         self.logger = RunLogger(self.run_dir, self.dist.main, resume=resume)  # writes nothing before a row
@@ -211,13 +213,7 @@ class Trainer:
         t, p = self.cfg.train, self.progress
         while p.epoch < t.epochs:
             self._train_epoch(stop)
-            row = {"epoch": p.epoch + 1, **self.epoch_stats}
-            if (p.epoch + 1) % t.eval_every == 0 or p.epoch + 1 == t.epochs:
-                test = self.evaluate()
-                row.update({f"test/{k}": v for k, v in test.items() if k != "n"})
-                primary = self.task.primary
-                if p.best is None or test[primary] > p.best[primary]:
-                    p.best = {"epoch": p.epoch + 1, primary: test[primary]}
+            row = {"epoch": p.epoch + 1, **self.epoch_stats, **self._evaluate_epoch(p.epoch + 1)}
             p.epoch += 1
             p.step_in_epoch = 0
             self.logger.log_epoch(row, p.global_step)
@@ -230,6 +226,28 @@ class Trainer:
                 raise dist_utils.agreed(Interrupted(  # fit adds what to run next
                     f"Stopped by {stop.name} after epoch {p.epoch}; checkpoint saved in {self.run_dir / CHECKPOINT}."))
         return self.finish()
+
+    def _evaluate_epoch(self, epoch: int) -> dict:
+        """On the evaluation epochs (every ``eval_every`` and the last): the validation metrics and (``eval_test:
+        every``) the test metrics, as the ``val/`` and ``test/`` columns of the epoch's row; keeps the best epochs
+        so far, and under ``select: best_val`` the method's state at the end of the best validation epoch."""
+        t, p, primary = self.cfg.train, self.progress, self.task.primary
+        if epoch % t.eval_every and epoch != t.epochs:
+            return {}
+        row = {}
+        if self.val_loader is not None:
+            val = self.evaluate(self.val_loader)
+            row.update({f"val/{k}": v for k, v in val.items() if k != "n"})
+            if p.best_val is None or val[primary] > p.best_val[primary]:
+                p.best_val = {"epoch": epoch, primary: val[primary]}
+                if t.select == "best_val":
+                    p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.method.state_dict().items()}
+        if t.eval_test == "every":
+            self.last_test = {k: v for k, v in self.evaluate().items() if k != "n"}
+            row.update({f"test/{k}": v for k, v in self.last_test.items()})
+            if p.best is None or self.last_test[primary] > p.best[primary]:
+                p.best = {"epoch": epoch, primary: self.last_test[primary]}
+        return row
 
     def _train_epoch(self, stop: dist_utils.StopVote) -> None:
         p, steps = self.progress, self._start_epoch()
@@ -343,50 +361,78 @@ class Trainer:
 
     # ------------------------------------------------------------------ results
 
-    def evaluate(self) -> dict:
-        """The task's metrics of the module the run exports, on the test split; keeps the evaluation's files."""
-        evaluation = dist_utils.together(lambda: evaluate(  # a test image one process cannot read stops them all
-            self.method.eval_model(), self.test_loader, self.device, self.step.dtype,
+    def evaluate(self, loader=None) -> dict:
+        """The task's metrics of the module the run exports on ``loader`` (default: the test split); a test
+        evaluation keeps its files (reliability bins) for the run folder."""
+        loader = self.test_loader if loader is None else loader
+        evaluation = dist_utils.together(lambda: evaluate(  # an image one process cannot read stops them all
+            self.method.eval_model(), loader, self.device, self.step.dtype,
             Evaluation(self.task.name, self.splits.num_classes, self.device)))
         result = evaluation.result()  # combines the processes' states first
-        self.eval_files = evaluation.files()
+        if loader is self.test_loader:
+            self.eval_files = evaluation.files()
         return result
 
     def finish(self) -> dict:
-        """The run's summary; the main process writes the final files (weights, evaluation files, the task's
-        examples, summary.json last)."""
-        if self.eval_files is None:  # resumed after the last epoch: evaluate again for the evaluation's files
-            self.evaluate()
-        summary = self._summary()
-        dist_utils.together(lambda: self._write_final(summary), main_only=True)  # a failure stops every process
+        """Put the selected weights in the method, test them, and return the run's summary; the main process writes
+        the final files (weights, the test evaluation's files, the task's examples, summary.json last)."""
+        selected = self._select()
+        final = self._final_test()
+        summary = self._summary(selected, final)
+        dist_utils.together(lambda: self._write_final(summary, final), main_only=True)  # a failure stops every process
         return summary.to_dict()
 
-    def _write_final(self, summary: RunSummary) -> None:
+    def _write_final(self, summary: RunSummary, final: dict) -> None:
         then = next_step(self.run_dir)
         save_eval_model(self.run_dir / WEIGHTS, self.method, self._weights_meta().to_dict(), then)
-        for stem, document in self.eval_files.items():
+        for stem, document in (self.eval_files or {}).items():
             atomic_write(self.run_dir / f"{stem}.json", lambda tmp, d=document: tmp.write_text(json.dumps(d)), then)
-        if self.task.examples:  # a few test predictions for the report's figure
+        if self.task.examples and final:  # a few test predictions for the report's figure
             write_examples(self.run_dir / EXAMPLES, self.method.eval_model(), self.test_loader,
                            self.splits.classes, self.device, self.step.dtype, then=then)
         text = json.dumps(summary.to_dict(), indent=2)
         atomic_write(self.run_dir / SUMMARY, lambda tmp: tmp.write_text(text), then)
 
-    def _summary(self) -> RunSummary:
-        final = self.logger.rows[-1] if self.logger.rows else {}
+    def _select(self) -> dict:
+        """Load the weights ``train.select`` chooses into the method (``best_val``: those of the best validation
+        epoch); returns which epoch and why, with its validation metric (None without a validation split)."""
+        p, t, primary = self.progress, self.cfg.train, self.task.primary
+        if t.select == "best_val":
+            self.method.load_state_dict(p.best_state)
+            epoch, value = p.best_val["epoch"], p.best_val[primary]
+        else:
+            last = self.logger.rows[-1] if self.logger.rows else {}
+            epoch, value = p.epoch, last.get(f"val/{primary}")
+        by = "the best validation " + primary if t.select == "best_val" else "the last epoch"
+        return {"epoch": epoch, "by": t.select, "metric": f"val/{primary}" if self.val_loader else None,
+                "value": value, "note": f"weights of epoch {epoch}, selected as {by} (train.select: {t.select})"}
+
+    def _final_test(self) -> dict:
+        """The test metrics of the selected weights: none under ``eval_test: never``; the last epoch's test
+        evaluation when the last epoch is selected and was tested in this process; else a test evaluation now."""
+        t = self.cfg.train
+        if t.eval_test == "never":
+            self.eval_files = None
+            return {}
+        if t.select == "last" and self.last_test is not None:
+            return self.last_test
+        return {k: v for k, v in self.evaluate().items() if k != "n"}
+
+    def _summary(self, selected: dict, final: dict) -> RunSummary:
         p, cfg = self.progress, self.cfg
+        best = dict(p.best, note="selected on the test set; report 'final' instead") if p.best else {}
         return RunSummary(
             selfkd_version=__version__, task=self.task.name, name=cfg.run_name, method=cfg.method.name,
-            model=cfg.model.name, dataset=cfg.data.dataset, seed=cfg.seed, epochs=cfg.train.epochs,
-            final={k[len("test/"):]: v for k, v in final.items() if k.startswith("test/")},
-            best_on_test=dict(p.best or {}, note="selected on the test set; report 'final' instead"),
-            train_time_s=p.train_time, img_per_s=p.images_seen / p.train_time if p.train_time else None,
+            model=cfg.model.name, dataset=cfg.data.dataset, seed=cfg.seed, epochs=cfg.train.epochs, final=final,
+            best_on_test=best, train_time_s=p.train_time,
+            img_per_s=p.images_seen / p.train_time if p.train_time else None,
             params=sum(q.numel() for q in self.method.eval_model().parameters()),
             extra_params=self.method.extra_parameters(),
             device=str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             world_size=self.dist.world,
             settings={k: getattr(cfg.train, k) for k in ("amp", "channels_last", "compile")},
-            classes=list(self.splits.classes))
+            classes=list(self.splits.classes), selected=selected, train_images=training_size(self.splits, cfg.data),
+            val_images=self.val_loader.sampler.n if self.val_loader is not None else 0)
 
     def _weights_meta(self) -> WeightsMeta:
         cfg, data = self.cfg, self.cfg.data

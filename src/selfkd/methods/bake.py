@@ -12,7 +12,7 @@ from .. import comm
 from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss, kd_prob_loss, upcast
 from ..models.base import Backbone
-from ..registry import NonNegative, Positive, PositiveInt
+from ..registry import NonNegative, Positive, PositiveInt, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -66,6 +66,8 @@ class BAKE(Method):
     ``σ(·/T)`` to Q again (a near-uniform target) and draws ``batch_size`` anchors plus 3 partners each
     (batches of 4× the size).
     """
+
+    search_space = {"temperature": Range(1.0, 8.0), "omega": Range(0.1, 0.9), "weight": Range(0.1, 10.0, log=True)}
 
     def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 4.0,
                  omega: Annotated[float, Field(ge=0, lt=1)] = 0.5, weight: NonNegative = 1.0,

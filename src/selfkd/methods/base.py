@@ -43,6 +43,9 @@ class Method(nn.Module):
     shared_buffers: tuple[str, ...] = ()
     # BatchNorm modules of the model kept in eval mode in training (model.freeze_bn), by their names in the model.
     frozen_norms: tuple[str, ...] = ()
+    # Where `selfkd tune` searches by default: {option: selfkd.registry.Range or Choice}, within the option's limits
+    # (tests/test_method_rules.py checks every method's against its constructor). Empty: nothing but what --space adds.
+    search_space: dict = {}
 
     def __init__(self, model: Backbone, num_classes: int):
         super().__init__()

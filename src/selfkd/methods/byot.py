@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss, upcast
 from ..models.base import init_weights
-from ..registry import NonNegative, Positive, PositiveInt
+from ..registry import NonNegative, Positive, PositiveInt, Range
 from .base import Method, MethodOutput
 from .parts.branches import StageCopyBranch
 from .registry import register_method
@@ -60,6 +60,9 @@ class BYOT(Method):
     Inference uses the backbone; ``eval="exitN"`` uses auxiliary exit N (numbered from the shallowest)
     and ``eval="ensemble"`` the mean of the logits of all exits, backbone included (the paper's extras).
     """
+
+    search_space = {"kd_weight": Range(0.01, 1.0, log=True), "temperature": Range(1.0, 8.0),
+                    "feature_weight": Range(1e-7, 1e-5, log=True)}
 
     def __init__(self, model, num_classes, *, branch: Literal["bottleneck", "stage_copy"] = "bottleneck",
                  ce_weight: NonNegative | None = None, kd_weight: NonNegative | None = None,

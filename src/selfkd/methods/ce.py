@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..losses import compute_dtype, cross_entropy, smoothed_targets, soft_cross_entropy
-from ..registry import Fraction
+from ..registry import Fraction, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -28,6 +28,8 @@ class LabelSmoothing(Method):
     form of the Self-KD-Lib, TF-KD and Zipf's LS code (the true class gets exactly 1−ε).
     ``ls_style="uniform"`` gives the paper's and PyTorch's ``(1−ε)·1_y + ε/K`` instead.
     """
+
+    search_space = {"epsilon": Range(0.01, 0.3, log=True)}
 
     def __init__(self, model, num_classes, epsilon: Fraction = 0.1, ls_style: Literal["others", "uniform"] = "others"):
         super().__init__(model, num_classes)

@@ -5,7 +5,7 @@ import torch
 
 from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss
-from ..registry import NonNegative, Positive
+from ..registry import NonNegative, Positive, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -29,6 +29,8 @@ class CSKD(Method):
     default keeps that, ``exclude_self=True`` never does. Its sampler is not DDP-aware; selfkd's shards
     the anchors and keeps each pair on one rank (one process gives the official batches).
     """
+
+    search_space = {"temperature": Range(1.0, 8.0), "kd_weight": Range(0.1, 10.0, log=True)}
 
     def __init__(self, model, num_classes, *, temperature: Positive = 4.0, kd_weight: NonNegative = 1.0,
                  exclude_self: bool = False):

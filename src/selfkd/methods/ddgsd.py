@@ -5,7 +5,7 @@ from typing import Literal
 
 from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss, upcast
-from ..registry import NonNegative, Positive
+from ..registry import NonNegative, Positive, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -29,6 +29,9 @@ class DDGSD(Method):
     """
 
     data_needs = DataNeeds(views=2)
+
+    search_space = {"temperature": Range(1.0, 8.0), "kd_weight": Range(0.1, 10.0, log=True),
+                    "mmd_weight": Range(5e-5, 5e-3, log=True)}
 
     def __init__(self, model, num_classes, *, temperature: Positive = 4.0, kd_weight: NonNegative = 1.0,
                  mmd_weight: NonNegative = 5e-4, compat: Literal["official", "selfkdlib"] = "official"):

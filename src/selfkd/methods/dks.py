@@ -8,7 +8,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss
 from ..models.base import Backbone
-from ..registry import Positive
+from ..registry import Positive, Range
 from .base import Method, MethodOutput
 from .parts.branches import StageCopyBranch
 from .registry import register_method
@@ -35,6 +35,8 @@ class DKS(Method):
     rebuilds the optimizer at each learning-rate decay (resetting the momentum), a property of its training
     script, not of the method.
     """
+
+    search_space = {"temperature": Range(1.0, 8.0)}
 
     def __init__(self, model: Backbone, num_classes: int, temperature: Positive | None = None,
                  compat: Literal["official", "selfkdlib"] = "official"):

@@ -5,7 +5,7 @@ import torch
 
 from ..data.needs import DataNeeds
 from ..losses import compute_dtype, cross_entropy, kd_loss, upcast
-from ..registry import NonNegative, Positive
+from ..registry import NonNegative, Positive, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -37,6 +37,8 @@ class DLB(Method):
 
     data_needs = DataNeeds(views=2)
     resizable_buffers = ("prev_images", "prev_targets", "prev_logits")
+
+    search_space = {"temperature": Range(1.0, 8.0), "kd_weight": Range(0.1, 10.0, log=True)}
 
     def __init__(self, model, num_classes, *, temperature: Positive = 3.0, kd_weight: NonNegative = 1.0,
                  joint_forward: bool = False):

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import attention_transfer_loss, cross_entropy, kd_loss, mixed_cross_entropy, upcast
 from ..models.base import Backbone, init_weights
-from ..registry import NonNegative, Positive, PositiveInt
+from ..registry import NonNegative, Positive, PositiveInt, Range
 from .base import Method, MethodOutput
 from .parts.batch_transforms import aggregate_rotations, cutmix, mixup, rotate_batch, rotation_targets
 from .parts.bifpn import TeacherOutput, build_self_teacher
@@ -98,6 +98,9 @@ class FRSKD(Method):
     ``tests/test_fidelity_frskd.py`` compares the default, ``teacher="bifpn"``, ``feature_loss="fitnet"`` and ``sla``
     with the official code (every loss term and gradient, float64, to 1e-10; README "Fidelity").
     """
+
+    search_space = {"alpha": Range(0.2, 20.0, log=True), "beta": Range(10.0, 1000.0, log=True),
+                    "temperature": Range(1.0, 8.0)}
 
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 2.0, beta: NonNegative = 100.0,
                  temperature: Positive = 4.0, teacher: Literal["bifpnc", "bifpn"] = "bifpnc",

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_prob_loss, upcast
 from ..models.base import Backbone, init_weights
-from ..registry import NonNegative, Positive
+from ..registry import NonNegative, Positive, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -167,6 +167,8 @@ class DRG(LightSKDTerms):
     was hard-wired for 512 input channels, so its default ResNet-18 crashed. Nothing there to reproduce.
     """
 
+    search_space = {"alpha": Range(0.02, 2.0, log=True), "temperature": Range(1.0, 8.0)}
+
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.2, temperature: Positive = 4.0,
                  stages: tuple[int, ...] = (2,)):
         super().__init__(model, num_classes, temperature, alpha=alpha, stages=stages)
@@ -190,6 +192,8 @@ class DSR(LightSKDTerms):
     the loss: ``lightskd`` with ``alpha=0`` gives CE(z) + CE(a) + DSR.
     """
 
+    search_space = {"beta": Range(0.1, 10.0, log=True), "temperature": Range(1.0, 8.0)}
+
     def __init__(self, model: Backbone, num_classes: int, beta: NonNegative = 1.0, temperature: Positive = 4.0):
         super().__init__(model, num_classes, temperature, beta=beta)
 
@@ -204,6 +208,9 @@ class LightSKD(LightSKDTerms):
     Reference code: this setting matches it except that it added a constant 100 to the loss, which changes
     no gradient and is not reproduced. Inference uses the backbone alone.
     """
+
+    search_space = {"alpha": Range(0.02, 2.0, log=True), "beta": Range(0.1, 10.0, log=True),
+                    "temperature": Range(1.0, 8.0)}
 
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.2, temperature: Positive = 4.0,
                  beta: NonNegative = 1.0, stages: tuple[int, ...] = (2,)):

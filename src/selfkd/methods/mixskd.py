@@ -13,7 +13,7 @@ from ..data.needs import DataNeeds
 from ..errors import ConfigError
 from ..losses import cross_entropy, kd_loss, mixed_cross_entropy, upcast
 from ..models.base import Backbone
-from ..registry import Positive
+from ..registry import Positive, Range
 from .base import Method, MethodOutput
 from .parts.batch_transforms import mixup
 from .parts.branches import StageCopyBranch
@@ -87,6 +87,8 @@ class MixSKD(Method):
     """
 
     data_needs = DataNeeds(min_batch=2)  # mixes each image with another of the batch
+
+    search_space = {"temperature": Range(1.0, 8.0), "alpha": Range(0.1, 1.0)}
 
     def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 3.0, alpha: Positive = 0.4,
                  compat: Literal["official", "selfkdlib"] = "official"):

@@ -10,7 +10,7 @@ from torch import nn
 from ..data.needs import DataNeeds
 from ..losses import cross_entropy, kd_loss, rampup_weight
 from ..models.base import Backbone
-from ..registry import NonNegativeInt, Positive
+from ..registry import NonNegativeInt, Positive, Range
 from .base import Method, MethodOutput
 from .parts.branches import StageCopyBranch, check_source_stage
 from .registry import register_method
@@ -38,6 +38,8 @@ class ONE(Method):
     """
 
     data_needs = DataNeeds(min_batch=2)  # the gate's BatchNorm1d normalises over the batch
+
+    search_space = {"temperature": Range(1.0, 8.0)}
 
     def __init__(self, model: Backbone, num_classes: int, temperature: Positive = 3.0,
                  num_branches: Annotated[int, Field(ge=2)] = 3, branch_from: int = 3,

@@ -10,7 +10,7 @@ from ..comm import all_gather_cat
 from ..data.needs import DataNeeds
 from ..errors import ConfigError
 from ..losses import compute_dtype, soft_cross_entropy, upcast
-from ..registry import Fraction, PositiveInt
+from ..registry import Fraction, PositiveInt, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -41,6 +41,8 @@ class PSKD(Method):
 
     data_needs = DataNeeds(index=True)
     shared_buffers = ("table",)  # written from every process's predictions on every process
+
+    search_space = {"alpha_T": Range(0.1, 1.0)}
 
     def __init__(self, model, num_classes, *, num_samples: PositiveInt, alpha_T: Fraction = 0.8,
                  table_dtype: Literal["float32", "float16", "bfloat16"] = "float32"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import cross_entropy, upcast
 from ..models.base import Backbone
-from ..registry import NonNegative, NonNegativeInt
+from ..registry import NonNegative, NonNegativeInt, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -37,6 +37,8 @@ class SAD(Method):
     ``start_epoch`` switches the term on only from that (0-based) epoch, as the paper does after partial
     training; the default 0 follows Self-KD-Lib.
     """
+
+    search_space = {"weight": Range(100.0, 10000.0, log=True)}
 
     def __init__(self, model: Backbone, num_classes: int, weight: NonNegative = 1000.0,
                  reduce: Literal["mean", "sum"] = "mean", start_epoch: NonNegativeInt = 0):

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ConfigError, SelfKDWarning
 from ..losses import attention_transfer_loss, pixel_cross_entropy, pixel_kd_loss, rampup_weight
 from ..models.segmentation import BiFPNSeg, SegmentationHead
-from ..registry import NonNegative, NonNegativeInt, Positive
+from ..registry import NonNegative, NonNegativeInt, Positive, Range
 from ..tasks import IGNORE_LABEL
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -62,6 +62,9 @@ class SegmentationFRSKD(Method):
     ``tests/test_fidelity_frskd.py`` compares it on ``frskd_seg_effb0`` (``stem_activation=False``) with the official
     code over the warm-up and the ramp (README "Fidelity").
     """
+
+    search_space = {"alpha": Range(0.1, 10.0, log=True), "beta": Range(5.0, 500.0, log=True),
+                    "temperature": Range(1.0, 8.0)}
 
     def __init__(self, model: nn.Module, num_classes: int, alpha: NonNegative = 1.0, beta: NonNegative = 50.0,
                  temperature: Positive = 1.0, warmup_epochs: NonNegativeInt = 40,

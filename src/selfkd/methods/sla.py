@@ -6,7 +6,7 @@ from typing import Literal
 from torch import nn
 
 from ..losses import cross_entropy, kd_loss
-from ..registry import Positive
+from ..registry import Positive, Range
 from .base import Method, MethodOutput
 from .parts.batch_transforms import aggregate_rotations, rotate_batch, rotation_targets
 from .registry import register_method
@@ -32,6 +32,8 @@ class SLASD(Method):
     by M (the authors' advice for ImageNet-scale data). Inference: the single head on the unrotated
     image ("SLA+SD single"); ``eval="aggregate"`` returns ``a`` (4 rotations per test image).
     """
+
+    search_space = {"temperature": Range(1.0, 8.0)}
 
     def __init__(self, model, num_classes, *, temperature: Positive = 1.0, large_loss: bool = False,
                  eval: Literal["single", "aggregate"] = "single"):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, SelfKDError
 from ..losses import compute_dtype, cross_entropy, kd_loss, kd_prob_loss, smoothed_targets, soft_cross_entropy, upcast
 from ..models.pretrained import load_pretrained
-from ..registry import Fraction, NonNegative, Positive
+from ..registry import Fraction, NonNegative, Positive, Range
 from ..weights import save_weights
 from .base import Method, MethodOutput
 from .registry import register_method
@@ -42,6 +42,8 @@ class TFKDRegularization(Method):
     there ``ce_weight``/``reg_weight`` default to 1 and 1/τ. Leaving a weight out picks the default of the
     chosen form.
     """
+
+    search_space = {"correct_prob": Range(0.8, 0.99), "temperature": Range(1.0, 40.0)}
 
     def __init__(self, model, num_classes, *, ce_weight: NonNegative | None = None,
                  reg_weight: NonNegative | None = None, correct_prob: Fraction = 0.99, temperature: Positive = 20.0,
@@ -96,6 +98,8 @@ class TFKDSelf(Method):
     Reference code: it runs the teacher with autograd on, building a graph for nothing (memory only; the
     same numbers).
     """
+
+    search_space = {"kd_weight": Range(0.05, 5.0, log=True), "temperature": Range(1.0, 8.0)}
 
     def __init__(self, model, num_classes, *, teacher_weights: str | None = None, ce_weight: NonNegative = 0.05,
                  kd_weight: NonNegative = 0.475, temperature: Positive = 6.0):

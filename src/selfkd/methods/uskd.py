@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, smoothed_targets, soft_cross_entropy, upcast
 from ..models.base import Backbone
-from ..registry import NonNegative
+from ..registry import NonNegative, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -38,6 +38,9 @@ class USKD(Method):
     ``s = p``, the evident intent. It hard-codes ``.cuda()`` for the Zipf vector (a buffer here). Its top-2
     soft labels for mixup/CutMix batches are not implemented (no selfkd recipe mixes USKD's batches).
     """
+
+    search_space = {"alpha": Range(0.01, 1.0, log=True), "beta": Range(0.01, 1.0, log=True),
+                    "mu": Range(0.01, 1.0, log=True)}
 
     def __init__(self, model: Backbone, num_classes: int, alpha: NonNegative = 0.1, beta: NonNegative = 0.1,
                  mu: NonNegative = 0.1, rank_on: Literal["log_prob", "prob"] = "log_prob"):

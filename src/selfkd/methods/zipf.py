@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..losses import compute_dtype, cross_entropy, non_target_log_softmax, upcast
 from ..models.base import Backbone
-from ..registry import NonNegative, Positive
+from ..registry import NonNegative, Positive, Range
 from .base import Method, MethodOutput
 from .registry import register_method
 
@@ -57,6 +57,8 @@ class ZipfLS(Method):
     Reference code: it ranks on the CPU with SciPy; the same ranks are computed on the device here. Its
     CIFAR model holds two extra heads that no loss uses; they are not created.
     """
+
+    search_space = {"weight": Range(0.01, 1.0, log=True), "power": Range(0.5, 2.0)}
 
     def __init__(self, model: Backbone, num_classes: int, weight: NonNegative = 0.1, power: Positive = 1.0,
                  dense: bool = True, upsample: Literal["bilinear"] | None = "bilinear", loss_mask: bool = False):

@@ -12,7 +12,9 @@ from .plots import make_plots
 from .runs import load_runs
 from .table import Group, class_tables, csv_text, markdown_rows, markdown_table, notes, summarize, unfinished_lines
 
-HOW_TO_READ = ("Last-epoch test metrics (summary.json 'final'), never the best test epoch. The headline metric "
+HOW_TO_READ = ("Test metrics of each run's selected weights (summary.json 'final': the last epoch's, or with "
+               "train.select: best_val those of the epoch with the best validation metric), never the best test "
+               "epoch. The headline metric "
                "(top-1 for classification, mIoU for segmentation): mean ± sample standard deviation over seeds (n "
                "runs); "
                "other metrics: means. Δ vs ce: difference of the headline metric's mean to `ce` on the same dataset "
@@ -31,11 +33,13 @@ class Report:
 
 
 def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results",
-            overwrite: bool = False) -> Report:
+            overwrite: bool = False, sections=None) -> Report:
     """Read the run folders (or folders holding run folders) in ``paths`` and write ``results.md``,
     ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``): a folder selfkd made
     for a report, or an empty one (:func:`~selfkd.runfolder.report_folder`; ``overwrite`` replaces a report there).
-    Each file is written atomically; a report that cannot be written whole is not left half-written."""
+    Each file is written atomically; a report that cannot be written whole is not left half-written.
+    ``sections(out)``: more sections after the comparison (``selfkd tune``'s), as ``(markdown lines, HTML parts,
+    plots)``, its plots written to ``out``."""
     runs, empty = load_runs(paths)
     out = Path(out) if out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     groups = summarize(runs)
@@ -51,12 +55,13 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
         lines += ["", f"## {caption}", "", markdown_rows(rows)]
     if unfinished:
         lines += ["", "## Unfinished runs", "", *(f"- {u}" for u in unfinished)]
-    text = "\n".join(lines).rstrip() + "\n"
     then = f"Nothing of the report is left in {out}. Free some space (or make it writable), then run the command again."
     with report_folder(out, overwrite):
+        more_md, more_html, more_plots = sections(out) if sections else ([], [], [])
+        text = "\n".join([*lines, "", *more_md]).rstrip() + "\n"
         atomic_write(out / "results.md", lambda tmp: tmp.write_text(text), then)
         atomic_write(out / "results.csv", lambda tmp: tmp.write_text(csv_text(groups)), then)
         plots = make_plots(groups, out, then)
-        page = html_page(title, groups, plots, warnings, unfinished, header)
+        page = html_page(title, groups, plots, warnings, unfinished, header, more_html)
         atomic_write(out / "index.html", lambda tmp: tmp.write_text(page), then)
-    return Report(out, groups, unfinished, warnings, plots, text)
+    return Report(out, groups, unfinished, warnings, plots + more_plots, text)

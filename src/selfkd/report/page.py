@@ -20,14 +20,16 @@ img { max-width: 100%; border: 1px solid #ddd; }
 
 
 def html_page(title: str, groups: list[Group], plots: list[tuple[str, str]], notes: list[str],
-              unfinished: list[str], header: list[str]) -> str:
+              unfinished: list[str], header: list[str], extra=()) -> str:
+    """The page; ``extra``: HTML parts of more sections (tuning), after the comparison's tables and plots."""
     cols = metric_columns(groups)
     rows = "\n".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells(g, cols)) + "</tr>" for g in groups)
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style>", "</head>", "<body>", f"<h1>{escape(title)}</h1>",
         *(f"<p>{escape(line)}</p>" for line in header),
-        "<table>", "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in headers(cols)) + "</tr>", rows, "</table>",
+        *(["<table>", "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in headers(cols)) + "</tr>", rows, "</table>"]
+          if groups else []),
         *(f'<p class="note">{escape(n)}</p>' for n in notes),
     ]
     for caption, (head, *body) in class_tables(groups):  # segmentation runs: IoU per class
@@ -40,6 +42,7 @@ def html_page(title: str, groups: list[Group], plots: list[tuple[str, str]], not
         parts.append("<h2>Plots</h2>")
         parts += [f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}'
                   f"</figcaption></figure>" for caption, name in plots]
+    parts += list(extra)
     parts += ["<p>Files: <a href=\"results.md\">results.md</a>, <a href=\"results.csv\">results.csv</a></p>",
               "</body>", "</html>"]
     return "\n".join(parts) + "\n"
