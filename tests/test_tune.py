@@ -212,7 +212,8 @@ def test_tune_end_to_end_prunes_writes_the_study_the_best_recipes_the_final_runs
     # The same command again finds everything done: no trial, no run is added.
     code, stdout, _ = run_cli("tune", "-c", path, "--methods", "ce,lightskd", "--trials", "3", "--space",
                               "optim.lr=0.001:1.0:log", "--out", out, "--final-seeds", "0")
-    assert code == 0 and len(states(out, "ce")) == 3 and "] start" not in stdout
+    assert code == 0, stdout + _
+    assert len(states(out, "ce")) == 3 and "] start" not in stdout
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):

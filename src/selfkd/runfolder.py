@@ -179,11 +179,12 @@ def release(lock: int) -> None:
     os.close(lock)
 
 
-def _lock(fd: int, path: Path, kind: Kind, shared: bool = False) -> None:
+def _lock(fd: int, path: Path, kind: Kind, shared: bool = False, wait: bool = False) -> None:
     """Lock the open marker ``fd`` of the folder ``path`` (``shared``: only to check that no process holds it
-    exclusively, so that several processes can check at once), or refuse naming the process that holds it."""
+    exclusively, so that several processes can check at once), or refuse naming the process that holds it (``wait``:
+    wait for it instead)."""
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         holder = (os.read(fd, 200).decode(errors="replace").strip().splitlines() or ["pid unknown"])[-1]
         stop = " (Ctrl-C or SIGTERM: it saves a checkpoint)" if kind is RUN else ""
@@ -285,10 +286,12 @@ def next_step(path: Path) -> str:
     return "Nothing was saved; run the same command again."
 
 
-def open_folder(path: Path, kind: Kind, check, overwrite: bool = False, shared: bool = False) -> int:
+def open_folder(path: Path, kind: Kind, check, overwrite: bool = False, shared: bool = False,
+                wait: bool = False) -> int:
     """Create ``path`` if needed, mark and lock it for this process and ``check(marked)`` it again under the lock
     (``marked``: whether it held the marker before; ``shared``: a lock that processes working together in the folder,
-    such as the workers of one study, share); with ``overwrite`` delete the files selfkd wrote in it. Returns
+    such as the workers of one study, share; ``wait``: wait for a process that holds it); with ``overwrite`` delete
+    the files selfkd wrote in it. Returns
     the lock (a file descriptor: closing it, or the process ending, releases it: see :func:`release`). Refuses a
     folder another process holds, naming that process. What this call made (folders, the marker) is removed again
     when it fails."""
@@ -301,7 +304,7 @@ def open_folder(path: Path, kind: Kind, check, overwrite: bool = False, shared: 
             fd, marked = open_nofollow(path / kind.marker, os.O_RDWR | os.O_CREAT | os.O_EXCL), False
         except FileExistsError:
             fd = open_nofollow(path / kind.marker, os.O_RDWR)
-        _lock(fd, path, kind, shared)
+        _lock(fd, path, kind, shared, wait)
         mine = not marked  # and locked: no other process took it meanwhile
         check(marked)
         os.ftruncate(fd, 0)
@@ -343,13 +346,13 @@ def open_run(path: Path, resume: bool, overwrite: bool) -> int:
 
 
 @contextlib.contextmanager
-def report_folder(path: Path, overwrite: bool):
-    """Write a report into ``path`` (:func:`open_folder` as :data:`REPORT`, checked by :func:`check_report`) within
-    the ``with`` block; when the block fails, the files it wrote are deleted again, and the folder and marker too
-    where this call made them: a report is written whole or not at all."""
+def report_folder(path: Path, overwrite: bool, wait: bool = False):
+    """Write a report into ``path`` (:func:`open_folder` as :data:`REPORT`, checked by :func:`check_report`; ``wait``
+    for a process writing it) within the ``with`` block; when the block fails, the files it wrote are deleted again,
+    and the folder and marker too where this call made them: a report is written whole or not at all."""
     made = [p for p in (path, *path.parents) if not p.exists()]
     fresh = not os.path.lexists(path / REPORT.marker)
-    lock = open_folder(path, REPORT, lambda marked: check_report(path, overwrite, marked), overwrite)
+    lock = open_folder(path, REPORT, lambda marked: check_report(path, overwrite, marked), overwrite, wait=wait)
     try:
         yield
     except BaseException:

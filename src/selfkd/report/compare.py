@@ -33,13 +33,13 @@ class Report:
 
 
 def compare(paths, out: str | Path | None = None, note: str | None = None, title: str = "selfkd results",
-            overwrite: bool = False, sections=None) -> Report:
+            overwrite: bool = False, sections=None, wait: bool = False) -> Report:
     """Read the run folders (or folders holding run folders) in ``paths`` and write ``results.md``,
     ``results.csv``, PNG plots and ``index.html`` to ``out`` (default ``reports/<timestamp>``): a folder selfkd made
     for a report, or an empty one (:func:`~selfkd.runfolder.report_folder`; ``overwrite`` replaces a report there).
     Each file is written atomically; a report that cannot be written whole is not left half-written.
     ``sections(out)``: more sections after the comparison (``selfkd tune``'s), as ``(markdown lines, HTML parts,
-    plots)``, its plots written to ``out``."""
+    plots)``, its plots written to ``out``. ``wait``: for another process writing the report there, then replace it."""
     runs, empty = load_runs(paths)
     out = Path(out) if out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     groups = summarize(runs)
@@ -56,7 +56,7 @@ def compare(paths, out: str | Path | None = None, note: str | None = None, title
     if unfinished:
         lines += ["", "## Unfinished runs", "", *(f"- {u}" for u in unfinished)]
     then = f"Nothing of the report is left in {out}. Free some space (or make it writable), then run the command again."
-    with report_folder(out, overwrite):
+    with report_folder(out, overwrite, wait):
         more_md, more_html, more_plots = sections(out) if sections else ([], [], [])
         text = "\n".join([*lines, "", *more_md]).rstrip() + "\n"
         atomic_write(out / "results.md", lambda tmp: tmp.write_text(text), then)

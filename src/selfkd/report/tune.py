@@ -156,11 +156,11 @@ def write_tune_report(views: list[StudyView], final_dirs: list[Path], out: Path,
     from .page import html_page
 
     if final_dirs:
-        report = compare(final_dirs, out, note=note, title=title, overwrite=True,
+        report = compare(final_dirs, out, note=note, title=title, overwrite=True, wait=True,
                          sections=lambda folder: tune_section(views, folder))
         return TuneReport(out, report.text, report.plots, report)
     then = f"Nothing of the report is left in {out}. Free some space (or make it writable), then run the command again."
-    with report_folder(out, overwrite=True):
+    with report_folder(out, overwrite=True, wait=True):  # a study's other workers write it too
         md, html, plots = tune_section(views, out)
         text = "\n".join([f"# {title}", "", note, "", "No final run yet (give --final-seeds to retrain and test the "
                           "best configurations).", "", *md]).rstrip() + "\n"

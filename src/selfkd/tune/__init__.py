@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import ConfigError, SelfKDError
-from ..runfolder import release
+from ..runfolder import SWEEP, check_own, open_folder, release
 from .space import from_json, method_space, parse_space, to_json
 from .study import finished, open_storage, open_study, retry_callback, startable, storage_url
 from .trials import MAX_FAILURES, Lane, OverBudget, TrialFailed, Trials
@@ -197,10 +197,6 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
          command: str = "selfkd tune") -> TuneResult:
     """Tune every method (see the module docstring); with ``final_seeds``, once every study is over, retrain each
     best recipe with those seeds and test it. Everything is checked before anything is written."""
-    import optuna
-
-    from ..sweep import forward_signals, run_jobs
-
     began, out = time.monotonic(), Path(out)
     if resume and not config:  # the studies' own definitions
         defs = dict.fromkeys(methods)
@@ -210,42 +206,55 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
     if resume and storage is None and not (out / "study.db").is_file():
         raise ConfigError(f"--resume continues the studies in {out / 'study.db'}, which does not exist. Leave --resume "
                           "out to start them (or give --out the study folder, --storage the study's storage).")
-    lock = _open_folder(out) if storage is None else None  # study.db is made in it
+    locks = [_open_folder(out)] if storage is None else []  # study.db is made in it; else once the storage opened
     try:
-        stop, procs = threading.Event(), []
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # selfkd prints each trial's outcome itself
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            studies = _open(out, defs, budget, url, resume, pruner, sampler_seed, heartbeat, stop, procs, bool(gpus))
-            lock = lock if lock is not None else _open_folder(out)  # once the storage opened
-            result = TuneResult(out, studies)
-            lanes = _lanes(gpus)
-            print(f"Tune {out}: {', '.join(methods)}, {budget} trials each, maximising {studies[0].trials.metric}, "
-                  f"{len(lanes)} at a time ({lanes[0].threads['OMP_NUM_THREADS']} CPU thread(s) each); storage {url}.",
-                  flush=True)
-            with forward_signals(procs, stop):
-                for ms in studies:
-                    result.errors += _run_method(ms, lanes, stop, bool(final_seeds), heartbeat, began)
-                    _retry_interrupted(ms)
-                    if stop.is_set():
-                        break
-            result.interrupted = stop.is_set() and not result.errors
-            _finish(result, final_seeds, gpus, run_jobs)
+        result, threads = _run(out, defs, budget, url, resume, pruner, sampler_seed, heartbeat, gpus, final_seeds,
+                               lambda: locks or locks.append(_open_folder(out)))
         from .end import write_record
 
-        device = "cuda" if gpus else studies[0].definition["config"]["train"]["device"]
-        write_record(result, command, url, budget, final_seeds, time.monotonic() - began, device,
-                     int(lanes[0].threads["OMP_NUM_THREADS"]))
+        device = "cuda" if gpus else result.studies[0].definition["config"]["train"]["device"]
+        write_record(result, command, url, budget, final_seeds, time.monotonic() - began, device, threads)
         return result
     finally:
-        if lock is not None:
+        for lock in locks:
             release(lock)
+
+
+def _run(out: Path, defs: dict, budget: int, url: str, resume: bool, pruner: str, sampler_seed, heartbeat: int,
+         gpus, final_seeds, lock_folder) -> tuple[TuneResult, int]:
+    """Open the studies (then ``lock_folder()``), run their trials, then the final runs and the report. Returns the
+    result and the CPU threads of each run."""
+    import optuna
+
+    from ..sweep import forward_signals, run_jobs
+
+    began = time.monotonic()
+    stop, procs = threading.Event(), []
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # selfkd prints each trial's outcome itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        studies = _open(out, defs, budget, url, resume, pruner, sampler_seed, heartbeat, stop, procs, bool(gpus))
+        lock_folder()
+        result = TuneResult(out, studies)
+        lanes = _lanes(gpus)
+        print(f"Tune {out}: {', '.join(defs)}, {budget} trials each, maximising {studies[0].trials.metric}, "
+              f"{len(lanes)} at a time ({lanes[0].threads['OMP_NUM_THREADS']} CPU thread(s) each); storage {url}.",
+              flush=True)
+        with forward_signals(procs, stop):
+            for ms in studies:
+                result.errors += _run_method(ms, lanes, stop, bool(final_seeds), heartbeat, began)
+                _retry_interrupted(ms)
+                if stop.is_set():
+                    break
+        result.interrupted = stop.is_set() and not result.errors
+        _finish(result, final_seeds, gpus, run_jobs)
+    return result, int(lanes[0].threads["OMP_NUM_THREADS"])
 
 
 def _open_folder(out: Path) -> int:
     """Make, mark and lock (shared with the study's other workers) the study folder ``out``: see
     :func:`~selfkd.runfolder.open_folder`."""
-    from ..runfolder import TUNE, check_own, open_folder
+    from ..runfolder import TUNE
 
     return open_folder(out, TUNE, lambda marked: check_own(out, TUNE, marked), shared=True)
 
@@ -268,8 +277,13 @@ def _finish(result: TuneResult, final_seeds, gpus, run_jobs) -> None:
         ms.best = best_recipe(ms)
     over = all(finished(ms.study, ms.trials.budget) for ms in result.studies)
     if final_seeds and over and not result.interrupted and not result.errors:
-        result.finals = final_jobs(result.studies, final_seeds, result.out, bool(gpus))
-        result.codes, result.interrupted = run_jobs(result.finals, result.out / "logs", gpus)
+        final = result.out / "final"  # another worker may be running the final runs: wait for it, then skip them
+        lock = open_folder(final, SWEEP, lambda marked: check_own(final, SWEEP, marked), wait=True)
+        try:
+            result.finals = final_jobs(result.studies, final_seeds, result.out, bool(gpus))
+            result.codes, result.interrupted = run_jobs(result.finals, result.out / "logs", gpus)
+        finally:
+            release(lock)
     done = [j.run_dir for j in result.finals if (j.run_dir / "summary.json").is_file()]
     views = [StudyView(ms.method, ms.study, ms.trials.metric, ms.trials.budget) for ms in result.studies]
     seeds = f" retrained with seeds {', '.join(map(str, final_seeds))}" if final_seeds else ""

@@ -16,6 +16,7 @@ budget.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def retry_callback():
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
 
 
+SCHEMA_TRIES = 5  # attempts to open a database whose tables another worker is making
+
+
 def open_storage(url: str, heartbeat: int):
     """The Optuna storage at ``url``, with a heartbeat every ``heartbeat`` seconds on a database (a trial is stale
     after twice that); refuses a URL it cannot open."""
@@ -53,9 +57,15 @@ def open_storage(url: str, heartbeat: int):
                     raise OSError(f"no folder {path.parent}")
                 return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
             engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                              grace_period=2 * heartbeat,
-                                              heartbeat_stale_trial_callback=retry_callback())
+            for attempt in range(SCHEMA_TRIES):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                                      grace_period=2 * heartbeat,
+                                                      heartbeat_stale_trial_callback=retry_callback())
+                except sqlalchemy.exc.IntegrityError:  # workers started together: another one made the schema
+                    if attempt == SCHEMA_TRIES - 1:
+                        raise
+                    time.sleep(0.5)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError, RuntimeError) as err:
             raise ConfigError(f"The study storage {url} cannot be opened ({type(err).__name__}: {first_line(err)}). "
                               "Give a reachable database URL (sqlite:///FILE, postgresql://USER@HOST/DB, "
