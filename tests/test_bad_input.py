@@ -7,6 +7,7 @@ checks that there is no traceback and, for an error, one ``selfkd: error:`` para
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 import yaml
 
 import fault_methods  # noqa: F401  (registers test_nan)
-from conftest import tiny_config
+from conftest import live_slurm, tiny_config
 from hand import write_fashion, write_image_folder
 
 TINY = {"data": {"options": {"num_classes": 4, "train_size": 32, "test_size": 16, "image_size": 16},
@@ -169,6 +170,57 @@ def image_folder_with_a_corrupt_image(tmp, run):
         fh.truncate(30)
 
 
+def set_environ(**values: str) -> Callable[[], None]:
+    """Set environment variables for one row; the returned clean-up puts them back."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+
+    def restore():
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    return restore
+
+
+def no_slurm_on_path(tmp, run):
+    """A PATH without Slurm's commands (selfkd needs none on this path)."""
+    (tmp / "bin").mkdir()
+    return set_environ(PATH=str(tmp / "bin"))
+
+
+def slurm_client(tmp, run, conf: str | None = None):
+    """Slurm's commands are here (scripts/slurm-local.sh installs them), pointed at ``conf``."""
+    if shutil.which("scontrol") is None:
+        pytest.skip("no Slurm client here (scripts/slurm-local.sh up installs one)")
+    if conf is not None:
+        (tmp / "slurm.conf").write_text(conf)
+    return set_environ(SLURM_CONF=str(tmp / "slurm.conf"))
+
+
+def slurm_controller_down(tmp, run):
+    """A slurm.conf whose controller does not run (nothing listens on its port)."""
+    return slurm_client(tmp, run, "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\n")
+
+
+def slurm_cluster_up(tmp, run):
+    """The test cluster is up (the row is skipped without it, as the Slurm tests are)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(live_slurm())
+    return stack.close
+
+
+def slurm_yaml(tmp, run):
+    (tmp / "slurm.yaml").write_text("partiton: gpu\ntime: 30\n")
+
+
+def damaged_records(tmp, run):
+    (tmp / "sw" / "slurm").mkdir(parents=True)
+    (tmp / "sw" / "slurm" / "jobs.json").write_text("[1, 2]")
+
+
 class Case(NamedTuple):
     name: str
     argv: str
@@ -179,6 +231,8 @@ class Case(NamedTuple):
 
 
 TRAIN = "train -c {cfg} --run-dir {new}"
+SWEEP = "sweep -c {cfg} --methods ce --out {tmp}/sw"
+SLURM = SWEEP + " --launcher slurm"
 SEG = "train -c {tmp}/seg.yaml --run-dir {new}"
 CASES = [
     # Files that were destroyed or overwritten.
@@ -317,6 +371,26 @@ CASES = [
     Case("config-a-folder", "train -c {tmp} --run-dir {new}", 2, "is a folder, not a file", ("new",)),
     Case("bench-an-unknown-method", "bench --methods ce,nosuch --steps 1 --warmup 0 --device cpu --width 4", 2,
          "Unknown method 'nosuch'"),
+    # Sweeps on Slurm (issue #25): checked before the sweep folder is made.
+    Case("slurm-not-installed", SLURM, 2, "needs Slurm's commands, and sbatch, squeue, scontrol, srun are not on PATH "
+         "here", ("sw",), no_slurm_on_path),
+    Case("slurm-conf-names-no-file", SLURM, 2, "SLURM_CONF={tmp}/slurm.conf names no file", ("sw",), slurm_client),
+    Case("slurm-controller-down", SLURM, 2, "the Slurm controller does not answer (scontrol ping: Slurmctld(primary)",
+         ("sw",), slurm_controller_down),
+    Case("slurm-unknown-partition", SLURM + " --slurm-partition nosuch", 2,
+         "Slurm refuses these jobs: invalid partition specified: nosuch", ("sw",), slurm_cluster_up),
+    Case("slurm-config-unknown-key", SLURM + " --slurm-config {tmp}/slurm.yaml", 2,
+         "unknown key 'partiton'. Did you mean 'partition'?", ("sw", "slurm.yaml"), slurm_yaml),
+    Case("slurm-config-missing", SLURM + " --slurm-config {tmp}/none.yaml", 2,
+         "--slurm-config {tmp}/none.yaml: no such file", ("sw",)),
+    Case("slurm-time-0", SLURM + " --slurm-time 0", 2, "'time': Input should be greater than 0 (got 0)", ("sw",)),
+    Case("slurm-mem-in-words", SLURM + " --slurm-mem lots", 2, "'mem': Value error, give the memory per node as Slurm writes it", ("sw",)),
+    Case("slurm-extra-without-a-key", SLURM + " --slurm-extra =a100", 2, "--slurm-extra expects KEY=VALUE", ("sw",)),
+    Case("slurm-options-without-slurm", SWEEP + " --slurm-partition gpu --wait", 2,
+         "--slurm-partition, --wait apply to --launcher slurm", ("sw",)),
+    Case("local-gpus-on-slurm", SLURM + " --gpus 0,1", 2, "on Slurm give --slurm-gpus N", ("sw",)),
+    Case("slurm-job-records-damaged", SWEEP + " --status", 2, "jobs.json is not a record of Slurm jobs selfkd wrote",
+         ("sw",), damaged_records),
 ]
 
 

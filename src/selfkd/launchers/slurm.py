@@ -251,8 +251,20 @@ def launch(tasks: dict[str, SelfkdTask], folder: Path, options: SlurmOptions, na
         if ids:
             for n, job in zip(todo, ids):
                 records.setdefault(n, []).append(job)
-            atomic_write(folder / RECORDS, lambda tmp: tmp.write_text(json.dumps(records, indent=1) + "\n"))
+            _record(folder, records, ids)
     return Launch(dict(zip(todo, ids)), active)
+
+
+def _record(folder: Path, records: dict[str, list[str]], submitted: list[str]) -> None:
+    """Write ``folder/jobs.json``; when that fails, cancel the ``submitted`` jobs (unrecorded, they would be
+    submitted again) and say so."""
+    try:
+        atomic_write(folder / RECORDS, lambda tmp: tmp.write_text(json.dumps(records, indent=1) + "\n"),
+                     "The jobs it would record were cancelled. Free some space (or make the folder writable), then "
+                     "run the command again.")
+    except BaseException:
+        subprocess.run(["scancel", *submitted], capture_output=True, timeout=ANSWER_S)
+        raise
 
 
 def launch_copies(args: list[str], count: int, out: Path, options: SlurmOptions, name: str) -> Launch:
