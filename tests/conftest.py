@@ -74,22 +74,31 @@ def tiny_config(tmp_path, method: str = "ce", epochs: int = 2, **sections) -> di
     return cfg
 
 
-@pytest.fixture
-def run_cli():
-    """Run ``selfkd`` in-process: returns (exit code, stdout, stderr)."""
+def cli(*args) -> tuple[int, str, str]:
+    """Run ``selfkd ARGS`` in-process: returns (exit code, stdout, stderr)."""
     from selfkd.cli import main
 
-    def run(*args: str):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
-        return code, out.getvalue(), err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
 
-    return run
+
+@pytest.fixture
+def run_cli():
+    """:func:`cli` as a fixture."""
+    return cli
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
+    """:func:`live_slurm` for a whole session."""
+    with live_slurm() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def live_slurm():
     """A live Slurm cluster: ``scripts/slurm-local.sh up`` (``make test`` starts one when run as root with apt).
     Gives its default partition and whether accounting (sacct, which submitit reads job states from) is on. Skips,
     saying why, where there is none; fails instead under SELFKD_REQUIRE_SLURM=1 (make test sets it after starting

@@ -7,6 +7,7 @@ checks that there is no traceback and, for an error, one ``selfkd: error:`` para
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -25,7 +26,7 @@ import torchvision
 import yaml
 
 import fault_methods  # noqa: F401  (registers test_nan)
-from conftest import tiny_config
+from conftest import live_slurm, tiny_config
 from hand import write_fashion, write_image_folder
 
 TINY = {"data": {"options": {"num_classes": 4, "train_size": 32, "test_size": 16, "image_size": 16},
@@ -428,10 +429,67 @@ def tune_study(tmp, run):
     from selfkd.tune import definitions
     from selfkd.tune.study import open_storage, open_study, storage_url
 
+    from selfkd.runfolder import TUNE
+
     tune_recipe(tmp, run)
     (tmp / "study").mkdir()
+    (tmp / "study" / TUNE.marker).touch()  # selfkd made the folder
     definition = definitions(str(tmp / "tune.yaml"), ["ce"], ["optim.lr=0.01:0.1"], {}, [])["ce"]
     open_study(open_storage(storage_url(None, tmp / "study"), 30), "study.ce", definition, False, None, None)
+
+
+def set_environ(**values: str) -> Callable[[], None]:
+    """Set environment variables for one row; the returned clean-up puts them back."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+
+    def restore():
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    return restore
+
+
+def no_slurm_on_path(tmp, run):
+    """A PATH without Slurm's commands (selfkd needs none on this path)."""
+    (tmp / "bin").mkdir()
+    return set_environ(PATH=str(tmp / "bin"))
+
+
+def slurm_client(tmp, run, conf: str | None = None):
+    """Slurm's commands are here (scripts/slurm-local.sh installs them), pointed at ``conf``."""
+    if shutil.which("scontrol") is None:
+        pytest.skip("no Slurm client here (scripts/slurm-local.sh up installs one)")
+    if conf is not None:
+        (tmp / "slurm.conf").write_text(conf)
+    return set_environ(SLURM_CONF=str(tmp / "slurm.conf"))
+
+
+def slurm_controller_down(tmp, run):
+    """A slurm.conf whose controller does not run (nothing listens on its port)."""
+    return slurm_client(tmp, run, "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\n")
+
+
+def slurm_cluster_up(tmp, run):
+    """The test cluster is up (the row is skipped without it, as the Slurm tests are)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(live_slurm())
+    return stack.close
+
+
+def slurm_yaml(tmp, run):
+    (tmp / "slurm.yaml").write_text("partiton: gpu\ntime: 30\n")
+
+
+def damaged_records(tmp, run):
+    from selfkd.runfolder import SWEEP
+
+    (tmp / "sw" / "slurm").mkdir(parents=True)
+    (tmp / "sw" / SWEEP.marker).touch()  # selfkd made the folder
+    (tmp / "sw" / "slurm" / "jobs.json").write_text("[1, 2]")
 
 
 class Case(NamedTuple):
@@ -445,6 +503,8 @@ class Case(NamedTuple):
 
 
 TRAIN = "train -c {cfg} --run-dir {new}"
+SWEEP = "sweep -c {cfg} --methods ce --out {tmp}/sw"
+SLURM = SWEEP + " --launcher slurm"
 SEG = "train -c {tmp}/seg.yaml --run-dir {new}"
 SEGF = "train -c {tmp}/segf.yaml --run-dir {new}"
 SCENES = "train -c {tmp}/scenes.yaml --run-dir {new}"
@@ -741,8 +801,32 @@ CASES = [
          ("study",), tune_study),
     Case("tune-resume-without-a-study", TUNE + " --space optim.lr=0.01:0.1 --resume", 2,
          "--resume continues the studies in {new}/study.db, which does not exist", ("new",), tune_recipe),
+    Case("tune-workers-without-slurm", TUNE + " --space optim.lr=0.01:0.1 --workers 2", 2,
+         "--workers applies to --launcher slurm", ("new",), tune_recipe),
+    Case("tune-no-workers-on-slurm", TUNE + " --space optim.lr=0.01:0.1 --launcher slurm --workers 0", 2,
+         "--workers 0: give a positive number", ("new",), tune_recipe),
     Case("tune-zero-trials", "tune -c {tmp}/tune.yaml --methods ce --trials 0 --out {new}", 2,
          "--trials 0: give a positive number", ("new",), tune_recipe),
+    # Sweeps on Slurm (issue #25): checked before the sweep folder is made.
+    Case("slurm-not-installed", SLURM, 2, "needs Slurm's commands, and sbatch, squeue, scontrol, srun are not on PATH "
+         "here", ("sw",), no_slurm_on_path),
+    Case("slurm-conf-names-no-file", SLURM, 2, "SLURM_CONF={tmp}/slurm.conf names no file", ("sw",), slurm_client),
+    Case("slurm-controller-down", SLURM, 2, "the Slurm controller does not answer (scontrol ping: Slurmctld(primary)",
+         ("sw",), slurm_controller_down),
+    Case("slurm-unknown-partition", SLURM + " --slurm-partition nosuch", 2,
+         "Slurm refuses these jobs: invalid partition specified: nosuch", ("sw",), slurm_cluster_up),
+    Case("slurm-config-unknown-key", SLURM + " --slurm-config {tmp}/slurm.yaml", 2,
+         "unknown key 'partiton'. Did you mean 'partition'?", ("sw", "slurm.yaml"), slurm_yaml),
+    Case("slurm-config-missing", SLURM + " --slurm-config {tmp}/none.yaml", 2,
+         "--slurm-config {tmp}/none.yaml: no such file", ("sw",)),
+    Case("slurm-time-0", SLURM + " --slurm-time 0", 2, "'time': Input should be greater than 0 (got 0)", ("sw",)),
+    Case("slurm-mem-in-words", SLURM + " --slurm-mem lots", 2, "'mem': Value error, give the memory per node as Slurm writes it", ("sw",)),
+    Case("slurm-extra-without-a-key", SLURM + " --slurm-extra =a100", 2, "--slurm-extra expects KEY=VALUE", ("sw",)),
+    Case("slurm-options-without-slurm", SWEEP + " --slurm-partition gpu --wait", 2,
+         "--slurm-partition, --wait apply to --launcher slurm", ("sw",)),
+    Case("local-gpus-on-slurm", SLURM + " --gpus 0,1", 2, "on Slurm give --slurm-gpus N", ("sw",)),
+    Case("slurm-job-records-damaged", SWEEP + " --status", 2, "jobs.json is not a record of Slurm jobs selfkd wrote",
+         ("sw",), damaged_records),
 ]
 
 

@@ -150,8 +150,7 @@ class Config(Section):
         return self.model_copy(update={"train": t.model_copy(update=settings)})
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Config
+def _fields_at(loc: tuple, model: type[BaseModel]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
@@ -161,22 +160,26 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _elsewhere(name: str) -> str:
+def _elsewhere(name: str, model: type[BaseModel]) -> str:
     """A hint for a key put in the wrong section: ' Did you mean 'train.epochs'?' for 'epochs'."""
-    for section, field in Config.model_fields.items():
+    for section, field in model.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel) and name in ann.model_fields:
             return f" Did you mean '{section}.{name}'?"
     return ""
 
 
-def _explain(err: pydantic.ValidationError, source: str) -> ConfigError:
+def explain(err: pydantic.ValidationError, source: str, model: type[BaseModel] | None = None) -> ConfigError:
+    """A pydantic error of ``model`` (default :class:`Config`) read from ``source``, as one paragraph: each unknown key
+    with the closest valid one, each wrong value with what was expected."""
+    model = model or Config
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             name = str(e["loc"][-1])
-            lines.append(f"unknown key {short(key)}.{closest(name, _fields_at(e['loc'])) or _elsewhere(name)}")
+            hint = closest(name, _fields_at(e["loc"], model)) or _elsewhere(name, model)
+            lines.append(f"unknown key {short(key)}.{hint}")
         else:
             lines.append(f"{short(key)}: {e['msg']} (got {short(e.get('input'))})")
     text = "; ".join(line.rstrip(".") for line in lines)
@@ -288,7 +291,7 @@ def build_config(data: dict, source: str = "the configuration") -> Config:
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as err:
-        raise _explain(err, source) from None
+        raise explain(err, source) from None
 
 
 # Command-line flags that stand for a config key: flag (argparse dest) -> dotted key.

@@ -55,6 +55,11 @@ class CheckpointError(SelfKDError):
     pass
 
 
+class ClusterError(SelfKDError):
+    """The cluster a launcher submits to (Slurm) is missing, does not answer, or refuses the jobs; nothing was
+    submitted or written."""
+
+
 class TrainingError(SelfKDError):
     """Training stopped on purpose (non-finite loss, a failed write); the message says what was saved (the
     previous checkpoint is never damaged) and what to run next."""

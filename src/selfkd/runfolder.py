@@ -39,6 +39,7 @@ EXPORTS = tuple(f"model{ext}" for ext in EXPORT_FORMATS.values())  # what selfkd
 MARKER = ".selfkd-run"  # made by selfkd; holds the PID of the process that last locked it
 REPORT_FILES = ("results.md", "results.csv", "index.html", "*.png")  # what selfkd compare writes in its folder
 SWEEP_LOGS, SWEEP_REPORT = "logs", "report"  # in a sweep folder: each run's console output, and the comparison
+SWEEP_SLURM = "slurm"  # in a sweep folder on Slurm: the job records and submitit's files
 DEMO_FILE = "demo.json"  # selfkd demo's record, in its sweep folder
 OUTPUTS = (CONFIG, METRICS, METRICS_CSV, TENSORBOARD, CHECKPOINT, WEIGHTS, RELIABILITY, SUMMARY, EXAMPLES, EXPORT,
            PRETRAINED)
@@ -141,10 +142,12 @@ class Kind:
 RUN = Kind("run folder", "--run-dir (or name)", MARKER, OUTPUTS,
            ((TENSORBOARD, ("events.out.tfevents.*",)), (EXPORT, EXPORTS)))
 REPORT = Kind("report folder", "--out", ".selfkd-report", REPORT_FILES)  # selfkd compare
-SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep", (SWEEP_LOGS, SWEEP_REPORT, DEMO_FILE))  # its runs: RUN
+SWEEP = Kind("sweep folder", "--out", ".selfkd-sweep",  # its runs: RUN
+            (SWEEP_LOGS, SWEEP_REPORT, DEMO_FILE, SWEEP_SLURM))
 PROFILE = Kind("profile folder", "--profile", ".selfkd-profile", ("*.txt",))  # selfkd bench --profile
 TUNE = Kind("study folder", "--out", ".selfkd-tune",  # selfkd tune: its trials' run folders are RUN
-            ("study.db", "study.db-*", "tune.json", "*/base.yaml", "*/best.yaml", SWEEP_LOGS, SWEEP_REPORT))
+            ("study.db", "study.db-*", "tune.json", "*/base.yaml", "*/best.yaml", SWEEP_LOGS, SWEEP_REPORT,
+             SWEEP_SLURM))
 KINDS = (RUN, REPORT, SWEEP, PROFILE, TUNE)
 
 

@@ -34,6 +34,7 @@ from .atomic import open_nofollow
 from .runfolder import (
     CHECKPOINT,
     CONFIG,
+    METRICS,
     REPORT,
     SUMMARY,
     SWEEP,
@@ -41,6 +42,7 @@ from .runfolder import (
     SWEEP_REPORT,
     check_own,
     open_folder,
+    read_metrics,
     release,
 )
 from .tasks import DEFAULT_TASK, TASKS
@@ -55,6 +57,7 @@ class Job:
     action: str  # "skip" (finished), "resume" (last.pt), "restart" (no checkpoint yet), "start"
     train_args: list[str]  # arguments of `selfkd train`
     changed: list[str] = field(default_factory=list)  # settings in which a kept run differs from the recipe
+    start_args: list[str] = field(default_factory=list)  # the arguments that start it anew (see :func:`decide`)
 
     @property
     def name(self) -> str:
@@ -101,20 +104,25 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
             args = (["-c", str(config)] if config else [])
             args += [a for k, v in {**flags, **per_run}.items() for a in (f"--{k.replace('_', '-')}", str(v))]
             args += [a for item in overrides for a in ("--set", item)]
-            if (run_dir / SUMMARY).is_file():
-                action = "skip"
-            elif (run_dir / CHECKPOINT).is_file():
-                action = "resume"
-                args = ["--resume", str(run_dir)] + (["--device", "cuda"] if on_gpus else [])
-            elif (run_dir / CONFIG).is_file():
-                action, args = "restart", args + ["--overwrite"]  # it stopped before its first checkpoint
-            else:
-                action = "start"
+            action, train_args = decide(run_dir, args, on_gpus)
             changed = []
             if action in ("skip", "resume") and (run_dir / CONFIG).is_file():
                 changed = differing_settings([read_yaml(run_dir / CONFIG), cfg.to_dict()])
-            jobs.append(Job(method, seed, run_dir, action, args, changed))
+            jobs.append(Job(method, seed, run_dir, action, train_args, changed, args))
     return jobs
+
+
+def decide(run_dir: Path, start_args: list[str], on_gpus: bool = False) -> tuple[str, list[str]]:
+    """What a run of the sweep needs now, from its folder: ``(action, selfkd train arguments)``. ``start_args`` start
+    it anew; a finished run is skipped, one with a checkpoint resumed, one that stopped before its first checkpoint
+    started over. A Slurm task decides again when it starts (a requeued task resumes)."""
+    if (run_dir / SUMMARY).is_file():
+        return "skip", start_args
+    if (run_dir / CHECKPOINT).is_file():
+        return "resume", ["--resume", str(run_dir)] + (["--device", "cuda"] if on_gpus else [])
+    if (run_dir / CONFIG).is_file():
+        return "restart", start_args + ["--overwrite"]  # it stopped before its first checkpoint
+    return "start", start_args
 
 
 @contextlib.contextmanager
@@ -218,7 +226,7 @@ def run_jobs(jobs: list[Job], logs: Path, gpus: list[str] | None = None,
             codes[job.name] = code
             if code == 0:
                 took[job.name] = time.monotonic() - launched[job.name]
-            _print_outcome(job, code, logs / f"{job.name}.log")
+            print_run_outcome(job, logs / f"{job.name}.log", f"exit code {code}" if code else None)
             left = None
             if estimates:
                 unfinished = [j.name for j in pending] + list(busy)  # a running run counts in full
@@ -237,21 +245,39 @@ def _launch(job: Job, slot: str | None, logs: Path, threads: dict, done: queue.Q
                        lambda code: done.put((job, code)))[0]
 
 
-def _print_outcome(job: Job, code: int, log: Path) -> None:
-    import json
-
-    if code == 0:
-        try:
-            summary = json.loads((job.run_dir / SUMMARY).read_text())
-            key = TASKS[summary.get("task", DEFAULT_TASK)].primary  # top1, miou
-            value = summary.get("final", {}).get(key, float("nan"))
-            print(f"[{job.name}] finished: test {key} {value:.2f}% (last epoch)", flush=True)
-        except (OSError, ValueError, KeyError):
-            print(f"[{job.name}] finished", flush=True)
+def print_run_outcome(job: Job, log: Path, failure: str | None) -> None:
+    """``[run] finished: test top1 ...`` or, with ``failure`` (why, e.g. "exit code 2"), ``[run] FAILED (...)`` and
+    the last lines of its log."""
+    if failure is None:
+        print(f"[{job.name}] {run_state(job.run_dir)}", flush=True)
         return
     tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
-    print(f"[{job.name}] FAILED (exit code {code}); last lines of {log}:", *("    " + t for t in tail), sep="\n",
-          flush=True)
+    print(f"[{job.name}] FAILED ({failure}); last lines of {log}:", *("    " + t for t in tail), sep="\n", flush=True)
+
+
+def run_state(run_dir: Path) -> str:
+    """Where a run stands, by its folder: ``finished: test top1 93.10% (last epoch)``, ``3 of 10 epochs trained,
+    checkpoint saved``, ``started, no checkpoint yet`` or ``not started``."""
+    import json
+
+    from .config import read_yaml
+    from .errors import SelfKDError
+
+    if (run_dir / SUMMARY).is_file():
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text())
+            key = TASKS[summary.get("task", DEFAULT_TASK)].primary  # top1, miou
+            return f"finished: test {key} {summary.get('final', {}).get(key, float('nan')):.2f}% (last epoch)"
+        except (OSError, ValueError, KeyError):
+            return "finished"
+    if (run_dir / CHECKPOINT).is_file():
+        rows = read_metrics(run_dir / METRICS)
+        try:
+            epochs = read_yaml(run_dir / CONFIG).get("train", {}).get("epochs", "?")
+        except (SelfKDError, AttributeError):
+            epochs = "?"
+        return f"{rows[-1]['epoch'] if rows else 0} of {epochs} epochs trained, checkpoint saved"
+    return "started, no checkpoint yet" if (run_dir / CONFIG).is_file() else "not started"
 
 
 def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | Path, flags: dict | None = None,
@@ -259,30 +285,43 @@ def sweep(config: str | None, methods: list[str], seeds: list[int], out: str | P
           estimates: dict[str, float] | None = None) -> SweepResult:
     """Plan, run and compare the grid; see the module docstring. ``estimates``: each run's estimated seconds by
     name, for the time left in the progress lines."""
-    from .report import compare
-    from .report.runs import is_run_dir
-
     out = Path(out)
     jobs = plan(config, methods, seeds, out, flags, overrides, on_gpus=bool(gpus))
-    counts = {a: sum(j.action == a for j in jobs) for a in ("skip", "resume", "restart", "start")}
     where = f"{len(gpus)} at a time on GPUs {','.join(gpus)}" if gpus else "one after another"
     where += f", {child_thread_env(len(gpus) if gpus else 1)['OMP_NUM_THREADS']} CPU thread(s) each"
-    print(f"Sweep {out}: {len(jobs)} runs ({len(methods)} methods × {len(seeds)} seeds) — {counts['skip']} finished, "
+    print_plan(jobs, out, len(methods), len(seeds), where)
+    lock = open_folder(out, SWEEP, lambda marked: check_own(out, SWEEP, marked))
+    try:
+        codes, interrupted = run_jobs(jobs, out / SWEEP_LOGS, gpus, estimates)
+        report = write_report(jobs, out, note)
+    finally:
+        release(lock)
+    return SweepResult(jobs, codes, report, interrupted)
+
+
+def print_plan(jobs: list[Job], out: Path, methods: int, seeds: int, where: str, active=()) -> None:
+    """The sweep's first line (how many runs are finished, to resume, to start; the runs named in ``active``, queued
+    or running on a cluster already, counted apart) and a note for each kept run started with other settings."""
+    counts = {a: sum(j.action == a and j.name not in active for j in jobs) for a in ("skip", "resume", "restart",
+                                                                                      "start")}
+    queued = f"{len(active)} queued or running already, " if active else ""
+    print(f"Sweep {out}: {len(jobs)} runs ({methods} methods × {seeds} seeds) — {counts['skip']} finished, {queued}"
           f"{counts['resume']} to resume, {counts['start'] + counts['restart']} to start; {where}.", flush=True)
     for job in jobs:
         if job.changed:
             state = "finished and kept" if job.action == "skip" else "resumed with its own settings"
             print(f"note: {job.run_dir} was started with other settings than this sweep gives "
                   f"({', '.join(job.changed)}); it is {state}. Delete the folder to run it anew.", flush=True)
-    lock = open_folder(out, SWEEP, lambda marked: check_own(out, SWEEP, marked))
-    try:
-        codes, interrupted = run_jobs(jobs, out / SWEEP_LOGS, gpus, estimates)
-        existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
-        report = (compare(existing, out / SWEEP_REPORT, note=note, title=f"selfkd sweep {out.name}", overwrite=True)
-                  if existing else None)
-    finally:
-        release(lock)
-    return SweepResult(jobs, codes, report, interrupted)
+
+
+def write_report(jobs: list[Job], out: Path, note: str | None = None):
+    """``selfkd compare`` of the grid's run folders into ``<out>/report`` (None when no run has a folder yet)."""
+    from .report import compare
+    from .report.runs import is_run_dir
+
+    existing = [j.run_dir for j in jobs if j.run_dir.is_dir() and is_run_dir(j.run_dir)]
+    return (compare(existing, out / SWEEP_REPORT, note=note, title=f"selfkd sweep {out.name}", overwrite=True)
+            if existing else None)
 
 
 def print_outcome(result: SweepResult, out: Path) -> int:

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from ..errors import ConfigError
-from .flags import add_run_flags, parse_list, run_flags
+from .flags import add_launcher_flags, add_run_flags, parse_list, run_flags, slurm_options
 
 
 def register(subparsers) -> None:
@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                                                              "worker is silent twice as long is retried (default 30)")
     p.add_argument("--resume", action="store_true", help="continue existing studies as they were made (their own "
                                                          "recipe, search space and objective)")
+    p.add_argument("--workers", type=int, help="with --launcher slurm: how many copies of this command run the "
+                                               "studies together, as one job array (default 1)")
+    add_launcher_flags(p)
     p.set_defaults(func=run)
 
 
@@ -53,8 +56,31 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"tune_{Path(args.config).stem if args.config else 'default'}"
     seeds = parse_list(args.final_seeds, "final-seeds", int) if args.final_seeds else None
     gpus = parse_list(args.gpus, "gpus", unique=False) if args.gpus else None
+    options = slurm_options(args)
+    if options is not None:
+        return _on_slurm(args, out, options)
+    if args.workers is not None:
+        raise ConfigError("--workers applies to --launcher slurm. On this machine, run the same command in more "
+                          "shells (with the same --out or --storage) for more workers, or give --gpus.")
     command = "selfkd " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["tune"]))
     result = tune(args.config, parse_list(args.methods, "methods"), args.trials, args.space, out, run_flags(args),
                   args.overrides, args.storage, gpus, seeds, args.resume, args.pruner, args.sampler_seed,
                   args.heartbeat, command)
     return print_outcome(result)
+
+
+def _on_slurm(args, out: Path, options) -> int:
+    """Check the studies as a local tune would, then submit --workers copies of the command to Slurm."""
+    from ..launchers.slurm_tune import submit_workers
+    from ..tune import definitions
+    from ..tune.study import storage_url
+
+    if args.gpus:
+        raise ConfigError("--gpus lists GPUs of this machine for --launcher local; on Slurm give --slurm-gpus N (GPUs "
+                          "of each worker, one trial per GPU at a time).")
+    workers = 1 if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give a positive number.")
+    if args.config or not args.resume:
+        definitions(args.config, parse_list(args.methods, "methods"), args.space, run_flags(args), args.overrides)
+    return submit_workers(args, out, storage_url(args.storage, out.absolute()), workers, options, args.wait)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import ConfigError, SelfKDError
-from ..runfolder import SWEEP, check_own, open_folder, release
+from ..runfolder import SWEEP, check_free, check_own, open_folder, release
 from .space import from_json, method_space, parse_space, to_json
 from .study import finished, open_storage, open_study, retry_callback, startable, storage_url
 from .trials import MAX_FAILURES, Lane, OverBudget, TrialFailed, Trials
@@ -271,19 +271,13 @@ def _lanes(gpus: list[str] | None) -> list[Lane]:
 def _finish(result: TuneResult, final_seeds, gpus, run_jobs) -> None:
     """The best recipes; with ``final_seeds`` and every study over, the final runs; the report."""
     from ..report.tune import StudyView, write_tune_report
-    from .end import best_recipe, final_jobs
+    from .end import best_recipe
 
     for ms in result.studies:
         ms.best = best_recipe(ms)
     over = all(finished(ms.study, ms.trials.budget) for ms in result.studies)
     if final_seeds and over and not result.interrupted and not result.errors:
-        final = result.out / "final"  # another worker may be running the final runs: wait for it, then skip them
-        lock = open_folder(final, SWEEP, lambda marked: check_own(final, SWEEP, marked), wait=True)
-        try:
-            result.finals = final_jobs(result.studies, final_seeds, result.out, bool(gpus))
-            result.codes, result.interrupted = run_jobs(result.finals, result.out / "logs", gpus)
-        finally:
-            release(lock)
+        _final_runs(result, final_seeds, gpus, run_jobs)
     done = [j.run_dir for j in result.finals if (j.run_dir / "summary.json").is_file()]
     views = [StudyView(ms.method, ms.study, ms.trials.metric, ms.trials.budget) for ms in result.studies]
     seeds = f" retrained with seeds {', '.join(map(str, final_seeds))}" if final_seeds else ""
@@ -292,6 +286,25 @@ def _finish(result: TuneResult, final_seeds, gpus, run_jobs) -> None:
             f"; the best configuration of each{seeds} on the training set less the validation split and tested "
             "once.")
     result.report = write_tune_report(views, done, result.out / "report", f"selfkd tune {result.out.name}", note)
+
+
+def _final_runs(result: TuneResult, final_seeds, gpus, run_jobs) -> None:
+    """Retrain and test the best configurations in ``<out>/final`` (a sweep folder), unless another worker is doing
+    so (then this one leaves them to it; two that start at once take turns, the second finding them done)."""
+    from .end import final_jobs
+
+    final = result.out / "final"
+    try:
+        check_free(final, SWEEP)
+    except ConfigError:
+        print(f"Another worker is running the final runs in {final}; it writes the report when they end.", flush=True)
+        return
+    lock = open_folder(final, SWEEP, lambda marked: check_own(final, SWEEP, marked), wait=True)
+    try:
+        result.finals = final_jobs(result.studies, final_seeds, result.out, bool(gpus))
+        result.codes, result.interrupted = run_jobs(result.finals, result.out / "logs", gpus)
+    finally:
+        release(lock)
 
 
 def print_outcome(result: TuneResult) -> int:
