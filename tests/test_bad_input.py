@@ -426,10 +426,9 @@ def tune_recipe(tmp, run):
 
 def tune_study(tmp, run):
     """A study of ce in {tmp}/study searching optim.lr in 0.01..0.1, made as selfkd tune makes it (no trial yet)."""
+    from selfkd.runfolder import TUNE
     from selfkd.tune import definitions
     from selfkd.tune.study import open_storage, open_study, storage_url
-
-    from selfkd.runfolder import TUNE
 
     tune_recipe(tmp, run)
     (tmp / "study").mkdir()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import ConfigError, SelfKDError
-from ..runfolder import SWEEP, check_free, check_own, open_folder, release
+from ..runfolder import SWEEP, TUNE, check_free, check_own, open_folder, release
 from .space import from_json, method_space, parse_space, to_json
 from .study import finished, open_storage, open_study, retry_callback, startable, storage_url
 from .trials import MAX_FAILURES, Lane, OverBudget, TrialFailed, Trials
@@ -206,7 +206,8 @@ def tune(config, methods: list[str], budget: int, space_items=(), out: str | Pat
     if resume and storage is None and not (out / "study.db").is_file():
         raise ConfigError(f"--resume continues the studies in {out / 'study.db'}, which does not exist. Leave --resume "
                           "out to start them (or give --out the study folder, --storage the study's storage).")
-    locks = [_open_folder(out)] if storage is None else []  # study.db is made in it; else once the storage opened
+    check_own(out, TUNE)  # marked (and locked) once the studies are checked, unless study.db must be made in it
+    locks = [_open_folder(out)] if storage is None and not (out / "study.db").is_file() else []
     try:
         result, threads = _run(out, defs, budget, url, resume, pruner, sampler_seed, heartbeat, gpus, final_seeds,
                                lambda: locks or locks.append(_open_folder(out)))
@@ -254,8 +255,6 @@ def _run(out: Path, defs: dict, budget: int, url: str, resume: bool, pruner: str
 def _open_folder(out: Path) -> int:
     """Make, mark and lock (shared with the study's other workers) the study folder ``out``: see
     :func:`~selfkd.runfolder.open_folder`."""
-    from ..runfolder import TUNE
-
     return open_folder(out, TUNE, lambda marked: check_own(out, TUNE, marked), shared=True)
 
 
