@@ -22,6 +22,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import cli
+from selfkd.runfolder import RUN, SWEEP
 
 pytestmark = pytest.mark.slurm
 
@@ -40,8 +41,10 @@ def one_thread(slurm_cluster, tmp_path_factory):
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
     for records in Path(tmp_path_factory.getbasetemp()).rglob("slurm/jobs.json"):
-        ids = [i for jobs in json.loads(records.read_text()).values() for i in jobs]
-        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+        written = json.loads(records.read_text())
+        if isinstance(written, dict):  # not the damaged ones of the bad-input table
+            ids = [i for jobs in written.values() for i in jobs]
+            subprocess.run(["scancel", *ids], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,6 +157,8 @@ def test_a_failing_run_spares_the_others_and_status_reports_it(tmp_path, slurm_c
     out = tmp_path / "sweep"
     broken = out / "ce_s1"  # a run with a checkpoint that cannot be read: its resume fails
     broken.mkdir(parents=True)
+    for folder, kind in ((out, SWEEP), (broken, RUN)):  # as selfkd made them
+        (folder / kind.marker).touch()
     (broken / "config.yaml").write_text(recipe.read_text())
     (broken / "last.pt").write_bytes(b"not a checkpoint")
     args = ["sweep", "-c", recipe, "--methods", "ce", "--seeds", "1,0", "--out", out]
@@ -177,6 +182,7 @@ def test_jobs_that_cannot_be_recorded_are_cancelled(tmp_path):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "sweep"
     (out / "slurm" / ".jobs.json.tmp").mkdir(parents=True)
+    (out / SWEEP.marker).touch()  # a sweep folder selfkd made
     code, stdout, err = cli("sweep", "-c", recipe, "--methods", "ce", "--out", out, "--launcher", "slurm",
                             "--slurm-cpus", "1")
     assert code == 3 and "The jobs it would record were cancelled" in err, stdout + err

@@ -65,6 +65,7 @@ def test_space_items_parse_into_ranges_and_choices():
         "optim.lr": Range(0.01, 0.3, True), "method.temperature": Choice((2, 4, 8)),
         "data.batch_size": Range(32, 128, False), "method.teacher": Choice(("bifpn", "bifpnc")),
         "train.deterministic": Choice((True, False))}
+    assert parse_space(["optim.weight_decay=1e-5:1e-3:log"]) == {"optim.weight_decay": Range(1e-5, 1e-3, True)}
     for bad, message in [("optim.lr", "expects KEY=LOW:HIGH"), ("optim.lr=", "expects KEY=LOW:HIGH"),
                          ("optim.lr=0.3:0.01", "goes from 0.3 down to 0.01 (low > high)"),
                          ("optim.lr=0:0.1:log", "a log scale cannot reach 0 or below"),

@@ -8,6 +8,7 @@ integers when the option takes integers; a list of values searches those values.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from collections.abc import Sequence
@@ -45,9 +46,14 @@ def parse_space(items: Sequence[str]) -> Space:
 
 
 def _scalar(text: str):
-    """A value as YAML reads it (``0.1`` a float, ``true`` a boolean, ``bifpn`` a string)."""
+    """A value as YAML reads it (``0.1`` a float, ``true`` a boolean, ``bifpn`` a string), a number as Python does
+    (``1e-5`` too, which YAML 1.1 reads as a string)."""
+    text = text.strip()
+    for number in (int, float) if any(c.isdigit() for c in text) else ():
+        with contextlib.suppress(ValueError):
+            return number(text)
     try:
-        return yaml.safe_load(text.strip())
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text.strip()
 
