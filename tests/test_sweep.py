@@ -26,10 +26,13 @@ def recipe(tmp_path, **sections) -> tuple:
 
 def fake_run(path, method, seed, config, finished=True, checkpoint=b""):
     """A run folder as far as the sweep looks at it: config.yaml (complete, as the trainer writes it), and
-    summary.json or last.pt."""
+    summary.json or last.pt; it and its sweep folder marked as selfkd's own, as they are."""
     from selfkd.config import build_config
+    from selfkd.runfolder import RUN, SWEEP
 
     path.mkdir(parents=True)
+    for folder, kind in ((path.parent, SWEEP), (path, RUN)):
+        (folder / kind.marker).touch()
     stored = dict(config, seed=seed, method={"name": method}, run_dir=str(path))
     (path / "config.yaml").write_text(yaml.safe_dump(build_config(stored).to_dict()))
     if finished:

@@ -62,7 +62,8 @@ def open_storage(url: str, heartbeat: int):
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                                       grace_period=2 * heartbeat,
                                                       heartbeat_stale_trial_callback=retry_callback())
-                except sqlalchemy.exc.IntegrityError:  # workers started together: another one made the schema
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+                    # workers started together: another one was making the tables (or a database that is not there)
                     if attempt == SCHEMA_TRIES - 1:
                         raise
                     time.sleep(0.5)
