@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 # tests/test_slurm_cluster.py and stopped after pytest, whatever its outcome (pytest's exit code is make's); a cluster
 # that does not come up fails make test. Elsewhere, or with SELFKD_SLURM=0, those tests skip and say why.
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	@pytest="ONEDNN_MAX_CPU_ISA=$${ONEDNN_MAX_CPU_ISA:-AVX2} $(BIN)/python -m pytest -q"; \
 	if [ "$${SELFKD_SLURM:-1}" != 0 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  holder=$$$$; trap 'SELFKD_SLURM_HOLDER=$$holder bash $(SLURM_LOCAL) down' EXIT; trap 'exit 130' INT TERM HUP; \

@@ -10,9 +10,11 @@ benchmarks/transfer.py, which calls this script's :func:`section` when it ends).
 ``--from DIR`` replaces benchmarks/results/<DIR's name>/ with the demo's ``demo.json`` and, per run,
 ``config.yaml``, ``metrics.jsonl`` and ``summary.json`` (no checkpoints, no weights); for the tuning study its
 ``tune.json``, ``study.db`` (every trial, its values and per-epoch validation metric), each method's ``base.yaml``
-and ``best.yaml``, the final runs' small files and the report's ``results.md`` and tuning plots. The section is the text between the two marker
+and ``best.yaml``, the final runs' small files and the report's ``results.md`` and tuning plots. The section is the
+text between the two marker
 comments in README.md; nothing else in the file changes. The numbers measured here sit beside the figures the
-recipes in configs/cifar100/ and configs/voc/ target (:data:`REPORTED`, from the recipes' comments), each labelled with its source.
+recipes in configs/cifar100/ and configs/voc/ target (:data:`REPORTED`, from the recipes' comments), each labelled
+with its source.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ END = "<!-- results:end -->"
 # source). None: the source gives no figure for this setting.
 REPORTED = [
     ("lightskd", "CIFAR-100, ResNet-18, top-1", None, None,
-     "reported by the paper (LightSKD): no figure per setting; its abstract claims gains of up to +2.87 over baselines"),
+     "reported by the paper (LightSKD): no figure per setting; its abstract claims gains of up to +2.87 over "
+     "baselines"),
     ("frskd", "CIFAR-100, ResNet-18, top-1", None, None,
      "reported by the paper (FRSKD): its figure for this setting could not be recovered"),
     ("frskd", "CIFAR-100, ResNet-18, top-1", 76.24, 76.60, "reported by Self-KD-Lib, an independent reimplementation"),
@@ -54,7 +57,8 @@ REPORTED = [
     ("cskd", "CIFAR-100, ResNet-18, top-1", 75.29, 78.01,
      "reported by the paper (CS-KD; top-1 errors 24.71 and 21.99 % with its own recipe, as recalled in the project's "
      "notes)"),
-    ("cskd", "CIFAR-100, ResNet-18, top-1", 76.24, 78.66, "reported by Self-KD-Lib (its best test epoch, so optimistic)"),
+    ("cskd", "CIFAR-100, ResNet-18, top-1", 76.24, 78.66,
+     "reported by Self-KD-Lib (its best test epoch, so optimistic)"),
     ("frskd (segmentation)", "VOC, EfficientDet-d0 (ImageNet-pretrained), mIoU", 79.07, 80.55,
      "reported by the paper (FRSKD); not reproduced from its code by anyone (its issue #4)"),
     ("frskd (segmentation)", "VOC, EfficientDet-d1 (ImageNet-pretrained), mIoU", 81.95, 83.88,
@@ -148,8 +152,9 @@ def measured(results: Path, command: str) -> list[str]:
     subsets = any((r.config.get("data") or {}).get("train_subset") for r in runs)
     data = ("each seed trains on its own subset, the same for every method" if subsets
             else "every seed trains on the same images")
-    lines += ["", f"Last-epoch test metrics, mean ± sample std over seeds {', '.join(seeds)} ({data}). The interval of a gain is {how}; \"within noise\" marks an "
-                  "interval that contains 0. Run folders (config, per-epoch metrics, summary): "
+    lines += ["", f"Last-epoch test metrics, mean ± sample std over seeds {', '.join(seeds)} ({data}). The "
+                  f"interval of a gain is {how}; \"within noise\" marks an interval that contains 0. Run folders "
+                  "(config, per-epoch metrics, summary): "
                   f"`benchmarks/results/{results.name}/`."]
     return lines
 
@@ -194,7 +199,31 @@ def transfer(folder: Path) -> list[str]:
                     f"{', '.join(map(str, record['seeds']))} (one pretrained classifier for all). Each interval is a "
                     "t-interval on the per-seed differences (paired by seed, n − 1 degrees of freedom); \"within "
                     f"noise\" marks one that contains 0. Run folders (config, per-epoch metrics, summary, what was "
-                    f"loaded): `benchmarks/results/{folder.name}/`."]
+                    f"loaded): `benchmarks/results/{folder.name}/`. Training times are each run's wall clock, some "
+                    "of them on a machine that ran other work too: they show the cost, not selfkd's speed "
+                    "(see [Speed](#speed)).", "", *_transfer_verdicts(values)]
+
+
+def _transfer_verdicts(values: dict) -> list[str]:
+    """One plain sentence per comparison: which start and which method won, lost, or could not be told apart."""
+    def word(interval) -> str:
+        return ("within noise" if interval is None or interval.within_noise
+                else "better" if interval.gain > 0 else "worse")
+
+    from selfkd.report.stats import gain_interval
+
+    def miou(key):
+        return [(seed, s["final"]["miou"]) for seed, s in values.get(key, [])]
+
+    said = []
+    for method in sorted({m for m, _ in values}):
+        verdict = word(gain_interval(miou((method, "fmnist")), miou((method, "scratch"))))
+        said.append(f"the pretrained start is {verdict} than scratch for {method}")
+    for start in ("scratch", "fmnist"):
+        if ("frskd", start) in values and ("ce", start) in values:
+            verdict = word(gain_interval(miou(("frskd", start)), miou(("ce", start))))
+            said.append(f"frskd is {verdict} than ce from {'the classifier' if start == 'fmnist' else 'scratch'}")
+    return ["**In short:** " + "; ".join(said).replace("within noise than", "within noise of") + "."]
 
 
 def _interval(values: list[tuple], baseline: list[tuple] | None) -> str:
@@ -271,20 +300,22 @@ def tuning(results: Path) -> list[str]:
                      f"{_accuracy(untuned.get(method))} | {_gain(untuned.get(method))} |")
     lines += ["", f"Validation: {sizes.get('val_images', 0):,} images held out of the training set (stratified by "
               "class, `val_seed` 0), the same for every trial, method and seed, never tested; each run's "
-              f"{sizes.get('train_images', 0):,} training images are drawn from the rest (the untuned demo's from the whole "
-              "training set). Test: the selected (last epoch's) weights of each final run, once, mean ± sample std "
-              f"over seeds {seeds}; the gain's interval is paired by seed, as in the demo's table. Study (`study.db`: "
-              f"every trial), recipes, final runs and report: `benchmarks/results/{TUNING[0]}/`.", ""]
+              f"{sizes.get('train_images', 0):,} training images are drawn from the rest (the untuned demo's from "
+              "the whole training set). Test: the selected (last epoch's) weights of each final run, once, mean ± "
+              f"sample std over seeds {seeds}; the gain's interval is paired by seed, as in the demo's table. Study "
+              f"(`study.db`: every trial), recipes, final runs and report: `benchmarks/results/{TUNING[0]}/`.", ""]
     lines += [_verdict(m, tuned[m], untuned[m]) for m in record["methods"] if m != "ce" and m in tuned and m in untuned]
-    plots = sorted((folder / "report").glob("tune_*_history.png")) + sorted((folder / "report").glob("tune_*_slice.png"))
-    lines += ["", *(f"![{p.stem[5:].replace('_', ' ')}](benchmarks/results/{TUNING[0]}/report/{p.name})" for p in plots)]
+    report = folder / "report"
+    plots = sorted(report.glob("tune_*_history.png")) + sorted(report.glob("tune_*_slice.png"))
+    lines += ["", *(f"![{p.stem[5:].replace('_', ' ')}](benchmarks/results/{TUNING[0]}/report/{p.name})"
+                    for p in plots)]
     return lines
 
 
 def reported() -> list[str]:
     lines = ["### Reported elsewhere", "",
-             "The figures the recipes in `configs/cifar100/` and `configs/voc/` target (CIFAR-100 for 200 epochs with a "
-             "full-width ResNet-18; VOC from an ImageNet-pretrained encoder for 60 epochs: other data, sizes, "
+             "The figures the recipes in `configs/cifar100/` and `configs/voc/` target (CIFAR-100 for 200 epochs with "
+             "a full-width ResNet-18; VOC from an ImageNet-pretrained encoder for 60 epochs: other data, sizes, "
              "schedules and widths than the demos', so only the direction and size of the gains compare):", "",
              "| Method | Setting, metric | ce (%) | Method (%) | Gain | Source |", "|---|---|---:|---:|---:|---|"]
     for method, setting, ce, value, source in REPORTED:
