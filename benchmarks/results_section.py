@@ -155,8 +155,22 @@ def measured(results: Path, command: str) -> list[str]:
     lines += ["", f"Last-epoch test metrics, mean ± sample std over seeds {', '.join(seeds)} ({data}). The "
                   f"interval of a gain is {how}; \"within noise\" marks an interval that contains 0. Run folders "
                   "(config, per-epoch metrics, summary): "
-                  f"`benchmarks/results/{results.name}/`."]
+                  f"`benchmarks/results/{results.name}/`.", "", _demo_verdict(groups)]
     return lines
+
+
+def _demo_verdict(groups) -> str:
+    """One plain sentence: which methods beat ce, which lose to it, which cannot be told from it."""
+    from selfkd.report.table import BASELINE
+
+    said = {"better than": [], "worse than": [], "within noise of": []}
+    for g in groups:
+        if g.method != BASELINE and g.interval is not None:
+            how = "within noise of" if g.interval.within_noise else "better than" if g.gain > 0 else "worse than"
+            said[how].append(f"{g.method} ({g.interval.text()})")
+    parts = [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} {how} ce" for how, names in said.items()
+             if names]
+    return "**In short:** " + ("; ".join(parts) if parts else "no gain has an interval (one seed)") + "."
 
 
 def transfer(folder: Path) -> list[str]:
