@@ -166,8 +166,7 @@ def _demo_verdict(groups) -> str:
     said = {"better than": [], "worse than": [], "within noise of": []}
     for g in groups:
         if g.method != BASELINE and g.interval is not None:
-            how = "within noise of" if g.interval.within_noise else "better than" if g.gain > 0 else "worse than"
-            said[how].append(f"{g.method} ({g.interval.text()})")
+            said[_standing(g.interval)].append(f"{g.method} ({g.interval.text()})")
     parts = [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} {how} ce" for how, names in said.items()
              if names]
     return "**In short:** " + ("; ".join(parts) if parts else "no gain has an interval (one seed)") + "."
@@ -220,10 +219,6 @@ def transfer(folder: Path) -> list[str]:
 
 def _transfer_verdicts(values: dict) -> list[str]:
     """One plain sentence per comparison: which start and which method won, lost, or could not be told apart."""
-    def word(interval) -> str:
-        return ("within noise" if interval is None or interval.within_noise
-                else "better" if interval.gain > 0 else "worse")
-
     from selfkd.report.stats import gain_interval
 
     def miou(key):
@@ -231,13 +226,13 @@ def _transfer_verdicts(values: dict) -> list[str]:
 
     said = []
     for method in sorted({m for m, _ in values}):
-        verdict = word(gain_interval(miou((method, "fmnist")), miou((method, "scratch"))))
-        said.append(f"the pretrained start is {verdict} than scratch for {method}")
+        verdict = _standing(gain_interval(miou((method, "fmnist")), miou((method, "scratch"))))
+        said.append(f"the pretrained start is {verdict} scratch for {method}")
     for start in ("scratch", "fmnist"):
         if ("frskd", start) in values and ("ce", start) in values:
-            verdict = word(gain_interval(miou(("frskd", start)), miou(("ce", start))))
-            said.append(f"frskd is {verdict} than ce from {'the classifier' if start == 'fmnist' else 'scratch'}")
-    return ["**In short:** " + "; ".join(said).replace("within noise than", "within noise of") + "."]
+            verdict = _standing(gain_interval(miou(("frskd", start)), miou(("ce", start))))
+            said.append(f"frskd is {verdict} ce from {'the classifier' if start == 'fmnist' else 'scratch'}")
+    return ["**In short:** " + "; ".join(said) + "."]
 
 
 def _interval(values: list[tuple], baseline: list[tuple] | None) -> str:
@@ -266,12 +261,18 @@ def _gain(g) -> str:
     return "" if g is None else "(baseline)" if g.method == BASELINE else gain_text(g) or "(no ce run)"
 
 
+def _standing(interval) -> str:
+    """``better than``, ``worse than`` or ``within noise of`` (also without an interval: one seed)."""
+    if interval is None or interval.within_noise:
+        return "within noise of"
+    return "better than" if interval.gain > 0 else "worse than"
+
+
 def _verdict(method: str, tuned, untuned) -> str:
     """Whether tuning changed how ``method`` compares with ce: the sign of its gain, or its being within noise."""
     def standing(g) -> str:
-        if g.interval is None or g.interval.within_noise:
-            return "within noise"
-        return "better than ce" if g.gain > 0 else "worse than ce"
+        words = _standing(g.interval)
+        return "within noise" if words == "within noise of" else f"{words} ce"
 
     def gain(g) -> str:
         return g.interval.text() if g.interval is not None else f"{g.gain:+.2f}"

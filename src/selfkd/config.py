@@ -302,6 +302,13 @@ FLAG_KEYS = {
 }
 
 
+def flag_args(flags: dict[str, Any], overrides: Sequence[str] = ()) -> list[str]:
+    """The command-line arguments that give ``flags`` (keys of :data:`FLAG_KEYS`; None values left out) and the
+    ``--set`` ``overrides``: how a sweep or a tuning worker passes its settings on to the commands it starts."""
+    return ([a for key, value in flags.items() if value is not None for a in (f"--{key.replace('_', '-')}", str(value))]
+            + [a for item in overrides for a in ("--set", item)])
+
+
 def make_config(recipe: str | Path | dict | None = None, flags: dict[str, Any] | None = None,
                 overrides: Sequence[str] = (), quiet: bool = False, source: str = "the run's saved config") -> Config:
     """The one way a run's config is made (CLI, sweep, demo, bench): a recipe (a YAML file, a mapping such as a

@@ -329,6 +329,12 @@ def open_folder(path: Path, kind: Kind, check, overwrite: bool = False, shared: 
         raise
 
 
+def mark(path: Path, kind: Kind, shared: bool = False) -> None:
+    """Mark ``path`` (made if needed) as a ``kind`` folder of selfkd's, once the caller has checked it (e.g. with
+    :func:`check_own`), for work that goes on elsewhere (Slurm jobs); waits for a process that holds it."""
+    release(open_folder(path, kind, lambda marked: None, shared=shared, wait=True))
+
+
 def _undo(path: Path, kind: Kind, made: list[Path], mine: bool) -> None:
     """Remove the marker (``mine``: this process made it) and the folders in ``made`` (deepest first), where empty."""
     for remove in ([(path / kind.marker).unlink] if mine else []) + [folder.rmdir for folder in made]:

@@ -82,7 +82,7 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
 
     Each run's config is built (and so validated) here exactly as the child ``selfkd train`` builds it.
     """
-    from .config import make_config, read_yaml
+    from .config import flag_args, make_config, read_yaml
     from .engine.setup import run_task
     from .methods import method_class
     from .report.runs import differing_settings
@@ -101,9 +101,7 @@ def plan(config: str | None, methods: list[str], seeds: list[int], out: Path, fl
             run_dir = out / f"{method}_s{seed}"
             per_run = {"method": method, "seed": seed, "run_dir": str(run_dir), "name": f"{out.name}_{run_dir.name}"}
             cfg = make_config(config, {**flags, **per_run}, overrides, quiet=True)  # the child prints its own notes
-            args = (["-c", str(config)] if config else [])
-            args += [a for k, v in {**flags, **per_run}.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-            args += [a for item in overrides for a in ("--set", item)]
+            args = (["-c", str(config)] if config else []) + flag_args({**flags, **per_run}, overrides)
             action, train_args = decide(run_dir, args, on_gpus)
             changed = []
             if action in ("skip", "resume") and (run_dir / CONFIG).is_file():

@@ -83,4 +83,5 @@ def _on_slurm(args, out: Path, options) -> int:
         raise ConfigError(f"--workers {workers}: give a positive number.")
     if args.config or not args.resume:
         definitions(args.config, parse_list(args.methods, "methods"), args.space, run_flags(args), args.overrides)
-    return submit_workers(args, out, storage_url(args.storage, out.absolute()), workers, options, args.wait)
+    return submit_workers(args, run_flags(args), out, storage_url(args.storage, out.absolute()), workers, options,
+                          args.wait)

@@ -230,6 +230,16 @@ class Launch:
     def jobs(self) -> dict[str, str]:
         return {**self.active, **self.submitted}
 
+    def print_submitted(self) -> None:
+        """The job array just submitted (its id and each task's job) and the tasks queued or running already."""
+        if self.submitted:
+            array = sorted({i.split("_")[0] for i in self.submitted.values()})
+            print(f"Submitted Slurm job {', '.join(array)}: "
+                  + ", ".join(f"{n} {i}" for n, i in self.submitted.items()) + ".", flush=True)
+        if self.active:
+            print("Queued or running already (not submitted again): "
+                  + ", ".join(f"{n} {i}" for n, i in self.active.items()) + ".", flush=True)
+
 
 def launch(tasks: dict[str, SelfkdTask], folder: Path, options: SlurmOptions, name: str) -> Launch:
     """Submit those of ``tasks`` (name -> task) whose last job in ``folder/jobs.json`` is not queued or running, as

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..runfolder import SUMMARY, SWEEP, SWEEP_SLURM, open_folder, release
+from ..runfolder import SUMMARY, SWEEP, SWEEP_SLURM, mark
 from ..sweep import (
     Job,
     SweepResult,
@@ -49,15 +49,9 @@ def submit_sweep(config: str | None, methods: list[str], seeds: list[int], out: 
     logs = out.absolute() / "logs"
     tasks = {j.name: SweepRunTask(j, options.gpus > 0, logs / f"{j.name}.log") for j in jobs if j.action != "skip"}
     launched = launch(tasks, out / SWEEP_SLURM, options, f"selfkd-sweep-{out.name}")
-    release(open_folder(out, SWEEP, lambda marked: None, wait=True))  # plan() checked it: marked as selfkd's own
+    mark(out, SWEEP)  # plan() checked it
     print_plan(jobs, out, len(methods), len(seeds), f"on Slurm, {options.describe()}", launched.active)
-    if launched.submitted:
-        array = sorted({i.split("_")[0] for i in launched.submitted.values()})
-        print(f"Submitted Slurm job {', '.join(array)}: " + ", ".join(f"{n} {i}" for n, i in launched.submitted.items())
-              + ".", flush=True)
-    if launched.active:
-        print("Queued or running already (not submitted again): "
-              + ", ".join(f"{n} {i}" for n, i in launched.active.items()) + ".", flush=True)
+    launched.print_submitted()
     if launched.jobs and not wait:
         print("Follow it with the same command and --status (each run) or --wait (until it ends), or with squeue --me. "
               f"Run logs: {out / 'logs'}/; Slurm's files: {out / 'slurm'}/<job id>/.", flush=True)

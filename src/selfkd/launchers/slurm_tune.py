@@ -12,24 +12,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config import flag_args
 from ..errors import ConfigError
-from ..runfolder import SWEEP_SLURM, TUNE, check_own, open_folder, release
+from ..runfolder import SWEEP_SLURM, TUNE, check_own, mark
 from .slurm import SlurmOptions, follow, launch_copies
 
-FLAGS = {"model": "--model", "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs",
-         "batch_size": "--batch-size", "device": "--device"}  # the run flags selfkd tune takes
 
-
-def worker_args(args, out: Path, storage: str, gpus: int = 0) -> list[str]:
+def worker_args(args, flags: dict, out: Path, storage: str, gpus: int = 0) -> list[str]:
     """The ``selfkd tune`` each worker runs: this command's, launched locally, with the recipe, study folder and
     storage given so that they mean the same on every node, and one trial at a time on each of its ``gpus``."""
     argv = ["tune", "--methods", args.methods, "--trials", str(args.trials), "--out", str(out), "--storage", storage,
             "--pruner", args.pruner, "--heartbeat", str(args.heartbeat)]
     if args.config:
         argv += ["-c", str(Path(args.config).absolute())]
-    argv += [a for flag, option in FLAGS.items() if getattr(args, flag) is not None
-             for a in (option, str(getattr(args, flag)))]
-    argv += [a for item in args.overrides for a in ("--set", item)]
+    argv += flag_args(flags, args.overrides)
     argv += [a for item in args.space for a in ("--space", item)]
     for option, value in (("--final-seeds", args.final_seeds), ("--sampler-seed", args.sampler_seed)):
         argv += [option, str(value)] if value is not None else []
@@ -37,7 +33,8 @@ def worker_args(args, out: Path, storage: str, gpus: int = 0) -> list[str]:
     return argv + ["--resume"] * args.resume
 
 
-def submit_workers(args, out: Path, storage: str, count: int, options: SlurmOptions, wait: bool = False) -> int:
+def submit_workers(args, flags: dict, out: Path, storage: str, count: int, options: SlurmOptions,
+                   wait: bool = False) -> int:
     """Submit ``count`` workers (those not queued or running already); with ``wait``, follow them to their end.
     Returns the command's exit code (with ``wait``: 1 when a worker failed)."""
     out = out.absolute()
@@ -46,17 +43,11 @@ def submit_workers(args, out: Path, storage: str, count: int, options: SlurmOpti
                           "--slurm-nodes and --slurm-tasks-per-node stay 1; give --workers N for more workers.")
     options = options.model_copy(update={"tasks_per_node": 1})
     check_own(out, TUNE)
-    launched = launch_copies(worker_args(args, out, storage, options.gpus), count, out, options,
+    launched = launch_copies(worker_args(args, flags, out, storage, options.gpus), count, out, options,
                              f"selfkd-tune-{out.name}")
-    release(open_folder(out, TUNE, lambda marked: None, shared=True))  # checked above: marked as selfkd's own
+    mark(out, TUNE, shared=True)  # checked above
     print(f"Tune {out} on Slurm: {count} worker(s) sharing the storage {storage}; {options.describe()}.", flush=True)
-    if launched.submitted:
-        array = sorted({i.split("_")[0] for i in launched.submitted.values()})
-        print(f"Submitted Slurm job {', '.join(array)}: "
-              + ", ".join(f"{n} {i}" for n, i in launched.submitted.items()) + ".", flush=True)
-    if launched.active:
-        print("Queued or running already (not submitted again): "
-              + ", ".join(f"{n} {i}" for n, i in launched.active.items()) + ".", flush=True)
+    launched.print_submitted()
     if not wait:
         print(f"Follow it with --wait, squeue --me, or the workers' logs in {out / 'logs'}/; the report is written to "
               f"{out / 'report'} as the workers end. Slurm's files: {out / SWEEP_SLURM}/<job id>/.", flush=True)
